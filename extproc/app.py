@@ -1,0 +1,69 @@
+"""Run the ext_proc server with its collectors until SIGTERM, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from extproc.config import ServerConfig
+from extproc.fleet import FleetState, InFlight
+from extproc.router import Router
+from extproc.scheduling import EndpointPicker, LeastInFlightPicker
+from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
+
+log = logging.getLogger(__name__)
+
+
+class Collector(Protocol):
+    """Anything that keeps a FleetState up to date off the request path."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+CollectorFactory = Callable[[FleetState], Collector]
+
+
+class App:
+    def __init__(
+        self,
+        config: ServerConfig,
+        collector_factory: CollectorFactory,
+        picker: EndpointPicker | None = None,
+    ) -> None:
+        self.config = config
+        self.fleet = FleetState()
+        self.inflight = InFlight()
+        self.router = Router(config, self.fleet, picker or LeastInFlightPicker(), self.inflight)
+        self.processor = ExternalProcessor(config, self.router)
+        self.health = HealthGate(self.fleet)
+        self.collector = collector_factory(self.fleet)
+        self.server = build_grpc_server(config, self.processor, self.health)
+
+    async def start(self) -> None:
+        self.health.start()
+        await self.server.start()
+        await self.collector.start()
+        log.info("ext_proc listening on %s", self.config.address)
+
+    async def stop(self) -> None:
+        """Stop taking new streams, let in-flight ones finish within the grace period."""
+        self.health.shutting_down()
+        await self.server.stop(self.config.shutdown_grace_s)
+        await self.collector.stop()
+
+    async def run_until_signalled(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        if ready is not None:
+            await ready()
+        await stop.wait()
+        log.info("shutting down (grace %.1fs)", self.config.shutdown_grace_s)
+        await self.stop()

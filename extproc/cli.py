@@ -1,0 +1,125 @@
+"""The `llm-extproc` command line. Subcommands import what they need lazily."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc.app import App
+    from extproc.collector import collector_from_fleet_file
+    from extproc.config import ServerConfig
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        endpoints_per_request=args.endpoints_per_request,
+        shutdown_grace_s=args.grace,
+    )
+
+    def factory(fleet):  # type: ignore[no-untyped-def]
+        return collector_from_fleet_file(Path(args.fleet), fleet, interval_s=args.scrape_interval)
+
+    async def main() -> None:
+        app = App(config, factory)
+        await app.run_until_signalled()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from extproc.stack import StackConfig, run_forever
+
+    return run_forever(
+        StackConfig(
+            listen_port=args.port,
+            admin_port=args.admin_port,
+            extproc_port=args.extproc_port,
+            metrics_port=args.metrics_port,
+            sim_endpoints=args.endpoints,
+            sim_fleet_file=args.fleet,
+            time_scale=args.time_scale,
+            policy=args.policy,
+        )
+    )
+
+
+def _passthrough(module: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        main: Callable[[list[str]], int] = importlib.import_module(module).main
+        return main(argv)
+
+    return run
+
+
+# Subcommands whose module parses its own arguments.
+PASSTHROUGH = {
+    "sim": ("extproc.sim.__main__", "run the simulated vLLM fleet"),
+    "loadgen": ("extproc.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
+    "complexity": ("extproc.complexity_cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-extproc", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the ext_proc gRPC server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9002)
+    serve.add_argument("--fleet", required=True, help="fleet file (JSON/YAML with an 'endpoints' list)")
+    serve.add_argument("--policy", help="policy file or directory")
+    serve.add_argument("--metrics-port", type=int, default=9464)
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    serve.add_argument("--endpoints-per-request", type=int, default=3)
+    serve.add_argument("--scrape-interval", type=float, default=0.1)
+    serve.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM")
+    serve.set_defaults(func=_serve)
+
+    up = sub.add_parser("up", help="run the local stack: Envoy + ext_proc + simulated fleet")
+    up.add_argument("--port", type=int, default=10000, help="OpenAI endpoint port")
+    up.add_argument("--admin-port", type=int, default=9901)
+    up.add_argument("--extproc-port", type=int, default=9002)
+    up.add_argument("--metrics-port", type=int, default=9464)
+    up.add_argument("--endpoints", type=int, default=4, help="simulated endpoints")
+    up.add_argument("--fleet", help="simulated fleet spec file (YAML/JSON)")
+    up.add_argument("--time-scale", type=float, default=1.0)
+    up.add_argument("--policy", help="policy file or directory")
+    up.set_defaults(func=_up)
+
+    for name, (_module, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Pass-through subcommands own their flags: hand them everything after the name.
+    for i, word in enumerate(argv):
+        if word in PASSTHROUGH:
+            return _passthrough(PASSTHROUGH[word][0])(argv[i + 1 :])
+        if not word.startswith("-"):
+            break
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

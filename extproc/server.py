@@ -1,0 +1,221 @@
+"""The ext_proc gRPC server: Envoy's messages in, routing decisions out.
+
+One gRPC stream per HTTP request. Request headers are read and client-sent routing headers
+removed; the buffered body is parsed and routed; response headers close the in-flight count.
+The response body is never seen here by default, so streaming stays in Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from envoy.type.v3 import http_status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extproc.config import ServerConfig
+from extproc.errors import ErrorKind, RoutingError
+from extproc.fleet import FleetSnapshot, FleetState
+from extproc.request import RequestHeaders, Task, parse_body, parse_headers
+from extproc.router import LB_METADATA_NAMESPACE, DESTINATION_HEADER, Decision, Router
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+_METHOD_BY_TASK = {Task.CHAT: "POST", Task.COMPLETION: "POST", Task.EMBEDDING: "POST", Task.MODELS: "GET"}
+
+# Answers that never change, built once.
+_CONTINUE_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+_CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+_CONTINUE_BODY = ep.ProcessingResponse(request_body=ep.BodyResponse())
+
+
+def _header_pairs(headers: ep.HttpHeaders) -> list[tuple[str, str]]:
+    # Envoy fills raw_value (bytes) and leaves value empty; older Envoys do the opposite.
+    return [
+        (h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in headers.headers.headers
+    ]
+
+
+def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=ep.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()))
+                    for k, v in headers
+                ]
+            ),
+            body=body,
+        )
+    )
+
+
+def error_response(error: RoutingError) -> ep.ProcessingResponse:
+    return immediate(error.status, error.body(), error.headers())
+
+
+def decision_response(decision: Decision) -> ep.ProcessingResponse:
+    common = ep.CommonResponse(
+        header_mutation=ep.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+                for k, v in decision.set_headers
+            ]
+        ),
+        # The route (and so the cluster) may depend on headers we just set.
+        clear_route_cache=True,
+    )
+    if decision.body is not None:
+        common.body_mutation.body = decision.body
+    response = ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+    # override_host reads the list from here only: a header source would let clients choose
+    # upstreams whenever ext_proc fails open.
+    response.dynamic_metadata.fields[LB_METADATA_NAMESPACE].struct_value.fields[
+        DESTINATION_HEADER
+    ].string_value = ",".join(decision.endpoints)
+    return response
+
+
+@dataclass(slots=True)
+class _StreamState:
+    headers: RequestHeaders | None = None
+    endpoint: str | None = None  # primary endpoint counted in flight until the response starts
+
+
+class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, config: ServerConfig, router: Router) -> None:
+        self.config = config
+        self.router = router
+        self.stream_errors = 0
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        state = _StreamState()
+        try:
+            async for message in request_iterator:
+                phase = message.WhichOneof("request")
+                if phase == "request_headers":
+                    yield self.on_request_headers(message.request_headers, state)
+                elif phase == "request_body":
+                    yield self.on_request_body(message.request_body, state)
+                elif phase == "response_headers":
+                    self._release(state)
+                    yield _CONTINUE_RESPONSE_HEADERS
+                elif phase == "response_body":
+                    yield ep.ProcessingResponse(response_body=ep.BodyResponse())
+                elif phase == "request_trailers":
+                    yield ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+                elif phase == "response_trailers":
+                    yield ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stream_errors += 1
+            log.exception("ext_proc stream failed")
+            raise
+        finally:
+            # A reset or a dropped stream must not leave the endpoint counted as busy forever.
+            self._release(state)
+
+    def _release(self, state: _StreamState) -> None:
+        if state.endpoint is not None:
+            self.router.finished(state.endpoint)
+            state.endpoint = None
+
+    def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
+        headers = parse_headers(_header_pairs(message))
+        state.headers = headers
+        try:
+            task = headers.task
+            if task is None:
+                raise RoutingError(ErrorKind.NOT_FOUND, f"no route for path {headers.path!r}", "unknown_path")
+            if headers.method != _METHOD_BY_TASK[task]:
+                raise RoutingError(
+                    ErrorKind.METHOD_NOT_ALLOWED,
+                    f"{headers.path} takes {_METHOD_BY_TASK[task]}, not {headers.method}",
+                    "method_not_allowed",
+                )
+            if task is Task.MODELS:
+                return immediate(200, self.router.models_body(), [("content-type", "application/json")])
+            if message.end_of_stream:
+                raise RoutingError(ErrorKind.INVALID_REQUEST, "request body is empty; expected a JSON object")
+        except RoutingError as error:
+            return error_response(error)
+        if not headers.spoofed:
+            return _CONTINUE_HEADERS
+        return ep.ProcessingResponse(
+            request_headers=ep.HeadersResponse(
+                response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=headers.spoofed))
+            )
+        )
+
+    def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:
+        headers = state.headers
+        if headers is None or headers.task is None:
+            return _CONTINUE_BODY  # headers phase already answered
+        try:
+            parsed = parse_body(headers.task, headers.content_type, message.body, self.config.max_body_bytes)
+            decision = self.router.decide(headers, parsed)
+        except RoutingError as error:
+            return error_response(error)
+        state.endpoint = decision.endpoints[0]
+        return decision_response(decision)
+
+
+class HealthGate:
+    """gRPC health: SERVING only after the fleet's first successful sync, NOT_SERVING on shutdown."""
+
+    def __init__(self, fleet: FleetState) -> None:
+        self.servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._fleet = fleet
+        fleet.subscribe(self._on_snapshot)
+
+    def _on_snapshot(self, _snapshot: FleetSnapshot) -> None:
+        if self._fleet.synced:
+            self._set(health_pb2.HealthCheckResponse.SERVING)
+
+    def _set(self, status: int) -> None:
+        result = self.servicer.set("", status)
+        if asyncio.iscoroutine(result):
+            asyncio.ensure_future(result)
+        result = self.servicer.set(SERVICE_NAME, status)
+        if asyncio.iscoroutine(result):
+            asyncio.ensure_future(result)
+
+    def start(self) -> None:
+        self._set(
+            health_pb2.HealthCheckResponse.SERVING if self._fleet.synced else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+    def shutting_down(self) -> None:
+        self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def build_grpc_server(config: ServerConfig, processor: ExternalProcessor, gate: HealthGate) -> grpc.aio.Server:
+    options = [
+        ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", config.grpc_max_message_bytes),
+        # Several worker processes may share one port.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.aio.server(options=options)
+    ep_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    health_pb2_grpc.add_HealthServicer_to_server(gate.servicer, server)
+    bound = server.add_insecure_port(config.address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {config.address}")
+    config.port = bound
+    return server

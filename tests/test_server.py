@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.config import ServerConfig
+from extproc.fleet import FleetState, build_snapshot
+from extproc.server import HealthGate, _StreamState, build_grpc_server
+from tests.helpers import (
+    body_message,
+    chat,
+    destination_metadata,
+    headers_message,
+    make_processor,
+    set_headers,
+)
+
+FLEET = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004"]
+
+
+def run_request(processor, headers_msg, body_msg=None):  # type: ignore[no-untyped-def]
+    state = _StreamState()
+    first = processor.on_request_headers(headers_msg.request_headers, state)
+    if body_msg is None:
+        return first, None, state
+    return first, processor.on_request_body(body_msg.request_body, state), state
+
+
+def immediate_json(response: ep.ProcessingResponse) -> tuple[int, dict[str, object]]:
+    assert response.WhichOneof("response") == "immediate_response"
+    return response.immediate_response.status.code, json.loads(response.immediate_response.body)
+
+
+def test_decision_sets_header_metadata_model_and_clears_route_cache() -> None:
+    processor, _ = make_processor(FLEET)
+    first, second, state = run_request(processor, headers_message(), body_message(chat()))
+    assert first.WhichOneof("response") == "request_headers"
+    headers = set_headers(second)
+    endpoints = headers["x-gateway-destination-endpoint"].split(",")
+    assert len(endpoints) == 3 and len(set(endpoints)) == 3 and set(endpoints) <= set(FLEET)
+    assert destination_metadata(second) == headers["x-gateway-destination-endpoint"]
+    assert headers["x-llm-model"] == "llama-3-8b"
+    assert second.request_body.response.clear_route_cache
+    assert state.endpoint == endpoints[0]
+
+
+def test_least_inflight_spreads_a_burst_and_release_frees_the_endpoint() -> None:
+    processor, _ = make_processor(FLEET)
+    primaries = []
+    states = []
+    for _ in range(4):
+        _, second, state = run_request(processor, headers_message(), body_message(chat()))
+        primaries.append(set_headers(second)["x-gateway-destination-endpoint"].split(",")[0])
+        states.append(state)
+    assert sorted(primaries) == sorted(FLEET)
+    processor._release(states[2])
+    _, second, _ = run_request(processor, headers_message(), body_message(chat()))
+    assert set_headers(second)["x-gateway-destination-endpoint"].split(",")[0] == primaries[2]
+
+
+def test_spoofed_routing_headers_are_removed_before_deciding() -> None:
+    processor, _ = make_processor(FLEET)
+    first, second, _ = run_request(
+        processor,
+        headers_message(x_gateway_destination_endpoint="6.6.6.6:80", x_llm_tier="premium"),
+        body_message(chat()),
+    )
+    assert list(first.request_headers.response.header_mutation.remove_headers) == [
+        "x-gateway-destination-endpoint",
+        "x-llm-tier",
+    ]
+    assert "6.6.6.6:80" not in destination_metadata(second)
+
+
+def test_models_endpoint_is_answered_from_the_fleet() -> None:
+    processor, _ = make_processor(FLEET, models=("llama-3-8b", "qwen-7b"))
+    first, _, _ = run_request(processor, headers_message("/v1/models", "GET", end_of_stream=True))
+    status, payload = immediate_json(first)
+    assert status == 200
+    assert {m["id"] for m in payload["data"]} == {"llama-3-8b", "qwen-7b"}  # type: ignore[index, union-attr]
+
+
+def test_errors_become_openai_style_immediate_responses() -> None:
+    processor, _ = make_processor(FLEET, config=ServerConfig(max_body_bytes=1000))
+    cases = [
+        (headers_message(), body_message(b"{oops"), 400, "invalid_json"),
+        (headers_message(), body_message(chat(model="nope")), 404, "model_not_found"),
+        (headers_message(), body_message(chat(text="x" * 2000)), 413, "body_too_large"),
+        (headers_message(content_type="text/plain"), body_message(chat()), 415, "unsupported_media_type"),
+    ]
+    for headers_msg, body_msg, status, code in cases:
+        _, second, state = run_request(processor, headers_msg, body_msg)
+        got_status, payload = immediate_json(second)
+        assert (got_status, payload["error"]["code"]) == (status, code)  # type: ignore[index]
+        assert state.endpoint is None
+    first, _, _ = run_request(processor, headers_message("/v1/nope"))
+    assert immediate_json(first)[0] == 404
+    first, _, _ = run_request(processor, headers_message("/v1/chat/completions", "GET"))
+    assert immediate_json(first)[0] == 405
+    first, _, _ = run_request(processor, headers_message(end_of_stream=True))
+    assert immediate_json(first)[0] == 400
+
+
+def test_no_ready_endpoint_is_503_with_retry_after() -> None:
+    processor, fleet = make_processor(FLEET)
+    fleet.publish(build_snapshot(fleet.snapshot.endpoints, {}, version=9), synced=True)
+    _, second, _ = run_request(processor, headers_message(), body_message(chat()))
+    status, payload = immediate_json(second)
+    assert status == 503
+    headers = {h.header.key: h.header.raw_value for h in second.immediate_response.headers.set_headers}
+    assert headers["retry-after"] == b"1"
+
+
+async def test_grpc_stream_and_health_gate() -> None:
+    processor, fleet = make_processor(FLEET)
+    unsynced = FleetState()
+    gate = HealthGate(unsynced)
+    config = ServerConfig(port=0)
+    server = build_grpc_server(config, processor, gate)
+    gate.start()
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(config.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            unsynced.publish(fleet.snapshot, synced=True)
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            async def messages() -> AsyncIterator[ep.ProcessingRequest]:
+                yield headers_message()
+                yield body_message(chat())
+                yield ep.ProcessingRequest(response_headers=ep.HttpHeaders())
+
+            stub = ep_grpc.ExternalProcessorStub(channel)
+            replies = [r async for r in stub.Process(messages())]
+            assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "response_headers"]
+            assert processor.router.inflight.total() == 0
+    finally:
+        await server.stop(None)
