@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -88,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
     serve.add_argument("--scrape-interval", type=float, default=0.1)
-    serve.add_argument("--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM")
+    serve.add_argument(
+        "--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM"
+    )
     serve.set_defaults(func=_serve)
 
     up = sub.add_parser("up", help="run the local stack: Envoy + ext_proc + simulated fleet")
@@ -116,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not word.startswith("-"):
             break
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     result: int = args.func(args)
     return result
 

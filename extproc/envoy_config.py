@@ -25,7 +25,9 @@ def lb_endpoints(addresses: Sequence[str]) -> str:
     entries = []
     for address in addresses:
         host, _, port = address.rpartition(":")
-        entries.append({"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}})
+        entries.append(
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
+        )
     return json.dumps(entries)
 
 

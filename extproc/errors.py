@@ -51,7 +51,13 @@ class RoutingError(Exception):
     def body(self) -> bytes:
         """OpenAI-style error body: {"error": {"message", "type", "code"}}."""
         return json.dumps(
-            {"error": {"message": self.message, "type": self.kind.type, "code": self.code or self.kind.name.lower()}},
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.kind.type,
+                    "code": self.code or self.kind.name.lower(),
+                }
+            },
             ensure_ascii=False,
         ).encode()
 

@@ -114,7 +114,7 @@ def _prompt_text(prompt: object) -> str:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
-        return "\n".join(prompt)  # type: ignore[arg-type]
+        return "\n".join(prompt)
     return ""  # token-id prompts carry no text we can read
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from extproc.fleet import FleetSnapshot, IntArray
 
@@ -32,7 +33,7 @@ class EndpointPicker(Protocol):
         self,
         snapshot: FleetSnapshot,
         candidates: IntArray,
-        inflight: np.ndarray,  # type: ignore[type-arg]
+        inflight: npt.NDArray[np.int64],
         ctx: PickContext,
         count: int,
     ) -> list[int]:
@@ -47,7 +48,7 @@ class LeastInFlightPicker:
         self,
         snapshot: FleetSnapshot,
         candidates: IntArray,
-        inflight: np.ndarray,  # type: ignore[type-arg]
+        inflight: npt.NDArray[np.int64],
         ctx: PickContext,
         count: int,
     ) -> list[int]:

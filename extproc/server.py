@@ -23,7 +23,7 @@ from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet import FleetSnapshot, FleetState
 from extproc.request import RequestHeaders, Task, parse_body, parse_headers
-from extproc.router import LB_METADATA_NAMESPACE, DESTINATION_HEADER, Decision, Router
+from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, Decision, Router
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,15 @@ _CONTINUE_BODY = ep.ProcessingResponse(request_body=ep.BodyResponse())
 def _header_pairs(headers: ep.HttpHeaders) -> list[tuple[str, str]]:
     # Envoy fills raw_value (bytes) and leaves value empty; older Envoys do the opposite.
     return [
-        (h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in headers.headers.headers
+        (h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
+        for h in headers.headers.headers
     ]
 
 
 def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=ep.HeaderMutation(
                 set_headers=[
                     base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, raw_value=v.encode()))
@@ -99,7 +100,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.router = router
         self.stream_errors = 0
 
-    async def Process(  # noqa: N802 - the gRPC method name
+    async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
         state = _StreamState()
@@ -178,8 +179,9 @@ class HealthGate:
     """gRPC health: SERVING only after the fleet's first successful sync, NOT_SERVING on shutdown."""
 
     def __init__(self, fleet: FleetState) -> None:
-        self.servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.servicer = health.aio.HealthServicer()
         self._fleet = fleet
+        self._pending: set[asyncio.Task[None]] = set()
         fleet.subscribe(self._on_snapshot)
 
     def _on_snapshot(self, _snapshot: FleetSnapshot) -> None:
@@ -187,23 +189,23 @@ class HealthGate:
             self._set(health_pb2.HealthCheckResponse.SERVING)
 
     def _set(self, status: int) -> None:
-        result = self.servicer.set("", status)
-        if asyncio.iscoroutine(result):
-            asyncio.ensure_future(result)
-        result = self.servicer.set(SERVICE_NAME, status)
-        if asyncio.iscoroutine(result):
-            asyncio.ensure_future(result)
+        # The aio servicer's set() is a coroutine; keep a reference until it has run.
+        for service in ("", SERVICE_NAME):
+            task = asyncio.ensure_future(self.servicer.set(service, status))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def start(self) -> None:
-        self._set(
-            health_pb2.HealthCheckResponse.SERVING if self._fleet.synced else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self._set(serving if self._fleet.synced else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def shutting_down(self) -> None:
         self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def build_grpc_server(config: ServerConfig, processor: ExternalProcessor, gate: HealthGate) -> grpc.aio.Server:
+def build_grpc_server(
+    config: ServerConfig, processor: ExternalProcessor, gate: HealthGate
+) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
         ("grpc.max_send_message_length", config.grpc_max_message_bytes),

@@ -103,7 +103,11 @@ class LocalStack:
         log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                list(argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         child = Child(name, proc, log_path)
         self.children.append(child)
@@ -136,7 +140,12 @@ class LocalStack:
         if self.config.policy:
             argv += ["--policy", self.config.policy]
         child = self._spawn("extproc", argv + self.config.extproc_args)
-        _wait(lambda: grpc_serving(f"127.0.0.1:{self.extproc_port}"), 30, "ext_proc to report SERVING", child.proc)
+        _wait(
+            lambda: grpc_serving(f"127.0.0.1:{self.extproc_port}"),
+            30,
+            "ext_proc to report SERVING",
+            child.proc,
+        )
 
     def stop_extproc(self, sig: int = signal.SIGKILL) -> None:
         child = self.child("extproc")
@@ -148,7 +157,9 @@ class LocalStack:
     def start_envoy(self) -> None:
         config_text = render(
             [e["address"] for e in self.fleet],
-            EnvoyPorts(listen_port=self.listen_port, admin_port=self.admin_port, extproc_port=self.extproc_port),
+            EnvoyPorts(
+                listen_port=self.listen_port, admin_port=self.admin_port, extproc_port=self.extproc_port
+            ),
             template=Path(self.config.envoy_template) if self.config.envoy_template else None,
             message_timeout=self.config.message_timeout,
         )
@@ -198,7 +209,9 @@ class LocalStack:
         return f"http://127.0.0.1:{self.listen_port}/v1"
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in self.workdir.glob("*.log"))
+        return "\n".join(
+            f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in self.workdir.glob("*.log")
+        )
 
     def urls(self) -> dict[str, str]:
         return {

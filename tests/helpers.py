@@ -21,7 +21,9 @@ def headers_message(
     pairs += [(k.replace("_", "-"), v) for k, v in extra.items()]
     return ep.ProcessingRequest(
         request_headers=ep.HttpHeaders(
-            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]),
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
+            ),
             end_of_stream=end_of_stream,
         )
     )
@@ -42,7 +44,11 @@ def set_headers(response: ep.ProcessingResponse) -> dict[str, str]:
 
 
 def destination_metadata(response: ep.ProcessingResponse) -> str:
-    return str(response.dynamic_metadata.fields["envoy.lb"].struct_value.fields["x-gateway-destination-endpoint"].string_value)
+    return str(
+        response.dynamic_metadata.fields["envoy.lb"]
+        .struct_value.fields["x-gateway-destination-endpoint"]
+        .string_value
+    )
 
 
 def make_processor(
@@ -51,7 +57,9 @@ def make_processor(
     fleet = FleetState()
     endpoints = [Endpoint(a, models=models) for a in addresses]
     fleet.publish(
-        build_snapshot(endpoints, {a: EndpointMetrics(scraped_at=0.0) for a in addresses}, version=1, now=0.0),
+        build_snapshot(
+            endpoints, {a: EndpointMetrics(scraped_at=0.0) for a in addresses}, version=1, now=0.0
+        ),
         synced=True,
     )
     config = config or ServerConfig()

@@ -11,7 +11,9 @@ A, B, C = (Endpoint(f"127.0.0.1:{p}", models=("m",)) for p in (8001, 8002, 8003)
 
 
 def test_snapshot_arrays_are_read_only_and_indexed() -> None:
-    snap = build_snapshot([A, B], {A.address: EndpointMetrics(waiting=3, scraped_at=10.0)}, version=1, now=10.0)
+    snap = build_snapshot(
+        [A, B], {A.address: EndpointMetrics(waiting=3, scraped_at=10.0)}, version=1, now=10.0
+    )
     assert snap.index == {A.address: 0, B.address: 1}
     assert list(snap.rows_serving("m")) == [0, 1]
     assert snap.rows_serving("other").size == 0
@@ -24,7 +26,9 @@ def test_snapshot_arrays_are_read_only_and_indexed() -> None:
 
 def test_ready_since_carries_over_and_unhealthy_is_not_ready() -> None:
     first = build_snapshot([A], {A.address: EndpointMetrics(scraped_at=1.0)}, version=1, now=1.0)
-    second = build_snapshot([A, B], {A.address: EndpointMetrics(scraped_at=2.0)}, version=2, previous=first, now=2.0)
+    second = build_snapshot(
+        [A, B], {A.address: EndpointMetrics(scraped_at=2.0)}, version=2, previous=first, now=2.0
+    )
     assert second.ready_since[0] == 1.0
     sick = build_snapshot(
         [A], {A.address: EndpointMetrics(healthy=False, scraped_at=3.0)}, version=3, previous=second, now=3.0

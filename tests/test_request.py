@@ -68,7 +68,9 @@ def test_completion_and_embedding_prompts() -> None:
 
 
 def test_max_completion_tokens_is_accepted() -> None:
-    req = parse(Task.CHAT, {"model": "m", "max_completion_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    req = parse(
+        Task.CHAT, {"model": "m", "max_completion_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert req.max_tokens == 5
 
 
@@ -83,7 +85,10 @@ def test_max_completion_tokens_is_accepted() -> None:
         ({"model": "m", "messages": ["x"]}, "invalid_request"),
         ({"model": "m", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}, "invalid_request"),
         ({"model": "m", "max_tokens": -1, "messages": [{"role": "user", "content": "x"}]}, "invalid_request"),
-        ({"model": "m", "max_tokens": True, "messages": [{"role": "user", "content": "x"}]}, "invalid_request"),
+        (
+            {"model": "m", "max_tokens": True, "messages": [{"role": "user", "content": "x"}]},
+            "invalid_request",
+        ),
         ([1, 2], "invalid_json"),
     ],
 )
@@ -138,7 +143,11 @@ def test_parse_headers_strips_routing_headers_and_joins_repeats() -> None:
         ]
     )
     assert headers.task is Task.CHAT
-    assert headers.spoofed == ["x-gateway-destination-endpoint", "x-gateway-destination-endpoint-fallback", "x-llm-tier"]
+    assert headers.spoofed == [
+        "x-gateway-destination-endpoint",
+        "x-gateway-destination-endpoint-fallback",
+        "x-llm-tier",
+    ]
     assert "x-llm-tier" not in headers.headers
     assert headers.headers["x-user-id"] == "a,b"
 

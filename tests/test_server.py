@@ -110,7 +110,7 @@ def test_no_ready_endpoint_is_503_with_retry_after() -> None:
     processor, fleet = make_processor(FLEET)
     fleet.publish(build_snapshot(fleet.snapshot.endpoints, {}, version=9), synced=True)
     _, second, _ = run_request(processor, headers_message(), body_message(chat()))
-    status, payload = immediate_json(second)
+    status, _ = immediate_json(second)
     assert status == 503
     headers = {h.header.key: h.header.raw_value for h in second.immediate_response.headers.set_headers}
     assert headers["retry-after"] == b"1"
@@ -140,7 +140,11 @@ async def test_grpc_stream_and_health_gate() -> None:
 
             stub = ep_grpc.ExternalProcessorStub(channel)
             replies = [r async for r in stub.Process(messages())]
-            assert [r.WhichOneof("response") for r in replies] == ["request_headers", "request_body", "response_headers"]
+            assert [r.WhichOneof("response") for r in replies] == [
+                "request_headers",
+                "request_body",
+                "response_headers",
+            ]
             assert processor.router.inflight.total() == 0
     finally:
         await server.stop(None)
