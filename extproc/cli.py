@@ -7,11 +7,38 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def _collector_factory(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """The collector for `serve`: a static fleet file, a collector config file, or flags."""
+    from extproc.collector import Collector, collector_from_fleet_file
+
+    if args.fleet:
+        return lambda fleet: collector_from_fleet_file(
+            Path(args.fleet), fleet, interval_s=args.scrape_interval
+        )
+    if args.collector_config:
+        import yaml
+
+        raw = yaml.safe_load(Path(args.collector_config).read_text())
+        return lambda fleet: Collector.from_config(raw, fleet)
+    template = {"pool": args.pool, "models": args.model or [], "gpu_class": args.gpu_class}
+    if args.discovery == "k8s":
+        discovery = {"type": "k8s", "namespace": args.k8s_namespace, "services": args.k8s_service, **template}
+        if args.k8s_port_name:
+            discovery["port_name"] = args.k8s_port_name
+    elif args.discovery == "dns":
+        discovery = {"type": "dns", "name": args.dns_name, "record": args.dns_record, "port": args.dns_port}
+        discovery.update(template)
+    else:
+        raise SystemExit("serve: give --fleet FILE, --collector-config FILE or --discovery k8s|dns")
+    raw = {"discovery": discovery, "scrape": {"min_interval_s": args.scrape_interval}}
+    return lambda fleet: Collector.from_config(raw, fleet)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from extproc.app import App
-    from extproc.collector import collector_from_fleet_file
     from extproc.config import ServerConfig
 
     config = ServerConfig(
@@ -22,8 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.grace,
     )
 
-    def factory(fleet):  # type: ignore[no-untyped-def]
-        return collector_from_fleet_file(Path(args.fleet), fleet, interval_s=args.scrape_interval)
+    factory = _collector_factory(args)
 
     async def main() -> None:
         app = App(config, factory)
@@ -81,7 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the ext_proc gRPC server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9002)
-    serve.add_argument("--fleet", required=True, help="fleet file (JSON/YAML with an 'endpoints' list)")
+    source = serve.add_argument_group("fleet discovery (one of)")
+    source.add_argument("--fleet", help="static fleet file (JSON/YAML with an 'endpoints' list)")
+    source.add_argument("--collector-config", help="YAML with 'discovery' and 'scrape' sections")
+    source.add_argument("--discovery", choices=["k8s", "dns"])
+    source.add_argument("--k8s-namespace", default="default")
+    source.add_argument("--k8s-service", action="append", default=[], help="model Service name (repeatable)")
+    source.add_argument("--k8s-port-name", help="EndpointSlice port name of the model server")
+    source.add_argument("--dns-name", help="name to resolve (A/AAAA/SRV)")
+    source.add_argument("--dns-record", default="A", choices=["A", "AAAA", "SRV"])
+    source.add_argument("--dns-port", type=int, default=8000)
+    source.add_argument("--pool", default="default", help="pool name for discovered endpoints")
+    source.add_argument("--model", action="append", help="model served by discovered endpoints (repeatable)")
+    source.add_argument("--gpu-class", default="unknown")
     serve.add_argument("--policy", help="policy file or directory")
     serve.add_argument("--metrics-port", type=int, default=9464)
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)

@@ -42,6 +42,8 @@ class RequestHeaders:
     content_type: str = ""
     request_id: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # Dynamic metadata Envoy forwarded (e.g. verified JWT claims); never client-controlled.
+    metadata: dict[str, object] = field(default_factory=dict)
     spoofed: list[str] = field(default_factory=list)  # routing headers the client sent; removed
 
     @property

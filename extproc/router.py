@@ -1,4 +1,4 @@
-"""The routing decision: parsed request + fleet snapshot → ordered endpoints and headers.
+"""The routing decision: parsed request + policy + fleet snapshot → ordered endpoints and headers.
 
 Pure computation on the request path: no I/O, no locks, no imports of collectors or the CLI.
 """
@@ -7,26 +7,84 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
 
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
-from extproc.fleet import FleetState, InFlight
+from extproc.fleet import FleetSnapshot, FleetState, InFlight, IntArray
 from extproc.request import ParsedRequest, RequestHeaders
 from extproc.scheduling import EndpointPicker, PickContext
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"
 MODEL_HEADER = "x-llm-model"
+COMPLEXITY_HEADER = "x-llm-complexity"
+
+
+class TargetLike(Protocol):
+    @property
+    def pool(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+
+
+class PolicyDecisionLike(Protocol):
+    """What the router needs from a policy decision (extproc.policy_engine.PolicyDecision)."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def targets(self) -> tuple[Any, ...]: ...
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def reject(self) -> tuple[int, str] | None: ...
+
+
+class PolicyLike(Protocol):
+    version: str
+
+    def evaluate(self, inp: Any) -> Any: ...
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _AnyPool:
+    """The target used when no policy is loaded: the requested model, wherever it is served."""
+
+    model: str
+    pool: str = ""
 
 
 @dataclass(slots=True)
 class Decision:
     endpoints: list[str]
-    model: str
+    model: str  # the served model
+    requested_model: str = ""
+    rule: str = ""
+    tier: str = ""
+    tenant: str | None = None
+    priority: int = 0
+    pool: str = ""
+    complexity: float = 0.0
+    model_fallback: bool = False  # served by a later target of the policy's fallback chain
     set_headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes | None = None  # replacement request body, when the policy rewrote it
+    body: bytes | None = None  # replacement request body, when the served model differs
+
+
+PolicyInputFactory = Callable[..., Any]
 
 
 class Router:
@@ -37,61 +95,144 @@ class Router:
         picker: EndpointPicker,
         inflight: InFlight,
         clock: Callable[[], float] = time.monotonic,
+        policy: Callable[[], PolicyLike | None] = lambda: None,
+        policy_input: PolicyInputFactory | None = None,
+        complexity: Callable[[str], float] | None = None,
     ) -> None:
         self.config = config
         self.fleet = fleet
         self.picker = picker
         self.inflight = inflight
         self.clock = clock
+        self.policy = policy
+        self.policy_input = policy_input
+        self.complexity = complexity
 
     def served_models(self) -> tuple[str, ...]:
-        return self.config.models or self.fleet.snapshot.models
+        models = dict.fromkeys(self.config.models or self.fleet.snapshot.models)
+        policy = self.policy()
+        if policy is not None:
+            models.update(dict.fromkeys(policy.models))
+        return tuple(models)
 
     def models_body(self) -> bytes:
         """The /v1/models answer, in OpenAI's list format."""
         data = [{"id": m, "object": "model", "owned_by": "llm-extproc"} for m in self.served_models()]
         return json.dumps({"object": "list", "data": data}).encode()
 
+    def _candidates(self, snapshot: FleetSnapshot, target: TargetLike) -> IntArray:
+        rows = snapshot.rows_serving(target.model)
+        if target.pool and rows.size:
+            pool_rows = snapshot.rows_by_pool.get(target.pool)
+            if pool_rows is None:
+                return rows[:0]
+            rows = np.intersect1d(rows, pool_rows, assume_unique=True)
+        return rows
+
+    def _evaluate_policy(
+        self, policy: PolicyLike, headers: RequestHeaders, request: ParsedRequest, complexity: float
+    ) -> Any:
+        assert self.policy_input is not None
+        return policy.evaluate(
+            self.policy_input(
+                path=headers.path.split("?", 1)[0],
+                method=headers.method,
+                headers=headers.headers,
+                model=request.model,
+                stream=request.stream,
+                task=request.task.value,
+                complexity=complexity,
+                prompt_tokens=request.estimated_prompt_tokens,
+                max_tokens=request.max_tokens,
+                metadata=headers.metadata,
+            )
+        )
+
     def decide(self, headers: RequestHeaders, request: ParsedRequest) -> Decision:
         snapshot = self.fleet.snapshot
-        candidates = snapshot.rows_serving(request.model)
-        if candidates.size == 0:
-            if request.model not in self.served_models():
+        complexity = self.complexity(request.text) if self.complexity is not None else 0.0
+        policy = self.policy()
+        decision = Decision(
+            endpoints=[], model=request.model, requested_model=request.model, complexity=complexity
+        )
+        targets: tuple[Any, ...]
+        extra_headers: tuple[tuple[str, str], ...] = ()
+        if policy is None or self.policy_input is None:
+            targets = (_AnyPool(request.model),)
+        else:
+            verdict: PolicyDecisionLike = self._evaluate_policy(policy, headers, request, complexity)
+            decision.rule, decision.tier, decision.tenant = verdict.rule, verdict.tier, verdict.tenant
+            decision.priority = verdict.priority
+            if verdict.reject is not None:
+                status, message = verdict.reject
                 raise RoutingError(
-                    ErrorKind.MODEL_NOT_FOUND,
-                    f"model {request.model!r} does not exist; available: {', '.join(self.served_models())}",
-                    "model_not_found",
+                    ErrorKind.REJECTED_BY_POLICY, message, "rejected_by_policy", status_override=status
                 )
+            targets = verdict.targets
+            extra_headers = verdict.headers
+        if request.model not in self.served_models() and not (policy is not None and targets):
             raise RoutingError(
-                ErrorKind.NO_CAPACITY, f"no endpoint serves model {request.model!r} right now", "no_endpoint"
+                ErrorKind.MODEL_NOT_FOUND,
+                f"model {request.model!r} does not exist; available: {', '.join(self.served_models())}",
+                "model_not_found",
             )
         ctx = PickContext(
             model=request.model,
             prompt_text=request.text,
             session_key=headers.headers.get(self.config.session_header) or request.user,
+            priority=decision.priority,
             now=self.clock(),
         )
-        rows = self.picker.pick(
-            snapshot,
-            candidates,
-            self.inflight.counts_for(snapshot),
-            ctx,
-            self.config.endpoints_per_request,
-        )
+        inflight = self.inflight.counts_for(snapshot)
+        shed: RoutingError | None = None
+        rows: list[int] = []
+        for index, target in enumerate(targets):
+            candidates = self._candidates(snapshot, target)
+            if candidates.size == 0:
+                continue
+            ctx.model = target.model
+            try:
+                rows = self.picker.pick(
+                    snapshot, candidates, inflight, ctx, self.config.endpoints_per_request
+                )
+            except RoutingError as error:
+                if error.kind is not ErrorKind.OVERLOADED:
+                    raise
+                shed = shed or error  # try the next model before shedding
+                continue
+            if rows:
+                decision.model, decision.pool = target.model, target.pool
+                decision.model_fallback = index > 0
+                break
         if not rows:
+            if shed is not None:
+                raise shed
             raise RoutingError(
                 ErrorKind.NO_CAPACITY,
                 f"no healthy endpoint for model {request.model!r}; retry later",
                 "no_healthy_endpoint",
                 retry_after_s=1.0,
             )
-        endpoints = [snapshot.endpoints[r].address for r in rows]
+        decision.endpoints = endpoints = [snapshot.endpoints[r].address for r in rows]
         self.inflight.add(snapshot, endpoints[0], +1)
-        return Decision(
-            endpoints=endpoints,
-            model=request.model,
-            set_headers=[(DESTINATION_HEADER, ",".join(endpoints)), (MODEL_HEADER, request.model)],
-        )
+        if not decision.pool:
+            decision.pool = snapshot.endpoints[rows[0]].pool
+        set_headers = decision.set_headers
+        set_headers.append((DESTINATION_HEADER, ",".join(endpoints)))
+        set_headers.append((MODEL_HEADER, decision.model))
+        if self.complexity is not None:
+            set_headers.append((COMPLEXITY_HEADER, f"{complexity:.3f}"))
+        set_headers.extend(extra_headers)
+        if decision.model != request.model:
+            decision.body = json.dumps({**request.body, "model": decision.model}, ensure_ascii=False).encode()
+            set_headers.append(("content-length", str(len(decision.body))))
+        return decision
 
     def finished(self, endpoint: str) -> None:
         self.inflight.add(self.fleet.snapshot, endpoint, -1)
+
+
+def metadata_claims(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    """JWT claims Envoy's jwt_authn put in dynamic metadata (payload_in_metadata), if any."""
+    claims = metadata.get("envoy.filters.http.jwt_authn")
+    return claims if isinstance(claims, Mapping) else {}
