@@ -17,6 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.config import ServerConfig
@@ -42,6 +43,11 @@ def _header_pairs(headers: ep.HttpHeaders) -> list[tuple[str, str]]:
         (h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers.headers
     ]
+
+
+def _metadata(metadata: base_pb2.Metadata) -> dict[str, object]:
+    """Envoy-forwarded dynamic metadata (forwarding_namespaces), e.g. verified JWT claims."""
+    return {ns: json_format.MessageToDict(struct) for ns, struct in metadata.filter_metadata.items()}
 
 
 def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.ProcessingResponse:
@@ -92,6 +98,7 @@ def decision_response(decision: Decision) -> ep.ProcessingResponse:
 class _StreamState:
     headers: RequestHeaders | None = None
     endpoint: str | None = None  # primary endpoint counted in flight until the response starts
+    metadata: dict[str, object] | None = None
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -108,11 +115,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             async for message in request_iterator:
                 phase = message.WhichOneof("request")
                 if phase == "request_headers":
+                    if message.HasField("metadata_context"):
+                        state.metadata = _metadata(message.metadata_context)
                     yield self.on_request_headers(message.request_headers, state)
                 elif phase == "request_body":
                     yield self.on_request_body(message.request_body, state)
                 elif phase == "response_headers":
-                    self._release(state)
+                    # The endpoint stays counted until the stream ends: Envoy keeps this gRPC
+                    # stream open until the whole response (all SSE tokens) has passed.
                     yield _CONTINUE_RESPONSE_HEADERS
                 elif phase == "response_body":
                     yield ep.ProcessingResponse(response_body=ep.BodyResponse())
@@ -127,7 +137,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             log.exception("ext_proc stream failed")
             raise
         finally:
-            # A reset or a dropped stream must not leave the endpoint counted as busy forever.
+            # The HTTP request is over (answered, reset or dropped): the endpoint is free again.
             self._release(state)
 
     def _release(self, state: _StreamState) -> None:
@@ -137,6 +147,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
         headers = parse_headers(_header_pairs(message))
+        if state.metadata:
+            headers.metadata = state.metadata
         state.headers = headers
         try:
             task = headers.task
