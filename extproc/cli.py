@@ -81,21 +81,28 @@ def _up(args: argparse.Namespace) -> int:
     )
 
 
-def _passthrough(module: str) -> Callable[[list[str]], int]:
+def _passthrough(target: str) -> Callable[[list[str]], int]:
+    module, _, function = target.partition(":")
+
     def run(argv: list[str]) -> int:
         import importlib
 
-        main: Callable[[list[str]], int] = importlib.import_module(module).main
+        main: Callable[[list[str]], int] = getattr(importlib.import_module(module), function or "main")
         return main(argv)
 
     return run
 
 
-# Subcommands whose module parses its own arguments.
+# Subcommands whose module parses its own arguments: name -> (module[:function], help).
 PASSTHROUGH = {
-    "sim": ("extproc.sim.__main__", "run the simulated vLLM fleet"),
+    "sim": ("extproc.vllm_sim", "run the simulated vLLM fleet"),
     "loadgen": ("extproc.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
     "complexity": ("extproc.complexity_cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
+    "validate": ("extproc.policy_cli:validate_main", "validate policy files"),
+    "explain": ("extproc.policy_cli:explain_main", "show how a policy routes a request"),
+    "schema": ("extproc.policy_cli:schema_main", "print the policy JSON Schema"),
+    "render": ("extproc.istio_render", "print Istio/Kubernetes manifests (render istio ...)"),
+    "bench": ("e2e.bench", "run a benchmark (overhead, routing, pick, scale, classifier)"),
 }
 
 

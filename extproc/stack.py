@@ -122,7 +122,7 @@ class LocalStack:
     def start_sim(self) -> None:
         ready = self.workdir / "fleet.json"
         ready.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "extproc.sim", "--endpoints", str(self.config.sim_endpoints)]
+        argv = [sys.executable, "-m", "extproc.vllm_sim", "--endpoints", str(self.config.sim_endpoints)]
         argv += ["--time-scale", str(self.config.time_scale), "--ready-file", str(ready)]
         if self.config.sim_fleet_file:
             argv += ["--fleet", self.config.sim_fleet_file]

@@ -1,0 +1,651 @@
+"""A simulated vLLM fleet: N OpenAI-compatible model servers on loopback ports, one process.
+
+Each endpoint runs a small continuous-batching engine (waiting queue, ``max_num_seqs``, KV-cache
+capacity in tokens, prefill per uncached token, a prefix cache over prompt blocks, decode steps
+that slow down as the batch grows, a GPU-class speed factor) so that where a request goes
+changes how fast it is answered. It speaks vLLM's HTTP API (SSE streaming included) and exposes
+vLLM's metric names on ``/metrics``. See docs/simulator.md for the parameters and their sources.
+
+Never imported by the request path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+import uuid
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Per GPU class: relative slowness (1.0 = A100-class). A T4 has ~1/5 of an A100's FP16
+# throughput and ~1/5 of its memory bandwidth; ~3x is what vLLM users see for small models.
+GPU_SPEED: dict[str, float] = {"h100": 0.6, "a100": 1.0, "l4": 2.0, "t4": 3.0}
+BLOCK_CHARS = 64  # prefix-cache block: 64 characters ~ 16 tokens, vLLM's default block size
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+
+
+@dataclass
+class EndpointSpec:
+    """One simulated model server. Times are simulated seconds, before ``time_scale``."""
+
+    port: int = 0
+    models: tuple[str, ...] = ("llama-3-8b",)
+    pool: str = "default"
+    gpu_class: str = "a100"
+    zone: str = ""
+    max_num_seqs: int = 64
+    kv_capacity_tokens: int = 60_000
+    # Llama-3-8B class on an A100: ~12k prompt tokens/s prefill, ~12 ms decode step at small
+    # batch growing ~0.15 ms per running sequence (docs/simulator.md gives the sources).
+    prefill_s_per_token: float = 1.0 / 12_000
+    decode_base_s: float = 0.012
+    decode_per_seq_s: float = 0.00015
+    default_max_tokens: int = 32
+    warmup_s: float = 0.0
+    error_rate: float = 0.0
+    lora_adapters: tuple[str, ...] = ()
+
+    @property
+    def speed(self) -> float:
+        return GPU_SPEED.get(self.gpu_class, 1.0)
+
+
+@dataclass
+class _Request:
+    rid: str
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    blocks: list[int]
+    arrived: float
+    tokens: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
+    generated: int = 0
+    cached_tokens: int = 0
+    first_token_at: float = 0.0
+
+
+def estimate_tokens(text: str) -> int:
+    """Prompt tokens the simulator charges: ~4 characters per token, at least 1."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def prompt_blocks(text: str) -> list[int]:
+    """Chained hashes of the prompt's full blocks: equal prefixes give equal leading hashes."""
+    blocks, running = [], 0
+    for start in range(0, len(text) - BLOCK_CHARS + 1, BLOCK_CHARS):
+        running = zlib.crc32(text[start : start + BLOCK_CHARS].encode(), running)
+        blocks.append(running)
+    return blocks
+
+
+class Engine:
+    """Continuous batching for one endpoint, stepping in simulated time scaled by ``time_scale``."""
+
+    def __init__(self, spec: EndpointSpec, time_scale: float, metrics: SimMetrics) -> None:
+        self.spec = spec
+        self.time_scale = time_scale
+        self.metrics = metrics
+        self.waiting: deque[_Request] = deque()
+        self.running: list[_Request] = []
+        self.kv_used = 0
+        self.prefix: OrderedDict[int, None] = OrderedDict()
+        self.prefix_capacity = max(1, spec.kv_capacity_tokens // 16)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.records: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.served = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for request in [*self.waiting, *self.running]:
+            request.tokens.put_nowait(None)
+        self.waiting.clear()
+        self.running.clear()
+        self.kv_used = 0
+
+    def submit(self, request: _Request) -> None:
+        self.waiting.append(request)
+        self.metrics.waiting.set(len(self.waiting))
+        self._wake.set()
+
+    def _admit(self) -> float:
+        """Move waiting requests into the batch while seats and KV allow; return prefill time."""
+        prefill = 0.0
+        spec = self.spec
+        while self.waiting and len(self.running) < spec.max_num_seqs:
+            request = self.waiting[0]
+            need = request.prompt_tokens + request.max_tokens
+            if self.kv_used + need > spec.kv_capacity_tokens and self.running:
+                break
+            self.waiting.popleft()
+            hits = 0
+            for block in request.blocks:
+                if block not in self.prefix:
+                    break
+                self.prefix.move_to_end(block)
+                hits += 1
+            for block in request.blocks[hits:]:
+                self.prefix[block] = None
+            while len(self.prefix) > self.prefix_capacity:
+                self.prefix.popitem(last=False)
+            request.cached_tokens = min(request.prompt_tokens - 1, hits * BLOCK_CHARS // 4)
+            self.metrics.prefix_queries.inc(request.prompt_tokens)
+            self.metrics.prefix_hits.inc(request.cached_tokens)
+            prefill += (request.prompt_tokens - request.cached_tokens) * spec.prefill_s_per_token
+            self.kv_used += need
+            self.running.append(request)
+        return prefill * spec.speed
+
+    async def _loop(self) -> None:
+        spec = self.spec
+        while True:
+            if not self.running and not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+            prefill = self._admit()
+            step = prefill + (spec.decode_base_s + spec.decode_per_seq_s * len(self.running)) * spec.speed
+            self.metrics.update(self)
+            await asyncio.sleep(step * self.time_scale)
+            now = time.monotonic()
+            still = []
+            for request in self.running:
+                if request.generated == 0:
+                    request.first_token_at = now
+                    self.metrics.ttft.observe((now - request.arrived) / self.time_scale)
+                request.generated += 1
+                request.tokens.put_nowait(request.generated)
+                if request.generated >= request.max_tokens:
+                    request.tokens.put_nowait(None)
+                    self.kv_used -= request.prompt_tokens + request.max_tokens
+                    self._finished(request, now)
+                else:
+                    still.append(request)
+            self.running = still
+            self.metrics.update(self)
+
+    def _finished(self, request: _Request, now: float) -> None:
+        self.served += 1
+        scale = self.time_scale
+        e2e = (now - request.arrived) / scale
+        self.metrics.e2e.observe(e2e)
+        self.metrics.prompt_tokens.inc(request.prompt_tokens)
+        self.metrics.generation_tokens.inc(request.generated)
+        self.records.append(
+            {
+                "request_id": request.rid,
+                "model": request.model,
+                "prompt_tokens": request.prompt_tokens,
+                "completion_tokens": request.generated,
+                "prefix_hit_tokens": request.cached_tokens,
+                "ttft_s": (request.first_token_at - request.arrived) / scale,
+                "e2e_s": e2e,
+            }
+        )
+
+
+class SimMetrics:
+    """vLLM's metric names (vllm/v1/metrics/loggers.py), one registry per endpoint."""
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        self.registry = registry = CollectorRegistry()
+        labels = ["model_name", "engine"]
+        model = spec.models[0]
+        self.running = Gauge(
+            "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=registry
+        ).labels(model, "0")
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=registry
+        ).labels(model, "0")
+        self.kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            labels,
+            registry=registry,
+        ).labels(model, "0")
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", labels, registry=registry
+        ).labels(model, "0")
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", labels, registry=registry
+        ).labels(model, "0")
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=registry
+        ).labels(model, "0")
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=registry
+        ).labels(model, "0")
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token in seconds.",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        ).labels(model, "0")
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency in seconds.",
+            labels,
+            buckets=E2E_BUCKETS,
+            registry=registry,
+        ).labels(model, "0")
+        Gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            ["block_size", "num_gpu_blocks", "enable_prefix_caching", "engine"],
+            registry=registry,
+        ).labels("16", str(spec.kv_capacity_tokens // 16), "True", "0").set(1)
+        self.lora = Gauge(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+            registry=registry,
+        )
+        self.lora.labels(str(len(spec.lora_adapters)), ",".join(spec.lora_adapters), "").set(time.time())
+
+    def update(self, engine: Engine) -> None:
+        self.running.set(len(engine.running))
+        self.waiting.set(len(engine.waiting))
+        self.kv_usage.set(min(1.0, engine.kv_used / engine.spec.kv_capacity_tokens))
+
+
+def _chunk(rid: str, model: str, created: int, chat: bool, text: str | None, finish: str | None) -> bytes:
+    if chat:
+        delta = {"content": text} if text is not None else {}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        obj = "text_completion"
+    payload = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return web.json_response(body, status=status)
+
+
+class SimEndpoint:
+    """One model server: its engine, metrics, HTTP listener and fault switches."""
+
+    def __init__(self, spec: EndpointSpec, host: str, time_scale: float) -> None:
+        self.spec = spec
+        self.host = host
+        self.time_scale = time_scale
+        self.metrics = SimMetrics(spec)
+        self.engine = Engine(spec, time_scale, self.metrics)
+        self.ready_at = time.monotonic() + spec.warmup_s * time_scale
+        self.error_rate = spec.error_rate
+        self.hang = False
+        self.metrics_mode = "normal"
+        self.runner: web.AppRunner | None = None
+        self.port = spec.port
+        self.in_flight: set[asyncio.Task[Any]] = set()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "models": list(self.spec.models),
+            "pool": self.spec.pool,
+            "gpu_class": self.spec.gpu_class,
+            "zone": self.spec.zone,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_post("/sim/control", self.control)
+        app.router.add_get("/sim/stats", self.stats)
+        return app
+
+    async def start(self) -> None:
+        self.engine.start()
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server  # the bound port when spec.port was 0
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        for task in list(self.in_flight):
+            task.cancel()
+        await self.engine.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def crash(self) -> None:
+        """Listener closed and every in-flight request cut: connection refused from now on."""
+        await self.stop()
+
+    async def restart(self) -> None:
+        self.engine = Engine(self.spec, self.time_scale, self.metrics)
+        await self.start()
+
+    def _headers(self, request: web.Request, rid: str) -> dict[str, str]:
+        return {
+            "x-sim-endpoint": self.address,
+            "x-sim-request-id": rid,
+            # Echoes for tests: what the router told the upstream.
+            "x-sim-destination": request.headers.get("x-gateway-destination-endpoint", ""),
+            "x-sim-llm-tier": request.headers.get("x-llm-tier", ""),
+            "x-sim-model": request.headers.get("x-llm-model", ""),
+        }
+
+    async def _gate(self, request: web.Request) -> web.StreamResponse | None:
+        if not self.ready:
+            return _error(503, "model is loading", "service_unavailable")
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.error_rate and random.random() < self.error_rate:
+            return _error(500, "injected failure", "internal_error")
+        return None
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        try:
+            return await self._completions(request)
+        finally:
+            self.in_flight.discard(task)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        gated = await self._gate(request)
+        if gated is not None:
+            return gated
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "invalid JSON", "invalid_request_error")
+        model = body.get("model")
+        if model not in self.spec.models and model not in self.spec.lora_adapters:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        chat = request.path.endswith("/chat/completions")
+        if chat:
+            text = "\n".join(
+                m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+                for m in body.get("messages", [])
+            )
+        else:
+            prompt = body.get("prompt", "")
+            text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        max_tokens = (
+            body.get("max_tokens") or body.get("max_completion_tokens") or self.spec.default_max_tokens
+        )
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        job = _Request(
+            rid, model, estimate_tokens(text), int(max_tokens), prompt_blocks(text), time.monotonic()
+        )
+        self.engine.submit(job)
+        created = int(time.time())
+        headers = self._headers(request, rid)
+        usage = {
+            "prompt_tokens": job.prompt_tokens,
+            "completion_tokens": job.max_tokens,
+            "total_tokens": job.prompt_tokens + job.max_tokens,
+        }
+        if not body.get("stream"):
+            while await job.tokens.get() is not None:
+                pass
+            content = " ".join(f"tok{i}" for i in range(job.generated))
+            if chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "length",
+                }
+            else:
+                choice = {"index": 0, "text": content, "finish_reason": "length"}
+            reply = {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            return web.json_response(reply, headers=headers)
+        response = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
+        await response.prepare(request)
+        if chat:
+            first = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            await response.write(b"data: " + json.dumps(first).encode() + b"\n\n")
+        while (token := await job.tokens.get()) is not None:
+            await response.write(_chunk(rid, model, created, chat, f"tok{token - 1} ", None))
+        await response.write(_chunk(rid, model, created, chat, None if chat else "", "length"))
+        options = body.get("stream_options") or {}
+        if options.get("include_usage"):
+            final = {
+                "id": rid,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        gated = await self._gate(request)
+        if gated is not None:
+            return gated
+        body = await request.json()
+        inputs = body.get("input", "")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.0, 0.1, 0.2, 0.3]} for i in range(len(inputs))
+        ]
+        tokens = sum(estimate_tokens(str(x)) for x in inputs)
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return web.json_response(reply, headers=self._headers(request, uuid.uuid4().hex))
+
+    async def models(self, _request: web.Request) -> web.Response:
+        data = [
+            {"id": m, "object": "model", "owned_by": "vllm"}
+            for m in (*self.spec.models, *self.spec.lora_adapters)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ready else 503)
+
+    async def metrics_page(self, _request: web.Request) -> web.StreamResponse:
+        if self.metrics_mode == "hang":
+            await asyncio.sleep(3600)
+        if self.metrics_mode == "garbage":
+            return web.Response(body=b"\x00\xffnot { prometheus\n" * 50, content_type="text/plain")
+        if self.metrics_mode == "huge":
+            return web.Response(body=b"# padding\n" * 1_000_000, content_type="text/plain")
+        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
+
+    async def control(self, request: web.Request) -> web.Response:
+        change = await request.json()
+        if "error_rate" in change:
+            self.error_rate = float(change["error_rate"])
+        if "hang" in change:
+            self.hang = bool(change["hang"])
+        if "ready" in change:
+            self.ready_at = time.monotonic() if change["ready"] else float("inf")
+        if "metrics_mode" in change:
+            self.metrics_mode = str(change["metrics_mode"])
+        if change.get("crash"):
+            # Answer first, then close the listener.
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.crash()))
+        return web.json_response({"ok": True})
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        engine = self.engine
+        return web.json_response(
+            {
+                "address": self.address,
+                "served": engine.served,
+                "running": len(engine.running),
+                "waiting": len(engine.waiting),
+                "kv_used_tokens": engine.kv_used,
+                "records": list(engine.records),
+            }
+        )
+
+
+def default_fleet(n: int) -> list[EndpointSpec]:
+    """Half fast (A100-class, pool "fast", both models), half slow (T4-class, pool "slow")."""
+    specs = []
+    fast = max(1, n // 2)
+    for i in range(n):
+        if i < fast:
+            specs.append(
+                EndpointSpec(
+                    models=("llama-3-8b", "llama-3-70b"),
+                    pool="fast",
+                    gpu_class="a100",
+                    zone=f"zone-{'ab'[i % 2]}",
+                )
+            )
+        else:
+            specs.append(
+                EndpointSpec(
+                    models=("llama-3-8b",),
+                    pool="slow",
+                    gpu_class="t4",
+                    zone=f"zone-{'ab'[i % 2]}",
+                    kv_capacity_tokens=20_000,
+                    max_num_seqs=32,
+                )
+            )
+    return specs
+
+
+def load_fleet_spec(path: Path) -> list[EndpointSpec]:
+    """YAML/JSON: {"endpoints": [{EndpointSpec fields...}, ...]}; unknown fields are errors."""
+    data = yaml.safe_load(path.read_text())
+    known = {f.name for f in fields(EndpointSpec)}
+    specs = []
+    for i, entry in enumerate(data.get("endpoints", [])):
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(
+                f"{path}: endpoints[{i}]: unknown fields {sorted(unknown)}; known: {sorted(known)}"
+            )
+        for key in ("models", "lora_adapters"):
+            if key in entry:
+                entry[key] = tuple(entry[key])
+        specs.append(EndpointSpec(**entry))
+    return specs
+
+
+class SimFleet:
+    def __init__(self, endpoints: list[SimEndpoint]) -> None:
+        self.endpoints = endpoints
+
+    async def stop(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.stop()
+
+
+async def start_fleet(
+    specs: list[EndpointSpec], host: str = "127.0.0.1", time_scale: float = 1.0
+) -> SimFleet:
+    endpoints = [SimEndpoint(spec, host, time_scale) for spec in specs]
+    for endpoint in endpoints:
+        await endpoint.start()
+    return SimFleet(endpoints)
+
+
+async def _serve(specs: list[EndpointSpec], args: argparse.Namespace) -> None:
+    fleet = await start_fleet(specs, args.host, args.time_scale)
+    ready = json.dumps({"endpoints": [e.describe() for e in fleet.endpoints]})
+    print(ready, flush=True)
+    if args.ready_file:
+        tmp = Path(args.ready_file + ".tmp")
+        tmp.write_text(ready)
+        tmp.replace(args.ready_file)  # atomic: readers never see half a file
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await fleet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-extproc sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--endpoints", type=int, default=4, help="size of the default fleet")
+    parser.add_argument("--fleet", help="fleet spec file (YAML/JSON) instead of the default fleet")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--base-port", type=int, default=0, help="first port (0 = ephemeral ports)")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="multiplies every simulated duration")
+    parser.add_argument("--ready-file", help="write the endpoint list here once every listener is bound")
+    args = parser.parse_args(argv)
+    specs = load_fleet_spec(Path(args.fleet)) if args.fleet else default_fleet(args.endpoints)
+    if args.base_port:
+        for i, spec in enumerate(specs):
+            spec.port = spec.port or args.base_port + i
+    try:
+        import uvloop
+
+        uvloop.run(_serve(specs, args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
