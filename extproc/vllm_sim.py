@@ -49,11 +49,14 @@ class EndpointSpec:
     zone: str = ""
     max_num_seqs: int = 64
     kv_capacity_tokens: int = 60_000
-    # Llama-3-8B class on an A100: ~12k prompt tokens/s prefill, ~12 ms decode step at small
-    # batch growing ~0.15 ms per running sequence (docs/simulator.md gives the sources).
-    prefill_s_per_token: float = 1.0 / 12_000
-    decode_base_s: float = 0.012
-    decode_per_seq_s: float = 0.00015
+    # llm-d-inference-sim's per-token latency model and its example values for a Llama-3-8B
+    # class model (docs/simulator.md): prefill = overhead + uncached tokens x per-token time;
+    # each decode step takes the inter-token latency, stretched up to time_factor_under_load
+    # when the batch is full.
+    prefill_overhead_s: float = 0.020
+    prefill_s_per_token: float = 0.0001
+    inter_token_latency_s: float = 0.010
+    time_factor_under_load: float = 1.8
     default_max_tokens: int = 32
     warmup_s: float = 0.0
     error_rate: float = 0.0
@@ -152,6 +155,7 @@ class Engine:
             request.cached_tokens = min(request.prompt_tokens - 1, hits * BLOCK_CHARS // 4)
             self.metrics.prefix_queries.inc(request.prompt_tokens)
             self.metrics.prefix_hits.inc(request.cached_tokens)
+            prefill += spec.prefill_overhead_s
             prefill += (request.prompt_tokens - request.cached_tokens) * spec.prefill_s_per_token
             self.kv_used += need
             self.running.append(request)
@@ -164,7 +168,9 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
             prefill = self._admit()
-            step = prefill + (spec.decode_base_s + spec.decode_per_seq_s * len(self.running)) * spec.speed
+            load = len(self.running) / spec.max_num_seqs
+            stretch = 1.0 + (spec.time_factor_under_load - 1.0) * load
+            step = prefill + spec.inter_token_latency_s * stretch * spec.speed
             self.metrics.update(self)
             await asyncio.sleep(step * self.time_scale)
             now = time.monotonic()
