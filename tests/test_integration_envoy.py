@@ -200,3 +200,31 @@ def test_sigterm_lets_in_flight_streams_finish() -> None:
         assert extproc.wait(40) == 0
     finally:
         local.stop()
+
+
+def test_crashed_primary_is_skipped_by_envoy_retry_onto_the_fallback() -> None:
+    local = LocalStack(stack_config())
+    local.start()
+    try:
+        victim = local.fleet[0]["address"]
+        control = urllib.request.Request(
+            f"http://{victim}/sim/control",
+            data=b'{"crash": true}',
+            headers={"content-type": "application/json"},
+        )
+        urllib.request.urlopen(control, timeout=5).close()
+        served = []
+        # Sent before the scraper notices: some lists start with the dead endpoint.
+        for _ in range(12):
+            status, headers, _ = post(local, "/v1/chat/completions", chat_body(max_tokens=1))
+            assert status == 200
+            served.append(headers["x-gateway-destination-endpoint-served"])
+        assert victim not in served
+        # Envoy did retry: the dead primary was tried and the next endpoint of the list served.
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{local.admin_port}/stats?filter=fleet.upstream_rq_retry$"
+        ) as r:
+            retries = int(r.read().decode().split(":")[1])
+        assert retries >= 1
+    finally:
+        local.stop()
