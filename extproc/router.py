@@ -107,6 +107,9 @@ class Router:
         self.policy = policy
         self.policy_input = policy_input
         self.complexity = complexity
+        self.responses_observed = 0
+        # Passive health / latency feedback (the scheduler's health tracker), if any.
+        self.on_response: Callable[[str, int, float], None] | None = None
 
     def served_models(self) -> tuple[str, ...]:
         models = dict.fromkeys(self.config.models or self.fleet.snapshot.models)
@@ -227,6 +230,12 @@ class Router:
             decision.body = json.dumps({**request.body, "model": decision.model}, ensure_ascii=False).encode()
             set_headers.append(("content-length", str(len(decision.body))))
         return decision
+
+    def observe_response(self, endpoint: str, status: int, started: float) -> None:
+        """Response headers arrived from ``endpoint``: feed passive health and latency scoring."""
+        self.responses_observed += 1
+        if self.on_response is not None:
+            self.on_response(endpoint, status, self.clock() - started)
 
     def finished(self, endpoint: str) -> None:
         self.inflight.add(self.fleet.snapshot, endpoint, -1)

@@ -29,6 +29,9 @@ from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, Decision, 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+# Added by Envoy's route (response_headers_to_add: %UPSTREAM_HOST%): the endpoint that answered,
+# which differs from our primary when a retry walked the list.
+SERVED_HEADER = "x-gateway-destination-endpoint-served"
 _METHOD_BY_TASK = {Task.CHAT: "POST", Task.COMPLETION: "POST", Task.EMBEDDING: "POST", Task.MODELS: "GET"}
 
 # Answers that never change, built once.
@@ -99,6 +102,7 @@ class _StreamState:
     headers: RequestHeaders | None = None
     endpoint: str | None = None  # primary endpoint counted in flight until the response starts
     metadata: dict[str, object] | None = None
+    started: float = 0.0  # monotonic time the decision was made
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -123,6 +127,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 elif phase == "response_headers":
                     # The endpoint stays counted until the stream ends: Envoy keeps this gRPC
                     # stream open until the whole response (all SSE tokens) has passed.
+                    if state.endpoint is not None:
+                        self.on_response_headers(message.response_headers, state)
                     yield _CONTINUE_RESPONSE_HEADERS
                 elif phase == "response_body":
                     yield ep.ProcessingResponse(response_body=ep.BodyResponse())
@@ -174,6 +180,17 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             )
         )
 
+    def on_response_headers(self, message: ep.HttpHeaders, state: _StreamState) -> None:
+        """Tell the router which endpoint answered and how (passive health, latency)."""
+        status = 0
+        served = ""
+        for header in message.headers.headers:
+            if header.key == ":status":
+                status = int(header.raw_value or header.value or 0)
+            elif header.key == SERVED_HEADER:
+                served = (header.raw_value.decode() if header.raw_value else header.value).strip()
+        self.router.observe_response(served or state.endpoint or "", status, state.started)
+
     def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:
         headers = state.headers
         if headers is None or headers.task is None:
@@ -184,6 +201,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except RoutingError as error:
             return error_response(error)
         state.endpoint = decision.endpoints[0]
+        state.started = self.router.clock()
         return decision_response(decision)
 
 

@@ -148,3 +148,22 @@ async def test_grpc_stream_and_health_gate() -> None:
             assert processor.router.inflight.total() == 0
     finally:
         await server.stop(None)
+
+
+def test_response_headers_report_status_and_the_endpoint_that_served() -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    processor, _ = make_processor(FLEET)
+    seen: list[tuple[str, int]] = []
+    processor.router.on_response = lambda endpoint, status, _elapsed: seen.append((endpoint, status))
+    _, _, state = run_request(processor, headers_message(), body_message(chat()))
+    response_headers = ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":status", raw_value=b"503"),
+                base_pb2.HeaderValue(key="x-gateway-destination-endpoint-served", raw_value=FLEET[3].encode()),
+            ]
+        )
+    )
+    processor.on_response_headers(response_headers, state)
+    assert seen == [(FLEET[3], 503)]
