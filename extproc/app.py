@@ -11,7 +11,9 @@ from typing import Protocol
 from extproc.config import ServerConfig
 from extproc.fleet import FleetState, InFlight
 from extproc.router import Router
-from extproc.scheduling import EndpointPicker, LeastInFlightPicker
+from extproc.outlier import OutlierDetector
+from extproc.picker import Scheduler, SchedulerConfig
+from extproc.scheduling import EndpointPicker
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,15 @@ class App:
         config: ServerConfig,
         collector_factory: CollectorFactory,
         picker: EndpointPicker | None = None,
+        scheduler_config: SchedulerConfig | None = None,
     ) -> None:
         self.config = config
         self.fleet = FleetState()
         self.inflight = InFlight()
-        self.router = Router(config, self.fleet, picker or LeastInFlightPicker(), self.inflight)
+        self.outliers = OutlierDetector()
+        self.scheduler = Scheduler(scheduler_config, self.outliers)
+        self.router = Router(config, self.fleet, picker or self.scheduler, self.inflight)
+        self.router.on_response = self.outliers.observe
         self.processor = ExternalProcessor(config, self.router)
         self.health = HealthGate(self.fleet)
         self.collector = collector_factory(self.fleet)

@@ -1,0 +1,294 @@
+"""The scheduler framework: filters remove candidates, scorers rate them, the picker orders them.
+
+Plugins are small classes registered by name (see ``REGISTRY``); each works on a
+:class:`PickView` holding numpy arrays over the candidate rows, so a pick among 1,000
+endpoints is a handful of vectorised operations. Plugins return raw values ("higher is
+better"); the framework, not the plugins, normalises each scorer to 0..1 and applies weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc.errors import ErrorKind, RoutingError
+from extproc.fleet import BoolArray, FleetSnapshot, FloatArray, IntArray
+from extproc.outlier import OutlierDetector
+from extproc.scheduling import PickContext
+
+
+@dataclass(slots=True)
+class PickView:
+    """One pick's inputs, restricted to the candidate rows (all arrays are per candidate)."""
+
+    snapshot: FleetSnapshot
+    rows: IntArray
+    inflight: npt.NDArray[np.float64]
+    ctx: PickContext
+    age_s: FloatArray
+    speed: FloatArray  # relative serving speed per candidate (GPU class weight)
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.size)
+
+    def take(self, keep: BoolArray) -> PickView:
+        return PickView(
+            self.snapshot,
+            self.rows[keep],
+            self.inflight[keep],
+            self.ctx,
+            self.age_s[keep],
+            self.speed[keep],
+        )
+
+
+class Filter(Protocol):
+    name: ClassVar[str]
+
+    def keep(self, view: PickView) -> BoolArray:
+        """Mask over the view's candidates: True keeps the candidate."""
+        ...
+
+
+class Scorer(Protocol):
+    name: ClassVar[str]
+
+    def score(self, view: PickView) -> FloatArray:
+        """Raw per-candidate values, higher is better; the framework normalises them."""
+        ...
+
+    def picked(self, view: PickView, chosen_rows: list[int]) -> None:
+        """Called after a pick, for scorers that learn from it (prefix affinity)."""
+        ...
+
+
+PluginFactory = Callable[["SchedulerConfig", OutlierDetector], Any]
+REGISTRY: dict[str, PluginFactory] = {}
+
+
+def register(name: str) -> Callable[[PluginFactory], PluginFactory]:
+    def add(factory: PluginFactory) -> PluginFactory:
+        if name in REGISTRY:
+            raise ValueError(f"plugin {name!r} registered twice")
+        REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+DEFAULT_FILTERS = ("ready", "outlier", "stale", "locality")
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "load": 3.0,
+    "queue": 1.0,
+    "kv_cache": 1.0,
+    "inflight": 1.0,
+    "latency": 1.0,
+    "prefix": 2.0,
+    "session": 1.0,
+    "lora": 1.0,
+}
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    filters: tuple[str, ...] = DEFAULT_FILTERS
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    # Relative speed per GPU class (A100 : T4 = 3 : 1); unknown classes get 1.
+    gpu_weights: dict[str, float] = field(
+        default_factory=lambda: {"h100": 5.0, "a100": 3.0, "l4": 1.5, "t4": 1.0}
+    )
+    stale_after_s: float = 1.0
+    slow_start_s: float = 10.0
+    # Saturation: every candidate above both thresholds. Batch is shed first; standard only
+    # beyond the severe factor; premium never.
+    queue_threshold: float = 8.0
+    kv_threshold: float = 0.9
+    severe_factor: float = 3.0
+    retry_after_s: float = 2.0
+    prefix_block_chars: int = 64
+    prefix_max_blocks: int = 64
+    prefix_capacity_blocks: int = 200_000
+    session_load_factor: float = 1.25
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SchedulerConfig:
+        """Strict: unknown keys, unknown plugins and negative weights are errors that say which."""
+        _load_plugins()
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"scheduler: unknown settings {unknown}; known: {sorted(known)}")
+        settings: dict[str, Any] = {k: tuple(v) if k == "filters" else v for k, v in raw.items()}
+        if "weights" in settings:
+            settings["weights"] = {**DEFAULT_WEIGHTS, **settings["weights"]}
+        config = cls(**settings)
+        for name in (*config.filters, *config.weights):
+            if name not in REGISTRY:
+                raise ValueError(f"scheduler: unknown plugin {name!r}; known: {sorted(REGISTRY)}")
+        for name, weight in config.weights.items():
+            if not isinstance(weight, int | float) or weight < 0 or math.isnan(weight):
+                raise ValueError(f"scheduler.weights.{name}: must be a number >= 0, got {weight!r}")
+        return config
+
+
+def _normalise(raw: FloatArray) -> FloatArray:
+    finite = np.isfinite(raw)
+    if not finite.any():
+        return np.ones_like(raw)
+    low = float(raw[finite].min())
+    high = float(raw[finite].max())
+    if high <= low:
+        return np.where(finite, 1.0, 0.0)
+    return np.where(finite, (raw - low) / (high - low), 0.0)
+
+
+class Scheduler:
+    """Implements the request path's EndpointPicker with registered filters and scorers."""
+
+    def __init__(
+        self, config: SchedulerConfig | None = None, outliers: OutlierDetector | None = None
+    ) -> None:
+        _load_plugins()
+        self.config = config or SchedulerConfig()
+        self.outliers = outliers or OutlierDetector()
+        self.filters: list[Filter] = [
+            REGISTRY[name](self.config, self.outliers) for name in self.config.filters
+        ]
+        self.scorers: list[tuple[Scorer, float]] = [
+            (REGISTRY[name](self.config, self.outliers), weight)
+            for name, weight in self.config.weights.items()
+            if weight > 0
+        ]
+        self._speed_cache: tuple[tuple[str, ...], FloatArray] | None = None
+        self.sheds = 0
+
+    def _speed(self, snapshot: FleetSnapshot) -> FloatArray:
+        cached = self._speed_cache
+        if cached is not None and cached[0] is snapshot.membership:
+            return cached[1]
+        weights = self.config.gpu_weights
+        speed = np.array([weights.get(e.gpu_class, 1.0) for e in snapshot.endpoints], dtype=np.float64)
+        self._speed_cache = (snapshot.membership, speed)
+        return speed
+
+    def view(
+        self, snapshot: FleetSnapshot, candidates: IntArray, inflight: npt.NDArray[np.int64], ctx: PickContext
+    ) -> PickView:
+        return PickView(
+            snapshot,
+            candidates,
+            inflight[candidates].astype(np.float64),
+            ctx,
+            snapshot.age_s(ctx.now)[candidates],
+            self._speed(snapshot)[candidates],
+        )
+
+    def pick(
+        self,
+        snapshot: FleetSnapshot,
+        candidates: IntArray,
+        inflight: npt.NDArray[np.int64],
+        ctx: PickContext,
+        count: int,
+    ) -> list[int]:
+        view = self.view(snapshot, candidates, inflight, ctx)
+        for plugin in self.filters:
+            if view.size == 0:
+                return []
+            view = view.take(plugin.keep(view))
+        if view.size == 0:
+            return []
+        self._shed_if_saturated(view)
+        total = np.zeros(view.size)
+        for scorer, weight in self.scorers:
+            total += weight * _normalise(scorer.score(view))
+        total *= self._slow_start(view)
+        # A tiny jitter breaks ties so a burst between two scrapes spreads out.
+        total += np.random.default_rng().random(view.size) * 1e-6
+        order = np.argsort(-total, kind="stable")
+        chosen = self._spread(view, order, count)
+        for scorer, _ in self.scorers:
+            scorer.picked(view, chosen)
+        return chosen
+
+    def _slow_start(self, view: PickView) -> FloatArray:
+        """Newly ready endpoints ramp from 10 % to full weight over slow_start_s."""
+        if self.config.slow_start_s <= 0:
+            return np.ones(view.size)
+        ready_for = view.ctx.now - view.snapshot.ready_since[view.rows]
+        return 0.1 + 0.9 * np.clip(ready_for / self.config.slow_start_s, 0.0, 1.0)
+
+    def _shed_if_saturated(self, view: PickView) -> None:
+        config = self.config
+        priority = view.ctx.priority
+        if priority > 0:
+            return  # premium is never shed before standard
+        queue = view.snapshot.waiting[view.rows] + view.inflight
+        kv = view.snapshot.kv_usage[view.rows]
+        factor = 1.0 if priority < 0 else config.severe_factor
+        saturated = (queue >= config.queue_threshold * factor) & (kv >= config.kv_threshold)
+        if saturated.all():
+            self.sheds += 1
+            kind = "batch" if priority < 0 else "standard"
+            raise RoutingError(
+                ErrorKind.OVERLOADED,
+                f"every endpoint for {view.ctx.model!r} is saturated; {kind} traffic is shed, retry later",
+                "overloaded",
+                retry_after_s=config.retry_after_s,
+            )
+
+    @staticmethod
+    def _spread(view: PickView, order: IntArray, count: int) -> list[int]:
+        """Best first; fallbacks prefer nodes (then zones) not already in the list."""
+        endpoints = view.snapshot.endpoints
+        rows = [int(view.rows[i]) for i in order]
+        chosen = rows[:1]
+        used_nodes = {endpoints[rows[0]].node or endpoints[rows[0]].address}
+        used_zones = {endpoints[rows[0]].zone}
+        rest = rows[1:]
+        for prefer in ("node", "zone", "any"):
+            for row in rest:
+                if len(chosen) >= count:
+                    return chosen
+                if row in chosen:
+                    continue
+                endpoint = endpoints[row]
+                node = endpoint.node or endpoint.address
+                if prefer == "node" and (node in used_nodes or endpoint.zone in used_zones):
+                    continue
+                if prefer == "zone" and node in used_nodes:
+                    continue
+                chosen.append(row)
+                used_nodes.add(node)
+                used_zones.add(endpoint.zone)
+        return chosen[:count]
+
+
+_PLUGIN_MODULES = (
+    "extproc.filter_ready",
+    "extproc.filter_outlier",
+    "extproc.filter_stale",
+    "extproc.filter_locality",
+    "extproc.scorer_load",
+    "extproc.scorer_queue",
+    "extproc.scorer_kv_cache",
+    "extproc.scorer_inflight",
+    "extproc.scorer_latency",
+    "extproc.scorer_prefix",
+    "extproc.scorer_session",
+    "extproc.scorer_lora",
+)
+
+
+def _load_plugins() -> None:
+    """Import the built-in plugin modules once; each registers itself by name."""
+    import importlib
+
+    for module in _PLUGIN_MODULES:
+        importlib.import_module(module)

@@ -1,0 +1,25 @@
+"""Scorer: fewer waiting requests is better (vLLM's vllm:num_requests_waiting)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from extproc.fleet import FloatArray
+from extproc.outlier import OutlierDetector
+from extproc.picker import PickView, SchedulerConfig, register
+
+
+class QueueScorer:
+    name: ClassVar[str] = "queue"
+
+    def score(self, view: PickView) -> FloatArray:
+        result: FloatArray = -view.snapshot.waiting[view.rows]
+        return result
+
+    def picked(self, view: PickView, chosen_rows: list[int]) -> None:
+        return None
+
+
+@register(QueueScorer.name)
+def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> QueueScorer:
+    return QueueScorer()
