@@ -65,3 +65,75 @@ def make_processor(
     config = config or ServerConfig()
     router = Router(config, fleet, LeastInFlightPicker(), InFlight())
     return ExternalProcessor(config, router), fleet
+
+
+def fleet_snapshot(
+    n: int,
+    *,
+    waiting: list[float] | None = None,
+    running: list[float] | None = None,
+    kv: list[float] | None = None,
+    gpu: list[str] | None = None,
+    zones: list[str] | None = None,
+    nodes: list[str] | None = None,
+    healthy: list[bool] | None = None,
+    scraped_at: list[float] | None = None,
+    ttft: list[float] | None = None,
+    loras: list[tuple[str, ...]] | None = None,
+    now: float = 100.0,
+    ready_at: float = 0.0,
+):  # type: ignore[no-untyped-def]
+    """A snapshot of n endpoints serving "m", with per-endpoint metric overrides."""
+    import math
+
+    endpoints = [
+        Endpoint(
+            f"10.0.0.{i + 1}:8000",
+            models=("m",),
+            gpu_class=(gpu or ["a100"] * n)[i],
+            zone=(zones or [""] * n)[i],
+            node=(nodes or [""] * n)[i],
+        )
+        for i in range(n)
+    ]
+    metrics = {
+        e.address: EndpointMetrics(
+            waiting=(waiting or [0.0] * n)[i],
+            running=(running or [0.0] * n)[i],
+            kv_usage=(kv or [0.0] * n)[i],
+            healthy=(healthy or [True] * n)[i],
+            scraped_at=(scraped_at or [now] * n)[i],
+            ttft_mean_s=(ttft or [math.nan] * n)[i],
+            running_lora_adapters=(loras or [()] * n)[i],
+        )
+        for i, e in enumerate(endpoints)
+    }
+    return build_snapshot(endpoints, metrics, version=1, now=ready_at)
+
+
+def pick_view(
+    snapshot, *, inflight=None, prompt="", session=None, zone=None, lora=None, priority=0, now=100.0
+):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from extproc.picker import PickView
+    from extproc.scheduling import PickContext
+
+    rows = np.arange(snapshot.size, dtype=np.intp)
+    ctx = PickContext(
+        model="m",
+        prompt_text=prompt,
+        session_key=session,
+        zone=zone,
+        lora_adapter=lora,
+        priority=priority,
+        now=now,
+    )
+    return PickView(
+        snapshot,
+        rows,
+        np.asarray(inflight or [0.0] * snapshot.size, dtype=np.float64),
+        ctx,
+        snapshot.age_s(now)[rows],
+        np.array([{"a100": 3.0, "t4": 1.0}.get(e.gpu_class, 1.0) for e in snapshot.endpoints]),
+    )

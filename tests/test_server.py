@@ -161,7 +161,9 @@ def test_response_headers_report_status_and_the_endpoint_that_served() -> None:
         headers=base_pb2.HeaderMap(
             headers=[
                 base_pb2.HeaderValue(key=":status", raw_value=b"503"),
-                base_pb2.HeaderValue(key="x-gateway-destination-endpoint-served", raw_value=FLEET[3].encode()),
+                base_pb2.HeaderValue(
+                    key="x-gateway-destination-endpoint-served", raw_value=FLEET[3].encode()
+                ),
             ]
         )
     )
