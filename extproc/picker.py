@@ -88,7 +88,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "queue": 1.0,
     "kv_cache": 1.0,
     "inflight": 1.0,
-    "latency": 1.0,
+    # Observed latency mixes endpoint speed with prompt and output length: a light signal.
+    "latency": 0.5,
     "prefix": 2.0,
     "session": 1.0,
     "lora": 1.0,
@@ -218,11 +219,21 @@ class Scheduler:
         return chosen
 
     def _slow_start(self, view: PickView) -> FloatArray:
-        """Newly ready endpoints ramp from 10 % to full weight over slow_start_s."""
+        """Endpoints that joined after the rest ramp from 10 % to full weight over slow_start_s.
+
+        Like Envoy's slow start, it protects a newcomer from a flood; when the whole fleet
+        starts together there is nothing to protect it from, so nobody is held back.
+        """
+        ones = np.ones(view.size)
         if self.config.slow_start_s <= 0:
-            return np.ones(view.size)
-        ready_for = view.ctx.now - view.snapshot.ready_since[view.rows]
-        return 0.1 + 0.9 * np.clip(ready_for / self.config.slow_start_s, 0.0, 1.0)
+            return ones
+        ready_since = view.snapshot.ready_since[view.rows]
+        joined_late = ready_since > float(np.nanmin(ready_since)) + 1.0
+        if not joined_late.any():
+            return ones
+        ramp = np.clip((view.ctx.now - ready_since) / self.config.slow_start_s, 0.0, 1.0)
+        result: FloatArray = np.where(joined_late, 0.1 + 0.9 * ramp, 1.0)
+        return result
 
     def _shed_if_saturated(self, view: PickView) -> None:
         config = self.config

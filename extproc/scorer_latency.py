@@ -2,7 +2,8 @@
 
 Uses what this router saw (EWMA of decision-to-response-headers time, from the outlier
 detector) and falls back to the server's own mean TTFT from /metrics where we have not
-observed anything yet. Unknown latency scores as the median, neither rewarded nor punished.
+observed anything yet. Unknown latency scores as the best known one, so endpoints we have not
+measured yet still get tried instead of all traffic settling on the first one measured.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class LatencyScorer:
         known = ~np.isnan(latency)
         if not known.any():
             return np.zeros(view.size)
-        latency = np.where(known, latency, float(np.median(latency[known])))
+        latency = np.where(known, latency, float(latency[known].min()))
         slow = self.outliers.slow(view.snapshot)[view.rows]
         result: FloatArray = np.where(slow, -np.inf, -latency)
         return result

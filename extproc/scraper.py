@@ -250,6 +250,9 @@ class Scraper:
             metrics_url=base + self.config.metrics_path,
             health_url=base + health if health else None,
             phase=_phase(endpoint.address),
+            # A model server may serve /metrics while still loading weights: no traffic
+            # until its first /health check passes.
+            healthy=not health,
         )
 
     def _start_target(self, target: _Target) -> None:
@@ -345,6 +348,8 @@ class Scraper:
     async def _health_loop(self, target: _Target) -> None:
         loop = asyncio.get_running_loop()
         period = self.config.health_interval_s
+        # Check a new endpoint at once (it gets no traffic before), then settle into its phase.
+        await self.check_health_once(target.endpoint.address)
         await asyncio.sleep(target.phase * period)
         while True:
             started = loop.time()
