@@ -10,9 +10,11 @@ from typing import Protocol
 
 from extproc.config import ServerConfig
 from extproc.fleet import FleetState, InFlight
-from extproc.router import Router
 from extproc.outlier import OutlierDetector
 from extproc.picker import Scheduler, SchedulerConfig
+from extproc.policy_compile import CompiledPolicy, PolicyInput
+from extproc.policy_reload import PolicyReloader
+from extproc.router import Router
 from extproc.scheduling import EndpointPicker
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
 
@@ -37,21 +39,40 @@ class App:
         collector_factory: CollectorFactory,
         picker: EndpointPicker | None = None,
         scheduler_config: SchedulerConfig | None = None,
+        policy: PolicyReloader | None = None,
     ) -> None:
         self.config = config
         self.fleet = FleetState()
         self.inflight = InFlight()
         self.outliers = OutlierDetector()
         self.scheduler = Scheduler(scheduler_config, self.outliers)
-        self.router = Router(config, self.fleet, picker or self.scheduler, self.inflight)
+        self.policy = policy
+        self.router = Router(
+            config,
+            self.fleet,
+            picker or self.scheduler,
+            self.inflight,
+            policy=policy.get if policy is not None else lambda: None,
+            policy_input=PolicyInput,
+        )
         self.router.on_response = self.outliers.observe
+        if policy is not None:
+            self._apply_gpu_weights(policy.current)
+            policy.on_change.append(self._apply_gpu_weights)
         self.processor = ExternalProcessor(config, self.router)
         self.health = HealthGate(self.fleet)
         self.collector = collector_factory(self.fleet)
         self.server = build_grpc_server(config, self.processor, self.health)
 
+    def _apply_gpu_weights(self, policy: CompiledPolicy) -> None:
+        """Pools' GPU-class weights (A100:T4 = 3:1) feed the scheduler's speed weights."""
+        for pool in policy.policy.pools:
+            self.scheduler.config.gpu_weights.update(pool.gpu_weights or {})
+
     async def start(self) -> None:
         self.health.start()
+        if self.policy is not None:
+            self.policy.start()
         await self.server.start()
         await self.collector.start()
         log.info("ext_proc listening on %s", self.config.address)
@@ -61,6 +82,8 @@ class App:
         self.health.shutting_down()
         await self.server.stop(self.config.shutdown_grace_s)
         await self.collector.stop()
+        if self.policy is not None:
+            await self.policy.stop()
 
     async def run_until_signalled(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
         stop = asyncio.Event()

@@ -50,9 +50,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     factory = _collector_factory(args)
+    policy = None
+    if args.policy:
+        from extproc.policy_compile import PolicyError
+        from extproc.policy_reload import PolicyReloader
+
+        try:
+            policy = PolicyReloader(args.policy, interval_s=args.policy_reload_interval)
+        except PolicyError as error:
+            print(f"llm-extproc serve: invalid policy:\n{error}", file=sys.stderr)
+            return 2
 
     async def main() -> None:
-        app = App(config, factory)
+        app = App(config, factory, policy=policy)
         await app.run_until_signalled()
 
     try:
@@ -62,6 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _default_stack_policy() -> str | None:
+    shipped = Path(__file__).resolve().parent.parent / "policies" / "local-stack.yaml"
+    return str(shipped) if shipped.exists() else None
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -76,7 +91,7 @@ def _up(args: argparse.Namespace) -> int:
             sim_endpoints=args.endpoints,
             sim_fleet_file=args.fleet,
             time_scale=args.time_scale,
-            policy=args.policy,
+            policy=args.policy or _default_stack_policy(),
         )
     )
 
@@ -98,9 +113,9 @@ PASSTHROUGH = {
     "sim": ("extproc.vllm_sim", "run the simulated vLLM fleet"),
     "loadgen": ("extproc.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
     "complexity": ("extproc.complexity_cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
-    "validate": ("extproc.policy_cli:validate_main", "validate policy files"),
-    "explain": ("extproc.policy_cli:explain_main", "show how a policy routes a request"),
-    "schema": ("extproc.policy_cli:schema_main", "print the policy JSON Schema"),
+    "validate": ("extproc.policy_cmd:validate_main", "validate policy files"),
+    "explain": ("extproc.policy_cmd:explain_main", "show how a policy routes a request"),
+    "schema": ("extproc.policy_cmd:schema_main", "print the policy JSON Schema"),
     "render": ("extproc.istio_render", "print Istio/Kubernetes manifests (render istio ...)"),
     "bench": ("e2e.bench", "run a benchmark (overhead, routing, pick, scale, classifier)"),
 }
@@ -127,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--pool", default="default", help="pool name for discovered endpoints")
     source.add_argument("--model", action="append", help="model served by discovered endpoints (repeatable)")
     source.add_argument("--gpu-class", default="unknown")
-    serve.add_argument("--policy", help="policy file or directory")
+    serve.add_argument("--policy", help="policy file or directory (watched and hot-reloaded)")
+    serve.add_argument("--policy-reload-interval", type=float, default=1.0, help="seconds between checks")
     serve.add_argument("--metrics-port", type=int, default=9464)
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)

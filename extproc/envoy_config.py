@@ -38,8 +38,10 @@ def render(
     template: Path | None = None,
     max_body_bytes: int = 4 * 1024 * 1024,
     message_timeout: str = "0.5s",
+    shadow: Sequence[str] = (),
     extra: dict[str, str] | None = None,
 ) -> str:
+    """``addresses``: the fleet Envoy may route to; ``shadow``: the mirror pool's endpoints."""
     text = (template or ENVOY_DIR / "local.yaml").read_text()
     values: dict[str, object] = {
         "admin_port": ports.admin_port,
@@ -50,6 +52,7 @@ def render(
         "buffer_limit_bytes": max_body_bytes * 2,
         "message_timeout": message_timeout,
         "lb_endpoints": lb_endpoints(addresses),
+        "shadow_endpoints": lb_endpoints(shadow),
     }
     values.update(extra or {})
     return Template(text).substitute(values)

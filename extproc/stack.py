@@ -162,6 +162,7 @@ class LocalStack:
             ),
             template=Path(self.config.envoy_template) if self.config.envoy_template else None,
             message_timeout=self.config.message_timeout,
+            shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
         )
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(config_text)
