@@ -1,0 +1,181 @@
+"""Matchers and actions of compiled policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extproc.policy_compile import CompiledPolicy, PolicyInput, Target, load_policy
+
+POLICIES = Path(__file__).parent.parent / "policies"
+
+
+def write(tmp_path: Path, text: str) -> CompiledPolicy:
+    (tmp_path / "p.yaml").write_text(text)
+    return load_policy(tmp_path / "p.yaml")
+
+
+def inp(model: str = "m", stream: bool = False, task: str = "chat", **kw: object) -> PolicyInput:
+    headers = kw.pop("headers", {})
+    return PolicyInput(
+        path="/v1/chat/completions",
+        method="POST",
+        headers=headers,
+        model=model,
+        stream=stream,
+        task=task,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+POLICY = """
+tenants: {header: x-tenant-id, plans: {gold: {tier: premium}, silver: {tier: standard, allow_upgrade: true}}}
+pools:
+  - {name: big, models: [large]}
+  - {name: small, models: [m]}
+models:
+  gpt-4: {model: large, pool: big}
+fallbacks:
+  gpt-4: [m]
+rules:
+  - {name: header-exact, match: {headers: {x-a: {exact: "1"}}}, route: {model: gpt-4}}
+  - {name: header-prefix, match: {headers: {x-b: {prefix: "ab"}}}, timeout_s: 7}
+  - {name: header-regex, match: {headers: {x-c: {regex: "^v[0-9]+$"}}}, priority: batch}
+  - {name: header-present, match: {headers: {x-d: {present: true}}}, reject: {status: 403, message: "no"}}
+  - {name: path, match: {path: {prefix: /v1/embed}}, retries: {count: 3, per_try_timeout_s: 2}}
+  - {name: method, match: {method: [get]}, timeout_s: 1}
+  - {name: model, match: {model: [special]}, route: {model: m}}
+  - {name: model-re, match: {model_regex: "^tiny-"}, route: {model: m, pool: small}}
+  - {name: complexity, match: {complexity: {gt: 0.9}, task: [chat]}, route: {model: gpt-4}}
+  - {name: tokens, match: {prompt_tokens: {gte: 1000}, max_tokens: {lt: 10}}, timeout_s: 5}
+  - {name: tier, match: {tier: [premium]}, route: {model: gpt-4}}
+  - {name: either, match: {any_of: [{stream: true}, {task: [embedding]}]}, timeout_s: 9}
+default: {}
+"""
+
+
+def test_each_matcher(tmp_path: Path) -> None:
+    policy = write(tmp_path, POLICY)
+    assert policy.evaluate(inp(headers={"x-a": "1"})).rule == "header-exact"
+    assert policy.evaluate(inp(headers={"x-a": "2"})).rule == "default"
+    assert policy.evaluate(inp(headers={"x-b": "abc"})).rule == "header-prefix"
+    assert policy.evaluate(inp(headers={"x-c": "v12"})).rule == "header-regex"
+    assert policy.evaluate(inp(headers={"x-c": "v12x"})).rule == "default"
+    assert policy.evaluate(inp(headers={"x-d": ""})).rule == "header-present"
+    assert policy.evaluate(PolicyInput("/v1/embeddings", "POST", {}, "m", False, "embedding")).rule == "path"
+    assert policy.evaluate(PolicyInput("/v1/x", "GET", {}, "m", False, "chat")).rule == "method"
+    assert policy.evaluate(inp("special")).rule == "model"
+    assert policy.evaluate(inp("tiny-1")).rule == "model-re"
+    assert policy.evaluate(inp(complexity=0.95)).rule == "complexity"
+    assert policy.evaluate(inp(complexity=0.95, task="completion")).rule == "default"
+    assert policy.evaluate(inp(prompt_tokens=1000, max_tokens=5)).rule == "tokens"
+    assert policy.evaluate(inp(prompt_tokens=1000)).rule == "default"
+    assert policy.evaluate(inp(headers={"x-tenant-id": "gold"})).rule == "tier"
+    assert policy.evaluate(inp(stream=True)).rule == "either"
+
+
+def test_actions_and_headers(tmp_path: Path) -> None:
+    policy = write(tmp_path, POLICY)
+    premium = policy.evaluate(inp(headers={"x-a": "1"}))
+    assert premium.targets == (Target("big", "large"), Target("small", "m"))
+    reject = policy.evaluate(inp(headers={"x-d": "1"}))
+    assert reject.reject == (403, "no") and reject.targets == ()
+    batch = policy.evaluate(inp(headers={"x-c": "v1"}))
+    assert batch.priority == -1 and ("x-llm-priority", "batch") in batch.headers
+    retried = dict(
+        policy.evaluate(PolicyInput("/v1/embeddings", "POST", {}, "m", False, "embedding")).headers
+    )
+    assert (
+        retried["x-envoy-max-retries"] == "3" and retried["x-envoy-upstream-rq-per-try-timeout-ms"] == "2000"
+    )
+    assert (
+        dict(policy.evaluate(inp(headers={"x-b": "ab"})).headers)["x-envoy-upstream-rq-timeout-ms"] == "7000"
+    )
+
+
+def test_shipped_timeout_and_retry_defaults(tmp_path: Path) -> None:
+    policy = write(tmp_path, "default: {}\n")
+    stream = dict(policy.evaluate(inp(stream=True)).headers)
+    assert stream["x-envoy-upstream-rq-timeout-ms"] == "300000" and stream["x-envoy-max-retries"] == "0"
+    assert "x-envoy-retry-on" not in stream
+    unary = dict(policy.evaluate(inp()).headers)
+    assert unary["x-envoy-upstream-rq-timeout-ms"] == "120000"
+    assert unary["x-envoy-max-retries"] == "2"
+    assert unary["x-envoy-upstream-rq-per-try-timeout-ms"] == "60000"
+    assert unary["x-envoy-retry-on"] == "gateway-error,connect-failure,retriable-4xx"
+
+
+def test_tiers_come_from_the_tenant_plan_and_complexity_upgrade(tmp_path: Path) -> None:
+    policy = write(tmp_path, POLICY)
+    assert policy.evaluate(inp(headers={"x-tenant-id": "silver"}, complexity=0.5)).tier == "standard"
+    assert policy.evaluate(inp(headers={"x-tenant-id": "silver"}, complexity=0.8)).tier == "premium"
+    assert policy.evaluate(inp(headers={"x-tenant-id": "nobody"}, complexity=0.8)).tier == "standard"
+    assert policy.evaluate(inp(headers={"x-tenant-id": "gold"})).tier == "premium"
+    claims = write(tmp_path, "tenants: {claim: org, plans: {gold: {tier: premium}}}\ndefault: {}\n")
+    jwt = {"envoy.filters.http.jwt_authn": {"my_provider": {"org": "gold", "sub": "u1"}}}
+    assert claims.evaluate(inp(metadata=jwt, headers={"x-tenant-id": "other"})).tier == "premium"
+
+
+def test_split_is_sticky_and_converges(tmp_path: Path) -> None:
+    policy = load_policy(POLICIES / "canary.yaml")
+    arms = [
+        policy.evaluate(inp("llama-3-8b", headers={"x-user-id": f"u{i}"})).targets[0].pool
+        for i in range(10_000)
+    ]
+    canary = arms.count("canary") / len(arms)
+    assert 0.09 < canary < 0.11
+    for i in range(50):
+        same = {
+            policy.evaluate(inp("llama-3-8b", headers={"x-user-id": f"u{i}"})).targets[0].pool
+            for _ in range(5)
+        }
+        assert len(same) == 1
+    random_arms = [policy.evaluate(inp("llama-3-8b")).targets[0].pool for _ in range(2_000)]
+    assert 0.06 < random_arms.count("canary") / 2_000 < 0.14
+
+
+def test_mirror_sets_the_cluster_header_for_its_share(tmp_path: Path) -> None:
+    policy = load_policy(POLICIES / "shadow.yaml")
+    decisions = [policy.evaluate(inp("llama-3-8b")) for _ in range(5_000)]
+    mirrored = [d for d in decisions if d.mirror is not None]
+    assert 0.08 < len(mirrored) / 5_000 < 0.12
+    assert all(("x-llm-mirror-cluster", "shadow") in d.headers for d in mirrored)
+    assert all(d.targets[0] == Target("prod", "llama-3-8b") for d in decisions)
+
+
+def test_explain_says_why_earlier_rules_did_not_match(tmp_path: Path) -> None:
+    policy = write(tmp_path, POLICY)
+    explanation = policy.explain(inp(headers={"x-tenant-id": "gold"}))
+    assert explanation.decision.rule == "tier"
+    assert ("header-exact", "header x-a {'exact': '1'} did not hold") in explanation.skipped
+    assert ("complexity", "complexity {'gt': 0.9} did not hold") in explanation.skipped
+
+
+def test_unknown_model_gives_no_targets_when_pools_are_declared(tmp_path: Path) -> None:
+    policy = write(tmp_path, POLICY)
+    assert policy.evaluate(inp("nope")).targets == ()
+    assert "gpt-4" in policy.models and "large" in policy.models
+
+
+SHIPPED = [load_policy(path) for path in sorted(POLICIES.glob("*.yaml"))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.text(max_size=20),
+    stream=st.booleans(),
+    task=st.sampled_from(["chat", "completion", "embedding"]),
+    complexity=st.floats(0, 1),
+    headers=st.dictionaries(
+        st.sampled_from(["x-tenant-id", "x-user-id", "x-request-class"]), st.text(max_size=10)
+    ),
+    tokens=st.integers(0, 10**6),
+)
+def test_shipped_policies_never_raise(model, stream, task, complexity, headers, tokens) -> None:  # type: ignore[no-untyped-def]
+    for policy in SHIPPED:
+        decision = policy.evaluate(
+            inp(model, stream, task, complexity=complexity, headers=headers, prompt_tokens=tokens)
+        )
+        assert decision.rule
