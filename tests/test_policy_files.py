@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
-from extproc.policy_compile import PolicyInput, Target, load_policy
+from extproc.policy_compile import CompiledPolicy, PolicyInput, Target, load_policy
 
 POLICIES = Path(__file__).parent.parent / "policies"
 
 
+@functools.cache
+def policy(name: str) -> CompiledPolicy:
+    return load_policy(POLICIES / name)
+
+
 def decide(name: str, model: str = "llama-3-8b", headers: dict[str, str] | None = None, **kw: object):  # type: ignore[no-untyped-def]
-    return load_policy(POLICIES / name).evaluate(
+    return policy(name).evaluate(
         PolicyInput(
             "/v1/chat/completions",
             "POST",
