@@ -372,6 +372,9 @@ class SimEndpoint:
             "x-sim-destination": request.headers.get("x-gateway-destination-endpoint", ""),
             "x-sim-llm-tier": request.headers.get("x-llm-tier", ""),
             "x-sim-model": request.headers.get("x-llm-model", ""),
+            "x-sim-priority": request.headers.get("x-llm-priority", ""),
+            # Envoy tells the upstream the timeout it enforces (the route's, or ext_proc's override).
+            "x-sim-expected-timeout-ms": request.headers.get("x-envoy-expected-rq-timeout-ms", ""),
         }
 
     async def _gate(self, request: web.Request) -> web.StreamResponse | None:
