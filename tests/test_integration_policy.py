@@ -147,6 +147,7 @@ def test_batch_is_shed_with_429_before_standard_when_saturated(tmp_path: Path) -
         deadline = time.monotonic() + 20
         while stats(address)["waiting"] < 8 and time.monotonic() < deadline:
             time.sleep(0.02)
+        time.sleep(0.3)  # three scrape intervals: ext_proc's snapshot now shows the full KV cache too
         shed = None
         while time.monotonic() < deadline:
             status, headers, payload = post(
