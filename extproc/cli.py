@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         endpoints_per_request=args.endpoints_per_request,
         shutdown_grace_s=args.grace,
+        zone=args.zone,
     )
 
     factory = _collector_factory(args)

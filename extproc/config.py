@@ -18,6 +18,8 @@ class ServerConfig:
     models: tuple[str, ...] = ()
     # The header whose value is the session key for affinity (and sticky splits).
     session_header: str = "x-user-id"
+    # This replica's zone: the scheduler keeps traffic in it while it has capacity.
+    zone: str = ""
     shutdown_grace_s: float = 30.0
     workers: int = 1
     extra: dict[str, str] = field(default_factory=dict)

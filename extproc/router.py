@@ -184,6 +184,7 @@ class Router:
             prompt_text=request.text,
             session_key=headers.headers.get(self.config.session_header) or request.user,
             priority=decision.priority,
+            zone=self.config.zone or None,
             now=self.clock(),
         )
         inflight = self.inflight.counts_for(snapshot)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -169,3 +170,30 @@ def test_response_headers_report_status_and_the_endpoint_that_served() -> None:
     )
     processor.on_response_headers(response_headers, state)
     assert seen == [(FLEET[3], 503)]
+
+
+async def test_stream_ending_without_response_headers_reports_a_failure() -> None:
+    processor, fleet = make_processor(FLEET)
+    seen: list[tuple[str, int]] = []
+    processor.router.on_response = lambda endpoint, status, _elapsed: seen.append((endpoint, status))
+    gate = HealthGate(fleet)
+    config = ServerConfig(port=0)
+    server = build_grpc_server(config, processor, gate)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(config.address) as channel:
+
+            async def messages() -> AsyncIterator[ep.ProcessingRequest]:
+                yield headers_message()
+                yield body_message(chat())
+
+            replies = [r async for r in ep_grpc.ExternalProcessorStub(channel).Process(messages())]
+            chosen = set_headers(replies[1])["x-gateway-destination-endpoint"].split(",")[0]
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [(chosen, 0)]
+        assert processor.router.inflight.total() == 0
+    finally:
+        await server.stop(None)
