@@ -51,13 +51,14 @@ class PrefixScorer:
             if address is None:
                 break
             matched[address] = depth
-        if matched:
-            index = view.snapshot.index
-            position = {int(row): i for i, row in enumerate(view.rows)}
-            for address, depth in matched.items():
-                row = index.get(address)
-                if row is not None and row in position:
-                    scores[position[row]] = depth / len(hashes)
+        index = view.snapshot.index
+        for address, depth in matched.items():
+            row = index.get(address)
+            if row is not None:
+                # view.rows is sorted ascending (candidates come from sorted row arrays).
+                where = int(np.searchsorted(view.rows, row))
+                if where < view.size and view.rows[where] == row:
+                    scores[where] = depth / len(hashes)
         return scores
 
     def picked(self, view: PickView, chosen_rows: list[int]) -> None:

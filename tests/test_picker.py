@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet import Endpoint, EndpointMetrics, build_snapshot
 from extproc.outlier import OutlierConfig, OutlierDetector
-from extproc.picker import Scheduler, SchedulerConfig, _normalise
+from extproc.picker import Scheduler, SchedulerConfig, _normalise, _normalise_rows
 from extproc.scheduling import PickContext
 from tests.helpers import fleet_snapshot
 
@@ -23,6 +23,9 @@ def test_normalise_is_min_max_with_non_finite_as_worst() -> None:
     assert _normalise(np.array([1.0, 3.0, 2.0])).tolist() == [0.0, 1.0, 0.5]
     assert _normalise(np.array([2.0, 2.0])).tolist() == [1.0, 1.0]
     assert _normalise(np.array([-np.inf, 1.0, 0.0])).tolist() == [0.0, 1.0, 0.0]
+    rows = np.array([[1.0, 3.0, 2.0], [2.0, 2.0, 2.0], [-np.inf, 1.0, 0.0], [np.nan, np.inf, -np.inf]])
+    expected = [_normalise(row).tolist() for row in rows]
+    assert _normalise_rows(rows).tolist() == expected
 
 
 def test_prefers_the_idle_fast_endpoint_and_returns_distinct_fallbacks() -> None:

@@ -179,3 +179,28 @@ def test_shipped_policies_never_raise(model, stream, task, complexity, headers, 
             inp(model, stream, task, complexity=complexity, headers=headers, prompt_tokens=tokens)
         )
         assert decision.rule
+
+
+TEAMS = "".join(
+    f"  - {{name: t{i}, match: {{headers: {{x-team: {{exact: team-{i % 7}}}}}, stream: {str(i % 2 == 0).lower()}}}, timeout_s: {i + 1}}}\n"
+    for i in range(30)
+)
+INDEXED: CompiledPolicy | None = None
+
+
+@settings(max_examples=300, deadline=None)
+@given(team=st.integers(0, 9), stream=st.booleans(), other=st.booleans())
+def test_header_jump_table_decides_like_the_linear_walk(tmp_path_factory, team, stream, other) -> None:  # type: ignore[no-untyped-def]
+    global INDEXED
+    if INDEXED is None:
+        path = tmp_path_factory.mktemp("p") / "teams.yaml"
+        path.write_text(
+            "rules:\n  - {name: first, match: {headers: {x-other: {present: true}}}, timeout_s: 99}\n"
+            + TEAMS
+            + "default: {}\n"
+        )
+        INDEXED = load_policy(path)
+    assert any(not isinstance(step, int) for step in INDEXED._plan)
+    headers = {"x-team": f"team-{team}"} | ({"x-other": "1"} if other else {})
+    request = inp(stream=stream, headers=headers)
+    assert INDEXED.evaluate(request).rule == INDEXED.explain(request).decision.rule

@@ -1,0 +1,54 @@
+"""What a benchmark ran on: cores, CPU model, versions, date and the exact command."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+    import numpy
+
+    envoy = ""
+    try:
+        envoy = (
+            subprocess.run(
+                [os.path.join(os.path.dirname(sys.executable), "envoy"), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            .stdout.strip()
+            .split("version: ")[-1]
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "grpcio": grpc.__version__,
+        "envoy": envoy,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def command() -> str:
+    return " ".join([os.path.basename(sys.executable), "-m", *sys.argv]) if sys.argv else ""
