@@ -182,14 +182,14 @@ def test_shipped_policies_never_raise(model, stream, task, complexity, headers, 
 
 
 TEAMS = "".join(
-    f"  - {{name: t{i}, match: {{headers: {{x-team: {{exact: team-{i % 7}}}}}, stream: {str(i % 2 == 0).lower()}}}, timeout_s: {i + 1}}}\n"
-    for i in range(30)
+    f"  - {{name: t{i}, match: {{headers: {{x-team: {{exact: team-{i % 14}}}}}, stream: {str(i < 14).lower()}}}, timeout_s: {i + 1}}}\n"
+    for i in range(28)
 )
 INDEXED: CompiledPolicy | None = None
 
 
 @settings(max_examples=300, deadline=None)
-@given(team=st.integers(0, 9), stream=st.booleans(), other=st.booleans())
+@given(team=st.integers(0, 16), stream=st.booleans(), other=st.booleans())
 def test_header_jump_table_decides_like_the_linear_walk(tmp_path_factory, team, stream, other) -> None:  # type: ignore[no-untyped-def]
     global INDEXED
     if INDEXED is None:
