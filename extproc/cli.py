@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
     serve.add_argument("--scrape-interval", type=float, default=0.1)
+    serve.add_argument("--zone", default=os.environ.get("LLM_EXTPROC_ZONE", ""), help="this replica's zone")
     serve.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM"
     )

@@ -167,3 +167,33 @@ def test_batch_is_shed_with_429_before_standard_when_saturated(tmp_path: Path) -
         assert results == [200] * 12
     finally:
         local.stop()
+
+
+def test_invalid_policy_during_load_keeps_the_last_good_one_and_no_request_fails(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    good_a = "rules:\n  - {name: a, match: {stream: false}, timeout_s: 11}\ndefault: {}\n"
+    good_b = "rules:\n  - {name: b, match: {stream: false}, timeout_s: 22}\ndefault: {}\n"
+    policy.write_text(good_a)
+    local = LocalStack(stack_config(policy=str(tmp_path), extproc_args=["--policy-reload-interval", "0.1"]))
+    local.start()
+    try:
+        timeouts = []
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                status, headers, _ = post(local, "/v1/chat/completions", chat_body(max_tokens=1))
+                assert status == 200
+                timeouts.append(headers["x-sim-expected-timeout-ms"])
+
+        send(5)
+        policy.write_text("rules:\n  - {name: a, match: {stream: maybe}}\ndefault: {}\n")
+        time.sleep(0.5)  # several reload checks see the bad file
+        send(20)
+        assert set(timeouts) == {"11000"}  # the last good policy stayed
+        policy.write_text(good_b)
+        deadline = time.monotonic() + 10
+        while timeouts[-1] != "22000" and time.monotonic() < deadline:
+            send(1)
+        assert timeouts[-1] == "22000"
+    finally:
+        local.stop()
