@@ -6,10 +6,12 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from extproc.config import ServerConfig
 from extproc.fleet import FleetState, InFlight
+from extproc.metrics import Metrics
+from extproc.metrics_server import MetricsServer
 from extproc.outlier import OutlierDetector
 from extproc.picker import Scheduler, SchedulerConfig
 from extproc.policy_compile import CompiledPolicy, PolicyInput
@@ -56,13 +58,45 @@ class App:
             policy_input=PolicyInput,
         )
         self.router.on_response = self.outliers.observe
+        self.metrics = Metrics()
+        self.router.metrics = self.metrics
         if policy is not None:
             self._apply_gpu_weights(policy.current)
             policy.on_change.append(self._apply_gpu_weights)
+            self.metrics.policy_loaded(policy.current.version, ok=True)
+            policy.on_change.append(lambda p: self.metrics.policy_loaded(p.version, ok=True))
+            policy.on_error.append(lambda _error: self.metrics.policy_loaded("", ok=False))
         self.processor = ExternalProcessor(config, self.router)
         self.health = HealthGate(self.fleet)
         self.collector = collector_factory(self.fleet)
         self.server = build_grpc_server(config, self.processor, self.health)
+        self.metrics.watch_fleet(
+            lambda: self.fleet.snapshot,
+            counters={
+                "llm_extproc_endpoint_ejections": (
+                    "Endpoints ejected by passive health.",
+                    lambda: float(self.outliers.ejections_total),
+                ),
+                "llm_extproc_stream_errors": (
+                    "ext_proc gRPC streams that failed.",
+                    lambda: float(self.processor.stream_errors),
+                ),
+            },
+        )
+        self.metrics.inflight.set_function(lambda: float(self.inflight.total()))
+        self.metrics_server = MetricsServer(self.metrics, self.status)
+
+    def status(self) -> dict[str, Any]:
+        policy = self.policy
+        return {
+            "synced": self.fleet.synced,
+            "endpoints": self.fleet.snapshot.size,
+            "ready_endpoints": int(self.fleet.snapshot.ready_mask().sum()),
+            "policy_version": policy.current.version if policy else None,
+            "policy_last_error": policy.last_error if policy else None,
+            "policy_reloads_ok": policy.reloads_ok if policy else 0,
+            "policy_reloads_failed": policy.reloads_failed if policy else 0,
+        }
 
     def _apply_gpu_weights(self, policy: CompiledPolicy) -> None:
         """Pools' GPU-class weights (A100:T4 = 3:1) feed the scheduler's speed weights."""
@@ -75,6 +109,8 @@ class App:
             self.policy.start()
         await self.server.start()
         await self.collector.start()
+        if self.config.metrics_port:
+            await self.metrics_server.start(self.config.metrics_host, self.config.metrics_port)
         log.info("ext_proc listening on %s", self.config.address)
 
     async def stop(self) -> None:
@@ -82,6 +118,7 @@ class App:
         self.health.shutting_down()
         await self.server.stop(self.config.shutdown_grace_s)
         await self.collector.stop()
+        await self.metrics_server.stop()
         if self.policy is not None:
             await self.policy.stop()
 

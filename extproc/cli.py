@@ -49,6 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
         endpoints_per_request=args.endpoints_per_request,
         shutdown_grace_s=args.grace,
         zone=args.zone,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
 
     factory = _collector_factory(args)
@@ -146,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--gpu-class", default="unknown")
     serve.add_argument("--policy", help="policy file or directory (watched and hot-reloaded)")
     serve.add_argument("--policy-reload-interval", type=float, default=1.0, help="seconds between checks")
-    serve.add_argument("--metrics-port", type=int, default=9464)
+    serve.add_argument("--metrics-port", type=int, default=9464, help="/metrics and /healthz; 0 disables")
+    serve.add_argument("--metrics-host", default="127.0.0.1")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
     serve.add_argument("--scrape-interval", type=float, default=0.1)

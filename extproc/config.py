@@ -21,6 +21,9 @@ class ServerConfig:
     # This replica's zone: the scheduler keeps traffic in it while it has capacity.
     zone: str = ""
     shutdown_grace_s: float = 30.0
+    # /metrics and /healthz; port 0 disables the endpoint.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
     workers: int = 1
     extra: dict[str, str] = field(default_factory=dict)
 

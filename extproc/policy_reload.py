@@ -40,6 +40,7 @@ class PolicyReloader:
         self._signature = _signature(self.path)
         self._task: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[CompiledPolicy], None]] = []
+        self.on_error: list[Callable[[str], None]] = []
 
     def get(self) -> CompiledPolicy:
         return self.current
@@ -56,6 +57,8 @@ class PolicyReloader:
             self.reloads_failed += 1
             self.last_error = str(error)
             log.error("policy reload failed; keeping version %s:\n%s", self.current.version, error)
+            for report in self.on_error:
+                report(self.last_error)
             return False
         self.current = policy
         self.reloads_ok += 1

@@ -16,6 +16,7 @@ import numpy as np
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet import FleetSnapshot, FleetState, InFlight, IntArray
+from extproc.metrics import Metrics
 from extproc.request import ParsedRequest, RequestHeaders
 from extproc.scheduling import EndpointPicker, PickContext
 
@@ -23,6 +24,7 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"
 MODEL_HEADER = "x-llm-model"
 COMPLEXITY_HEADER = "x-llm-complexity"
+PRIORITY_NAMES = {1: "premium", 0: "standard", -1: "batch"}
 
 
 class TargetLike(Protocol):
@@ -108,6 +110,7 @@ class Router:
         self.policy_input = policy_input
         self.complexity = complexity
         self.responses_observed = 0
+        self.metrics: Metrics | None = None
         # Passive health / latency feedback (the scheduler's health tracker), if any.
         self.on_response: Callable[[str, int, float], None] | None = None
 
@@ -152,6 +155,35 @@ class Router:
         )
 
     def decide(self, headers: RequestHeaders, request: ParsedRequest) -> Decision:
+        started = time.perf_counter()
+        try:
+            decision = self._decide(headers, request)
+        except RoutingError as error:
+            self.record_error(request.task.value, request.model, error)
+            raise
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.pick_duration.observe(time.perf_counter() - started)
+            outcome = "fallback_model" if decision.model_fallback else "routed"
+            metrics.request(request.task.value, decision.pool, decision.model, decision.tier, outcome)
+            if decision.model_fallback:
+                metrics.fallbacks.labels("model", "no_capacity").inc()
+            if self.complexity is not None:
+                metrics.complexity.observe(decision.complexity)
+        return decision
+
+    def record_error(self, task: str, model: str, error: RoutingError) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if error.kind is ErrorKind.OVERLOADED:
+            metrics.request(task, "", model, "", "shed")
+        elif error.status >= 500:
+            metrics.request(task, "", model, "", "unavailable")
+        else:
+            metrics.request(task, "", model, "", "rejected")
+
+    def _decide(self, headers: RequestHeaders, request: ParsedRequest) -> Decision:
         snapshot = self.fleet.snapshot
         complexity = self.complexity(request.text) if self.complexity is not None else 0.0
         policy = self.policy()
@@ -210,6 +242,8 @@ class Router:
                 break
         if not rows:
             if shed is not None:
+                if self.metrics is not None:
+                    self.metrics.sheds.labels(PRIORITY_NAMES.get(ctx.priority, "standard")).inc()
                 raise shed
             raise RoutingError(
                 ErrorKind.NO_CAPACITY,

@@ -202,7 +202,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return _CONTINUE_BODY  # headers phase already answered
         try:
             parsed = parse_body(headers.task, headers.content_type, message.body, self.config.max_body_bytes)
-            decision = self.router.decide(headers, parsed)
+        except RoutingError as error:
+            self.router.record_error(headers.task.value, "", error)
+            return error_response(error)
+        try:
+            decision = self.router.decide(headers, parsed)  # records its own outcome
         except RoutingError as error:
             return error_response(error)
         state.endpoint = decision.endpoints[0]

@@ -51,6 +51,18 @@ def test_local_stack_policy_premium_rewrite_and_timeouts() -> None:
         # Streaming: 300 s and no retries.
         status, headers, _ = post(local, "/v1/chat/completions", chat_body(max_tokens=1, stream=True))
         assert status == 200 and headers["x-sim-expected-timeout-ms"] == "300000"
+        # What SREs see: decisions by pool/model/tier, pool aggregates, the active policy.
+        base = f"http://127.0.0.1:{local.config.metrics_port}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as reply:
+            page = reply.read().decode()
+        assert (
+            'llm_extproc_requests_total{model="llama-3-70b",outcome="routed",pool="fast",task="chat",tier="premium"}'
+            in page
+        )
+        assert 'inference_pool_queue_length{pool="slow"}' in page
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as reply:
+            health = json.loads(reply.read())
+        assert health["synced"] and health["policy_version"] and health["policy_last_error"] is None
     finally:
         local.stop()
 
