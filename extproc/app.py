@@ -34,6 +34,16 @@ class Collector(Protocol):
 CollectorFactory = Callable[[FleetState], Collector]
 
 
+def complexity_scorer() -> Callable[[str], float] | None:
+    """The shipped complexity model, loaded once at start-up (not on the request path)."""
+    from extproc import complexity
+
+    if not complexity.MODEL_PATH.exists():
+        log.warning("no complexity model at %s: complexity is 0 for every request", complexity.MODEL_PATH)
+        return None
+    return complexity.model().score
+
+
 class App:
     def __init__(
         self,
@@ -56,6 +66,7 @@ class App:
             self.inflight,
             policy=policy.get if policy is not None else lambda: None,
             policy_input=PolicyInput,
+            complexity=complexity_scorer(),
         )
         self.router.on_response = self.outliers.observe
         self.metrics = Metrics()

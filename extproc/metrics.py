@@ -14,14 +14,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extproc.fleet import FleetSnapshot
 
 # _created series double the exposition and carry wall-clock timestamps nobody alerts on.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PICK_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2)
 SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))

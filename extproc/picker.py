@@ -149,12 +149,20 @@ def _normalise(raw: FloatArray) -> FloatArray:
     return np.where(finite, (raw - low) / (high - low), 0.0)
 
 
+MIN_SPAN = 1.0
+
+
 def _normalise_rows(raws: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """_normalise for every scorer at once (one set of numpy calls instead of one per scorer)."""
+    """Each scorer's values to 0..1 across the candidates, all scorers at once.
+
+    The spread is at least MIN_SPAN (one request, one whole KV cache, one prefix): otherwise a
+    difference of half a running request between two scrapes would swing a scorer's full
+    weight, as plain min-max scaling does.
+    """
     finite = np.isfinite(raws)
     low = np.where(finite, raws, np.inf).min(axis=1, keepdims=True)
     high = np.where(finite, raws, -np.inf).max(axis=1, keepdims=True)
-    span = high - low
+    span = np.where(high - low > 0, np.maximum(high - low, MIN_SPAN), 0.0)
     flat = ~(span > 0)  # equal values, or no finite value at all
     scaled = (raws - np.where(flat, 0.0, low)) / np.where(flat, 1.0, span)
     result: npt.NDArray[np.float64] = np.where(finite, np.where(flat, 1.0, scaled), 0.0)

@@ -26,6 +26,8 @@ def test_normalise_is_min_max_with_non_finite_as_worst() -> None:
     rows = np.array([[1.0, 3.0, 2.0], [2.0, 2.0, 2.0], [-np.inf, 1.0, 0.0], [np.nan, np.inf, -np.inf]])
     expected = [_normalise(row).tolist() for row in rows]
     assert _normalise_rows(rows).tolist() == expected
+    # Below one unit of spread, differences are scaled by one unit, not stretched to full weight.
+    assert _normalise_rows(np.array([[0.0, 0.25, 0.5]])).tolist() == [[0.0, 0.25, 0.5]]
 
 
 def test_prefers_the_idle_fast_endpoint_and_returns_distinct_fallbacks() -> None:
