@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -26,7 +27,7 @@ def machine() -> dict[str, Any]:
     import numpy
 
     envoy = ""
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         envoy = (
             subprocess.run(
                 [os.path.join(os.path.dirname(sys.executable), "envoy"), "--version"],
@@ -37,8 +38,6 @@ def machine() -> dict[str, Any]:
             .stdout.strip()
             .split("version: ")[-1]
         )
-    except (OSError, subprocess.SubprocessError):
-        pass
     return {
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),

@@ -101,6 +101,8 @@ class ComplexityModel:
         self.signal_scale = signal_scale
         self.quantiles = quantiles
         self._levels = np.linspace(0.0, 1.0, len(quantiles))
+        # Signals with zero weight are skipped on the hot path (each is a regex pass over the text).
+        self._length_only = not np.any(signal_weights[2:])
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> ComplexityModel:
@@ -123,8 +125,11 @@ class ComplexityModel:
     def raw(self, text: str) -> float:
         prepared = prepare(text)
         rows = self._token_rows(prepared)
-        z = (signals(prepared) - self.signal_mean) / self.signal_scale
         token_part = float(self.token_weights[rows].sum()) / math.sqrt(len(rows) + 1) if rows else 0.0
+        if self._length_only:
+            length = (math.log1p(len(prepared)) - self.signal_mean[1]) / self.signal_scale[1]
+            return float(self.signal_weights[0] + length * self.signal_weights[1]) + token_part
+        z = (signals(prepared) - self.signal_mean) / self.signal_scale
         return float(z @ self.signal_weights) + token_part
 
     def calibrate(self, raw: float) -> float:

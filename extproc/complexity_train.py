@@ -199,8 +199,11 @@ def baselines(rows: list[dict[str, Any]], k: int = 5) -> dict[str, dict[str, flo
     }
 
 
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/routing/dev.jsonl"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    default_data = Path(__file__).resolve().parent.parent.parent / "shared/data/routing/dev.jsonl"
+    default_data = DEFAULT_DATA
     parser = argparse.ArgumentParser(
         prog="python -m extproc.complexity_train", description=__doc__.splitlines()[0]
     )
