@@ -66,10 +66,10 @@ class OutlierDetector:
 
     def _eject(self, address: str, health: _Health) -> None:
         now = self.clock()
-        known = max(1, len(self._health))
+        allowed = int(len(self._health) * self.config.max_ejection_share)
         ejected = sum(1 for h in self._health.values() if h.ejected_until > now)
-        if (ejected + 1) / known > self.config.max_ejection_share and known > 1:
-            return  # never eject past the cap: better a flaky endpoint than none
+        if ejected + 1 > allowed:
+            return  # never eject past the cap (nor a lone endpoint): better a flaky endpoint than none
         period = min(self.config.max_ejection_s, self.config.base_ejection_s * 2**health.ejections)
         health.ejections += 1
         health.ejected_until = now + period

@@ -103,7 +103,6 @@ class _StreamState:
     endpoint: str | None = None  # primary endpoint counted in flight until the response starts
     metadata: dict[str, object] | None = None
     started: float = 0.0  # monotonic time the decision was made
-    answered: bool = False  # response headers arrived
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -145,9 +144,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             raise
         finally:
             # The HTTP request is over (answered, reset or dropped): the endpoint is free again.
-            if state.endpoint is not None and not state.answered:
-                # No response headers ever came: a reset, timeout or refused connection.
-                self.router.observe_response(state.endpoint, 0, state.started)
+            # A stream that ends without response headers is not counted against the endpoint:
+            # clients hang up too. Upstream resets and timeouts reach us as Envoy's own 503/504
+            # response headers, which passive health does count.
             self._release(state)
 
     def _release(self, state: _StreamState) -> None:
@@ -193,7 +192,6 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 status = int(header.raw_value or header.value or 0)
             elif header.key == SERVED_HEADER:
                 served = (header.raw_value.decode() if header.raw_value else header.value).strip()
-        state.answered = True
         self.router.observe_response(served or state.endpoint or "", status, state.started)
 
     def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:

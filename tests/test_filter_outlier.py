@@ -15,3 +15,14 @@ def test_ejected_endpoint_is_dropped_until_its_period_ends() -> None:
     assert OutlierFilter(outliers).keep(pick_view(snap)).tolist() == [True, False, True]
     now[0] = 5.1
     assert OutlierFilter(outliers).keep(pick_view(snap)).tolist() == [True, True, True]
+
+
+def test_a_lone_endpoint_is_never_ejected_and_the_share_is_capped() -> None:
+    outliers = OutlierDetector(OutlierConfig(consecutive_failures=1), clock=lambda: 0.0)
+    outliers.observe("10.0.0.1:8000", 503, 0.1)
+    assert not outliers.is_ejected("10.0.0.1:8000")
+    for i in range(2, 5):
+        outliers.observe(f"10.0.0.{i}:8000", 200, 0.1)
+    for i in range(1, 5):
+        outliers.observe(f"10.0.0.{i}:8000", 503, 0.1)
+    assert sum(outliers.is_ejected(f"10.0.0.{i}:8000") for i in range(1, 5)) == 2  # 50 % of 4

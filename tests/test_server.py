@@ -172,7 +172,7 @@ def test_response_headers_report_status_and_the_endpoint_that_served() -> None:
     assert seen == [(FLEET[3], 503)]
 
 
-async def test_stream_ending_without_response_headers_reports_a_failure() -> None:
+async def test_stream_ending_without_response_headers_frees_the_endpoint_without_blaming_it() -> None:
     processor, fleet = make_processor(FLEET)
     seen: list[tuple[str, int]] = []
     processor.router.on_response = lambda endpoint, status, _elapsed: seen.append((endpoint, status))
@@ -188,12 +188,12 @@ async def test_stream_ending_without_response_headers_reports_a_failure() -> Non
                 yield body_message(chat())
 
             replies = [r async for r in ep_grpc.ExternalProcessorStub(channel).Process(messages())]
-            chosen = set_headers(replies[1])["x-gateway-destination-endpoint"].split(",")[0]
+            assert set_headers(replies[1])["x-gateway-destination-endpoint"]
         for _ in range(100):
-            if seen:
+            if processor.router.inflight.total() == 0:
                 break
             await asyncio.sleep(0.01)
-        assert seen == [(chosen, 0)]
         assert processor.router.inflight.total() == 0
+        assert seen == []  # the client may have hung up: not the endpoint's fault
     finally:
         await server.stop(None)
