@@ -10,6 +10,7 @@ row: vLLM's own router (`pip install vllm-router`), when its binary is on PATH.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -22,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from string import Template
 from typing import Any
+
+import grpc
 
 from e2e.machine import command, machine
 from extproc.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
@@ -177,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                 else f"http://127.0.0.1:{port}/metrics"
             )
         deadline = time.monotonic() + 20
-        while not grpc_serving(f"127.0.0.1:{ports['extproc']}"):
+        while True:
+            with contextlib.suppress(grpc.RpcError):
+                if grpc_serving(f"127.0.0.1:{ports['extproc']}"):
+                    break
             if time.monotonic() > deadline:
                 raise RuntimeError("ext_proc never reported SERVING")
             time.sleep(0.1)
