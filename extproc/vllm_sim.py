@@ -215,46 +215,36 @@ class SimMetrics:
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.registry = registry = CollectorRegistry()
-        labels = ["model_name", "engine"]
         model = spec.models[0]
-        self.running = Gauge(
-            "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=registry
-        ).labels(model, "0")
-        self.waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=registry
-        ).labels(model, "0")
-        self.kv_usage = Gauge(
-            "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage.",
-            labels,
-            registry=registry,
-        ).labels(model, "0")
-        self.prefix_queries = Counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", labels, registry=registry
-        ).labels(model, "0")
-        self.prefix_hits = Counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", labels, registry=registry
-        ).labels(model, "0")
-        self.prompt_tokens = Counter(
-            "vllm:prompt_tokens", "Prefill tokens processed.", labels, registry=registry
-        ).labels(model, "0")
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Generation tokens processed.", labels, registry=registry
-        ).labels(model, "0")
-        self.ttft = Histogram(
+
+        def per_model(kind: Any, name: str, documentation: str, **options: Any) -> Any:
+            return kind(name, documentation, ["model_name", "engine"], registry=registry, **options).labels(
+                model, "0"
+            )
+
+        self.running = per_model(Gauge, "vllm:num_requests_running", "Requests in model execution batches.")
+        self.waiting = per_model(Gauge, "vllm:num_requests_waiting", "Requests waiting to be processed.")
+        self.kv_usage = per_model(
+            Gauge, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage."
+        )
+        self.prefix_queries = per_model(
+            Counter, "vllm:prefix_cache_queries", "Prefix cache queries, in tokens."
+        )
+        self.prefix_hits = per_model(Counter, "vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
+        self.prompt_tokens = per_model(Counter, "vllm:prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = per_model(Counter, "vllm:generation_tokens", "Generation tokens processed.")
+        self.ttft = per_model(
+            Histogram,
             "vllm:time_to_first_token_seconds",
             "Time to first token in seconds.",
-            labels,
             buckets=TTFT_BUCKETS,
-            registry=registry,
-        ).labels(model, "0")
-        self.e2e = Histogram(
+        )
+        self.e2e = per_model(
+            Histogram,
             "vllm:e2e_request_latency_seconds",
             "End-to-end request latency in seconds.",
-            labels,
             buckets=E2E_BUCKETS,
-            registry=registry,
-        ).labels(model, "0")
+        )
         Gauge(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",

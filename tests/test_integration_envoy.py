@@ -32,6 +32,16 @@ def post(
         return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
 
 
+def sim_control(address: str, change: dict[str, object]) -> None:
+    """Flip a simulated endpoint's fault switches (POST /sim/control)."""
+    request = urllib.request.Request(
+        f"http://{address}/sim/control",
+        data=json.dumps(change).encode(),
+        headers={"content-type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
 def chat_body(text: str = "hello", **extra: object) -> bytes:
     return json.dumps(
         {"model": "llama-3-8b", "messages": [{"role": "user", "content": text}], **extra}
@@ -207,12 +217,7 @@ def test_crashed_primary_is_skipped_by_envoy_retry_onto_the_fallback() -> None:
     local.start()
     try:
         victim = local.fleet[0]["address"]
-        control = urllib.request.Request(
-            f"http://{victim}/sim/control",
-            data=b'{"crash": true}',
-            headers={"content-type": "application/json"},
-        )
-        urllib.request.urlopen(control, timeout=5).close()
+        sim_control(victim, {"crash": True})
         served = []
         # Sent before the scraper notices: some lists start with the dead endpoint.
         for _ in range(12):

@@ -32,12 +32,7 @@ def test_warming_endpoint_gets_no_traffic_until_ready(tmp_path: Path) -> None:
             status, headers, _ = post(local, "/v1/chat/completions", chat_body(max_tokens=1))
             assert status == 200
             assert warming not in headers["x-sim-destination"].split(",")
-        control = urllib.request.Request(
-            f"http://{warming}/sim/control",
-            data=b'{"ready": true}',
-            headers={"content-type": "application/json"},
-        )
-        urllib.request.urlopen(control, timeout=5).close()
+        sim_control(warming, {"ready": True})
         listed = False
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not listed:
