@@ -11,7 +11,7 @@ import pytest
 
 from extproc.stack import LocalStack
 from tests.conftest import stack_config
-from tests.test_integration_envoy import chat_body, post
+from tests.test_integration_envoy import chat_body, post, sim_control
 
 pytestmark = pytest.mark.envoy
 
