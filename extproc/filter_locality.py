@@ -24,7 +24,7 @@ class LocalityFilter:
             return everyone
         endpoints = view.snapshot.endpoints
         local = np.fromiter((endpoints[r].zone == zone for r in view.rows), dtype=np.bool_, count=view.size)
-        queue = view.snapshot.waiting[view.rows] + view.inflight
+        queue = view.queued()
         has_room = local & (queue < self.queue_threshold)
         return local if has_room.any() else everyone
 

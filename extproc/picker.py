@@ -37,6 +37,17 @@ class PickView:
     def size(self) -> int:
         return int(self.rows.size)
 
+    def queued(self) -> FloatArray:
+        """Requests waiting at each candidate: the scrape's count, or more if we sent more since.
+
+        Our in-flight count includes requests the server is already running, so it is compared
+        with waiting + running, never added to them.
+        """
+        waiting = self.snapshot.waiting[self.rows]
+        running = self.snapshot.running[self.rows]
+        result: FloatArray = np.maximum(waiting, self.inflight - running)
+        return result
+
     def take(self, keep: BoolArray) -> PickView:
         return PickView(
             self.snapshot,
@@ -271,7 +282,7 @@ class Scheduler:
         priority = view.ctx.priority
         if priority > 0:
             return  # premium is never shed before standard
-        queue = view.snapshot.waiting[view.rows] + view.inflight
+        queue = view.queued()
         kv = view.snapshot.kv_usage[view.rows]
         factor = 1.0 if priority < 0 else config.severe_factor
         saturated = (queue >= config.queue_threshold * factor) & (kv >= config.kv_threshold)

@@ -1,14 +1,16 @@
 """Scorer: expected wait, i.e. work ahead of this request divided by the endpoint's speed.
 
 On a heterogeneous fleet a queue of 4 on an A100 clears faster than a queue of 2 on a T4;
-scoring raw queue length alone sends too much to slow GPUs. Work ahead counts waiting
-requests, requests we sent since the last scrape, and half of the running batch (each running
-sequence slows every decode step).
+scoring raw queue length alone sends too much to slow GPUs. Work ahead counts queued
+requests (the scrape's, or ours sent since if more) and half of the running batch (each
+running sequence slows every decode step).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+import numpy as np
 
 from extproc.fleet import FloatArray
 from extproc.outlier import OutlierDetector
@@ -20,7 +22,7 @@ class LoadScorer:
 
     def score(self, view: PickView) -> FloatArray:
         snapshot = view.snapshot
-        work = snapshot.waiting[view.rows] + view.inflight + 0.5 * snapshot.running[view.rows] + 1.0
+        work = view.queued() + 0.5 * np.maximum(snapshot.running[view.rows], view.inflight) + 1.0
         result: FloatArray = -work / view.speed
         return result
 

@@ -52,7 +52,7 @@ class SessionScorer:
             return None
         key_hash = np.uint64(zlib.crc32(key.encode()) | (zlib.adler32(key.encode()) << 32))
         ranks = _mix(self._endpoint_seeds(view.snapshot)[view.rows] ^ key_hash)
-        load = view.snapshot.waiting[view.rows] + view.snapshot.running[view.rows] + view.inflight
+        load = np.maximum(view.snapshot.waiting[view.rows] + view.snapshot.running[view.rows], view.inflight)
         bound = self.load_factor * float(load.mean()) + 1.0
         for i in np.argsort(-ranks.astype(np.float64), kind="stable"):
             if load[i] <= bound:
