@@ -50,4 +50,12 @@ def machine() -> dict[str, Any]:
 
 
 def command() -> str:
-    return " ".join([os.path.basename(sys.executable), "-m", *sys.argv]) if sys.argv else ""
+    """The command line as a reader would type it from the repository root."""
+    if not sys.argv:
+        return ""
+    script = sys.argv[0]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if script.endswith(".py") and os.path.abspath(script).startswith(root + os.sep):
+        module = os.path.relpath(os.path.abspath(script), root)[: -len(".py")].replace(os.sep, ".")
+        return " ".join(["python", "-m", module, *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
