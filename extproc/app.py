@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from extproc.config import ServerConfig
+from extproc.decision_log import DecisionLog, DecisionLogConfig
 from extproc.fleet import FleetState, InFlight
 from extproc.metrics import Metrics
 from extproc.metrics_server import MetricsServer
@@ -19,6 +20,8 @@ from extproc.policy_reload import PolicyReloader
 from extproc.router import Router
 from extproc.scheduling import EndpointPicker
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
+from extproc.telemetry import Telemetry
+from extproc.tracing import DecisionTracer, otlp_tracer
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,23 @@ class App:
             self.metrics.policy_loaded(policy.current.version, ok=True)
             policy.on_change.append(lambda p: self.metrics.policy_loaded(p.version, ok=True))
             policy.on_error.append(lambda _error: self.metrics.policy_loaded("", ok=False))
-        self.processor = ExternalProcessor(config, self.router)
+        tracer: DecisionTracer | None = otlp_tracer(config.otlp_endpoint) if config.otlp_endpoint else None
+        self.telemetry = Telemetry(
+            DecisionLog(
+                DecisionLogConfig(
+                    path=config.decision_log,
+                    sample_rate=config.decision_log_sample_rate,
+                    include_prompt=config.decision_log_include_prompt,
+                )
+            ),
+            tracer=tracer,
+            metrics=self.metrics,
+            on_ttft=self.outliers.observe_latency,
+            pool_of=self._pool_of,
+            expect_observer=config.expect_observer,
+        )
+        self._expiry: asyncio.Task[None] | None = None
+        self.processor = ExternalProcessor(config, self.router, self.telemetry)
         self.health = HealthGate(self.fleet)
         self.collector = collector_factory(self.fleet)
         self.server = build_grpc_server(config, self.processor, self.health)
@@ -109,6 +128,11 @@ class App:
             "policy_reloads_failed": policy.reloads_failed if policy else 0,
         }
 
+    def _pool_of(self, address: str) -> str:
+        snapshot = self.fleet.snapshot
+        row = snapshot.index.get(address)
+        return snapshot.endpoints[row].pool if row is not None else ""
+
     def _apply_gpu_weights(self, policy: CompiledPolicy) -> None:
         """Pools' GPU-class weights (A100:T4 = 3:1) feed the scheduler's speed weights."""
         for pool in policy.policy.pools:
@@ -122,16 +146,29 @@ class App:
         await self.collector.start()
         if self.config.metrics_port:
             await self.metrics_server.start(self.config.metrics_host, self.config.metrics_port)
+        if self.telemetry.active:
+            self._expiry = asyncio.create_task(self._expire_telemetry())
         log.info("ext_proc listening on %s", self.config.address)
+
+    async def _expire_telemetry(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.telemetry.expire()
 
     async def stop(self) -> None:
         """Stop taking new streams, let in-flight ones finish within the grace period."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.health.shutting_down()
         await self.server.stop(self.config.shutdown_grace_s)
         await self.collector.stop()
         await self.metrics_server.stop()
         if self.policy is not None:
             await self.policy.stop()
+        self.telemetry.flush()
+        self.telemetry.log.close()
+        if self.telemetry.tracer is not None:
+            self.telemetry.tracer.shutdown()
 
     async def run_until_signalled(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
         stop = asyncio.Event()

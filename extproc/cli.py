@@ -51,6 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
         zone=args.zone,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        inject_stream_usage=args.inject_stream_usage,
+        decision_log=args.decision_log,
+        decision_log_sample_rate=args.decision_log_sample_rate,
+        decision_log_include_prompt=args.decision_log_include_prompt,
+        otlp_endpoint=args.otlp_endpoint,
+        expect_observer=not args.no_observer,
     )
 
     factory = _collector_factory(args)
@@ -156,6 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--zone", default=os.environ.get("LLM_EXTPROC_ZONE", ""), help="this replica's zone")
     serve.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM"
+    )
+    telemetry = serve.add_argument_group("observability")
+    telemetry.add_argument(
+        "--decision-log", default="", help="JSON lines decision log: '-' for stdout or a file (rotated)"
+    )
+    telemetry.add_argument(
+        "--decision-log-sample-rate",
+        type=float,
+        default=0.01,
+        help="share of requests logged (errors and sheds are always logged)",
+    )
+    telemetry.add_argument(
+        "--decision-log-include-prompt", action="store_true", help="also log prompt text (off by default)"
+    )
+    telemetry.add_argument(
+        "--no-observer",
+        action="store_true",
+        help="Envoy has no observability-mode filter: write decision lines without tokens at once",
+    )
+    telemetry.add_argument("--otlp-endpoint", default="", help="OTLP/gRPC endpoint for routing spans")
+    telemetry.add_argument(
+        "--inject-stream-usage",
+        action="store_true",
+        help="add stream_options.include_usage to streaming requests (clients see one extra chunk)",
     )
     serve.set_defaults(func=_serve)
 

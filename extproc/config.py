@@ -25,6 +25,19 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     workers: int = 1
+    # Ask streaming model servers for a final usage chunk (stream_options.include_usage) when the
+    # client did not: exact prompt/completion counts, but clients then see one extra chunk with
+    # empty choices. Off by default: completion tokens are counted from the stream instead.
+    inject_stream_usage: bool = False
+    # Decision log: "" off, "-" stdout, else a rotating file; sampled by request id.
+    decision_log: str = ""
+    decision_log_sample_rate: float = 0.01
+    decision_log_include_prompt: bool = False
+    # Envoy runs the observer filter (envoy/local.yaml's llm-observe): decision-log lines wait
+    # for the response's tokens and latency before they are written.
+    expect_observer: bool = True
+    # OTLP/gRPC endpoint for routing spans (e.g. http://otel-collector:4317); "" is off.
+    otlp_endpoint: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

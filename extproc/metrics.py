@@ -9,6 +9,7 @@ size) — never a user, tenant or request id.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,12 +27,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from extproc.fleet import FleetSnapshot
+from extproc.observe import Observation
 
 # _created series double the exposition and carry wall-clock timestamps nobody alerts on.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PICK_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2)
 SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+# The OpenTelemetry GenAI semantic conventions' recommended bucket boundaries.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 
 class _FleetCollector(Collector):
@@ -139,6 +146,37 @@ class Metrics:
             "1 while the newest policy file is invalid.",
             registry=registry,
         )
+        # Read from responses as they pass (extproc.observe), named after the OpenTelemetry
+        # GenAI conventions: gen_ai.client.token.usage, gen_ai.server.time_to_first_token, ...
+        genai_labels = ["gen_ai_response_model", "pool"]
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per request by type (input, output): from the response's usage, else counted.",
+            ["gen_ai_token_type", *genai_labels],
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from the routing decision to the first generated token (streamed responses).",
+            genai_labels,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Mean time between generated tokens after the first (streamed responses).",
+            genai_labels,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "Time from the routing decision to the end of the response.",
+            [*genai_labels, "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self._policy_version: str | None = None
 
@@ -158,6 +196,22 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.requests.labels(*key)
         child.inc()
+
+    def observe_response(self, observation: Observation) -> None:
+        labels = (observation.model, observation.pool)
+        status = observation.status
+        error_type = "" if 0 < status < 400 else str(status or "reset")
+        self.request_duration.labels(*labels, error_type).observe(observation.duration_s)
+        if not math.isnan(observation.ttft_s):
+            self.time_to_first_token.labels(*labels).observe(observation.ttft_s)
+        if not math.isnan(observation.time_per_output_token_s):
+            self.time_per_output_token.labels(*labels).observe(observation.time_per_output_token_s)
+        usage = observation.usage
+        if usage is not None:
+            if usage.prompt_tokens is not None:
+                self.token_usage.labels("input", *labels).observe(usage.prompt_tokens)
+            if usage.completion_tokens is not None:
+                self.token_usage.labels("output", *labels).observe(usage.completion_tokens)
 
     def policy_loaded(self, version: str, ok: bool) -> None:
         self.policy_reloads.labels("success" if ok else "failure").inc()

@@ -1,6 +1,7 @@
 """Passive health: eject endpoints that fail, track each endpoint's observed latency.
 
-Fed from the response-headers phase (status, and time from decision to headers). Like Envoy's
+Fed from the response-headers phase (status, and time from decision to headers) and, for
+streamed responses, from the observed time to first token (extproc.observe). Like Envoy's
 outlier detection: consecutive failures (5xx, 429, resets/timeouts reported as status 0) eject
 an endpoint for a period that doubles with each ejection up to a cap, and no more than
 ``max_ejection_share`` of the fleet is ejected at once, so a fleet-wide problem never empties it.
@@ -53,16 +54,23 @@ class OutlierDetector:
         failed = status == 0 or status == 429 or status >= 500
         if not failed:
             health.consecutive_failures = 0
-            alpha = self.config.ewma_alpha
-            if math.isnan(health.latency_ewma_s):
-                health.latency_ewma_s = elapsed_s
-            else:
-                health.latency_ewma_s += alpha * (elapsed_s - health.latency_ewma_s)
-            health.samples += 1
+            if not math.isnan(elapsed_s):
+                self._add_latency(health, elapsed_s)
             return
         health.consecutive_failures += 1
         if health.consecutive_failures >= self.config.consecutive_failures and not self.is_ejected(address):
             self._eject(address, health)
+
+    def observe_latency(self, address: str, elapsed_s: float) -> None:
+        """A latency sample without a status: the time to first token read from a stream."""
+        self._add_latency(self._health.setdefault(address, _Health()), elapsed_s)
+
+    def _add_latency(self, health: _Health, elapsed_s: float) -> None:
+        if math.isnan(health.latency_ewma_s):
+            health.latency_ewma_s = elapsed_s
+        else:
+            health.latency_ewma_s += self.config.ewma_alpha * (elapsed_s - health.latency_ewma_s)
+        health.samples += 1
 
     def _eject(self, address: str, health: _Health) -> None:
         now = self.clock()

@@ -256,6 +256,9 @@ class Scheduler:
         else:
             order = np.argsort(-total, kind="stable")
         chosen = self._spread(view, order, count)
+        if ctx.want_scores:
+            position = {int(row): i for i, row in enumerate(view.rows)}
+            ctx.scores = [round(float(total[position[row]]), 4) for row in chosen]
         for scorer, _ in self.scorers:
             scorer.picked(view, chosen)
         return chosen

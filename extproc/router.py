@@ -6,6 +6,7 @@ Pure computation on the request path: no I/O, no locks, no imports of collectors
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class Decision:
     pool: str = ""
     complexity: float = 0.0
     model_fallback: bool = False  # served by a later target of the policy's fallback chain
+    scores: list[float] | None = None  # the chosen endpoints' scores, when asked for
+    decision_s: float = 0.0
     set_headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | None = None  # replacement request body, when the served model differs
 
@@ -154,16 +157,18 @@ class Router:
             )
         )
 
-    def decide(self, headers: RequestHeaders, request: ParsedRequest) -> Decision:
+    def decide(self, headers: RequestHeaders, request: ParsedRequest, detail: bool = False) -> Decision:
+        """``detail``: also report the chosen endpoints' scores (for the decision log)."""
         started = time.perf_counter()
         try:
-            decision = self._decide(headers, request)
+            decision = self._decide(headers, request, detail)
         except RoutingError as error:
             self.record_error(request.task.value, request.model, error)
             raise
+        decision.decision_s = time.perf_counter() - started
         metrics = self.metrics
         if metrics is not None:
-            metrics.pick_duration.observe(time.perf_counter() - started)
+            metrics.pick_duration.observe(decision.decision_s)
             outcome = "fallback_model" if decision.model_fallback else "routed"
             metrics.request(request.task.value, decision.pool, decision.model, decision.tier, outcome)
             if decision.model_fallback:
@@ -183,7 +188,7 @@ class Router:
         else:
             metrics.request(task, "", model, "", "rejected")
 
-    def _decide(self, headers: RequestHeaders, request: ParsedRequest) -> Decision:
+    def _decide(self, headers: RequestHeaders, request: ParsedRequest, detail: bool) -> Decision:
         snapshot = self.fleet.snapshot
         complexity = self.complexity(request.text) if self.complexity is not None else 0.0
         policy = self.policy()
@@ -218,6 +223,7 @@ class Router:
             priority=decision.priority,
             zone=self.config.zone or None,
             now=self.clock(),
+            want_scores=detail,
         )
         inflight = self.inflight.counts_for(snapshot)
         shed: RoutingError | None = None
@@ -251,6 +257,7 @@ class Router:
                 "no_healthy_endpoint",
                 retry_after_s=1.0,
             )
+        decision.scores = ctx.scores
         decision.endpoints = endpoints = [snapshot.endpoints[r].address for r in rows]
         self.inflight.add(snapshot, endpoints[0], +1)
         if not decision.pool:
@@ -261,16 +268,27 @@ class Router:
         if self.complexity is not None:
             set_headers.append((COMPLEXITY_HEADER, f"{complexity:.3f}"))
         set_headers.extend(extra_headers)
+        rewrite: dict[str, Any] = {}
         if decision.model != request.model:
-            decision.body = json.dumps({**request.body, "model": decision.model}, ensure_ascii=False).encode()
+            rewrite["model"] = decision.model
+        if request.stream and self.config.inject_stream_usage:
+            options = request.body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                rewrite["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+        if rewrite:
+            decision.body = json.dumps({**request.body, **rewrite}, ensure_ascii=False).encode()
             set_headers.append(("content-length", str(len(decision.body))))
         return decision
 
-    def observe_response(self, endpoint: str, status: int, started: float) -> None:
-        """Response headers arrived from ``endpoint``: feed passive health and latency scoring."""
+    def observe_response(self, endpoint: str, status: int, started: float, timed: bool = True) -> None:
+        """Response headers arrived from ``endpoint``: feed passive health and latency scoring
+        (``timed=False``: the status counts, the time to headers does not)."""
         self.responses_observed += 1
         if self.on_response is not None:
-            self.on_response(endpoint, status, self.clock() - started)
+            self.on_response(endpoint, status, self.clock() - started if timed else math.nan)
 
     def finished(self, endpoint: str) -> None:
         self.inflight.add(self.fleet.snapshot, endpoint, -1)

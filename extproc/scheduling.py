@@ -26,6 +26,10 @@ class PickContext:
     lora_adapter: str | None = None
     zone: str | None = None
     now: float = 0.0
+    # Set by the caller when the decision log wants the chosen endpoints' scores; the picker
+    # then fills ``scores`` (one per chosen endpoint, in order).
+    want_scores: bool = False
+    scores: list[float] | None = None
 
 
 class EndpointPicker(Protocol):

@@ -2,13 +2,16 @@
 
 One gRPC stream per HTTP request. Request headers are read and client-sent routing headers
 removed; the buffered body is parsed and routed; response headers close the in-flight count.
-The response body is never seen here by default, so streaming stays in Envoy.
+The routing stream never sees the response body, so streaming stays in Envoy. A second filter
+in observability mode (Envoy does not wait for our replies) opens a second stream per request
+that streams the response to us for token usage and latency (extproc.observe).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,8 +26,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet import FleetSnapshot, FleetState
-from extproc.request import RequestHeaders, Task, parse_body, parse_headers
-from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, Decision, Router
+from extproc.observe import Observation, ResponseObserver
+from extproc.request import ParsedRequest, RequestHeaders, Task, parse_body, parse_headers
+from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, MODEL_HEADER, Decision, Router
+from extproc.telemetry import RouteRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +108,20 @@ class _StreamState:
     endpoint: str | None = None  # primary endpoint counted in flight until the response starts
     metadata: dict[str, object] | None = None
     started: float = 0.0  # monotonic time the decision was made
+    streamed: bool = False
+    record: RouteRecord | None = None  # kept only for requests that are logged or traced
+    observer: ResponseObserver | None = None  # observation streams only
+    traceparent: str = ""
+
+
+TIER_HEADER = "x-llm-tier"
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, config: ServerConfig, router: Router) -> None:
+    def __init__(self, config: ServerConfig, router: Router, telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.router = router
+        self.telemetry = telemetry
         self.stream_errors = 0
 
     async def Process(
@@ -117,6 +130,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         state = _StreamState()
         try:
             async for message in request_iterator:
+                if message.observability_mode:
+                    # Envoy ignores replies in observability mode: send none.
+                    self.on_observed(message, state)
+                    continue
                 phase = message.WhichOneof("request")
                 if phase == "request_headers":
                     if message.HasField("metadata_context"):
@@ -148,11 +165,60 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # clients hang up too. Upstream resets and timeouts reach us as Envoy's own 503/504
             # response headers, which passive health does count.
             self._release(state)
+            if state.record is not None and self.telemetry is not None:
+                self.telemetry.routed(state.record)
+            if state.observer is not None and self.telemetry is not None:
+                # The response ended without end_of_stream (reset, client gone): report what we saw.
+                self.telemetry.observed(state.observer.finish(), state.traceparent)
 
     def _release(self, state: _StreamState) -> None:
         if state.endpoint is not None:
             self.router.finished(state.endpoint)
             state.endpoint = None
+
+    def on_observed(self, message: ep.ProcessingRequest, state: _StreamState) -> None:
+        """One message of an observation stream: request headers, response headers, body chunks."""
+        telemetry = self.telemetry
+        if telemetry is None:
+            return
+        phase = message.WhichOneof("request")
+        if phase == "request_headers":
+            values = dict(_header_pairs(message.request_headers))
+            destination = values.get(DESTINATION_HEADER, "")
+            state.traceparent = values.get("traceparent", "")
+            state.observer = ResponseObserver(
+                Observation(
+                    endpoint=destination.split(",", 1)[0].strip(),
+                    model=values.get(MODEL_HEADER, ""),
+                    tier=values.get(TIER_HEADER, ""),
+                    request_id=values.get("x-request-id", ""),
+                ),
+                self.router.clock,
+                self.router.clock(),
+            )
+            return
+        observer = state.observer
+        if observer is None:
+            return
+        if phase == "response_headers":
+            status, content_type = 0, ""
+            for name, value in _header_pairs(message.response_headers):
+                if name == ":status":
+                    status = int(value) if value.isdigit() else 0
+                elif name == "content-type":
+                    content_type = value
+                elif name == SERVED_HEADER and value:
+                    observer.observation.endpoint = value.strip()
+            observer.on_headers(status, content_type)
+            end = message.response_headers.end_of_stream
+        elif phase == "response_body":
+            observer.on_body(message.response_body.body)
+            end = message.response_body.end_of_stream
+        else:
+            end = phase == "response_trailers"
+        if end:
+            state.observer = None
+            telemetry.observed(observer.finish(), state.traceparent)
 
     def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
         headers = parse_headers(_header_pairs(message))
@@ -192,24 +258,88 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 status = int(header.raw_value or header.value or 0)
             elif header.key == SERVED_HEADER:
                 served = (header.raw_value.decode() if header.raw_value else header.value).strip()
-        self.router.observe_response(served or state.endpoint or "", status, state.started)
+        if state.record is not None:
+            state.record.status = status
+            state.record.served_by = served
+        # A stream's headers arrive before its first token: when an observer reports the
+        # real time to first token, header timing of streams would only blur it.
+        header_latency = self.telemetry is not None and self.telemetry.observers_seen and state.streamed
+        self.router.observe_response(
+            served or state.endpoint or "", status, state.started, timed=not header_latency
+        )
 
     def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:
         headers = state.headers
         if headers is None or headers.task is None:
             return _CONTINUE_BODY  # headers phase already answered
+        telemetry = self.telemetry
+        record: RouteRecord | None = None
+        if telemetry is not None and telemetry.active:
+            traceparent = headers.headers.get("traceparent", "")
+            if telemetry.wants(headers.request_id, traceparent):
+                record = RouteRecord(
+                    headers.request_id,
+                    traceparent,
+                    task=headers.task.value,
+                    started=self.router.clock(),
+                    started_unix_ns=time.time_ns(),
+                )
         try:
             parsed = parse_body(headers.task, headers.content_type, message.body, self.config.max_body_bytes)
         except RoutingError as error:
             self.router.record_error(headers.task.value, "", error)
+            self._failed(state, record, headers, None, error)
             return error_response(error)
         try:
-            decision = self.router.decide(headers, parsed)  # records its own outcome
+            # records its own outcome in metrics
+            decision = self.router.decide(headers, parsed, detail=record is not None)
         except RoutingError as error:
+            self._failed(state, record, headers, parsed, error)
             return error_response(error)
         state.endpoint = decision.endpoints[0]
         state.started = self.router.clock()
+        state.streamed = parsed.stream
+        if record is not None:
+            self._describe(record, decision, parsed)
+            state.record = record
         return decision_response(decision)
+
+    def _describe(self, record: RouteRecord, decision: Decision, parsed: ParsedRequest) -> None:
+        record.tenant, record.rule, record.tier = decision.tenant, decision.rule, decision.tier
+        record.model_requested, record.model_served = decision.requested_model, decision.model
+        record.pool, record.endpoints, record.scores = decision.pool, decision.endpoints, decision.scores
+        record.complexity = round(decision.complexity, 4)
+        record.decision_us = decision.decision_s * 1e6
+        record.outcome = "fallback_model" if decision.model_fallback else "routed"
+        if self.config.decision_log_include_prompt:
+            record.prompt = parsed.text
+
+    def _failed(
+        self,
+        state: _StreamState,
+        record: RouteRecord | None,
+        headers: RequestHeaders,
+        parsed: ParsedRequest | None,
+        error: RoutingError,
+    ) -> None:
+        """Errors and sheds are always logged, sampled or not."""
+        telemetry = self.telemetry
+        if telemetry is None or not telemetry.active:
+            return
+        if record is None:
+            record = RouteRecord(
+                headers.request_id,
+                headers.headers.get("traceparent", ""),
+                task=headers.task.value if headers.task else "",
+                started=self.router.clock(),
+                started_unix_ns=time.time_ns(),
+            )
+        if parsed is not None:
+            record.model_requested = parsed.model
+        record.status = error.status
+        record.outcome = "shed" if error.kind is ErrorKind.OVERLOADED else "rejected"
+        record.error = error.message
+        state.record = record
 
 
 class HealthGate:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from extproc.fleet import Endpoint, EndpointMetrics, build_snapshot
 from extproc.metrics import Metrics
 from extproc.metrics_server import MetricsServer
+from extproc.observe import Observation, Usage
 
 GOLDEN = Path(__file__).parent / "data" / "metrics_golden.txt"
 
@@ -43,6 +44,19 @@ def sample_metrics() -> Metrics:
     metrics.policy_loaded("abc123", ok=True)
     metrics.policy_loaded("def456", ok=True)
     metrics.policy_loaded("", ok=False)
+    metrics.observe_response(
+        Observation(
+            model="m",
+            pool="fast",
+            status=200,
+            streamed=True,
+            ttft_s=0.07,
+            time_per_output_token_s=0.02,
+            duration_s=1.3,
+            usage=Usage(prompt_tokens=120, completion_tokens=64, from_usage=True),
+        )
+    )
+    metrics.observe_response(Observation(model="m", pool="slow", status=503, duration_s=0.01))
     return metrics
 
 

@@ -197,3 +197,24 @@ async def test_stream_ending_without_response_headers_frees_the_endpoint_without
         assert seen == []  # the client may have hung up: not the endpoint's fault
     finally:
         await server.stop(None)
+
+
+def test_stream_usage_is_injected_only_when_configured_and_not_asked_for() -> None:
+    def body_sent(config: ServerConfig, request: dict[str, object]) -> dict[str, object] | None:
+        processor, _ = make_processor(FLEET, config=config)
+        _, second, _ = run_request(processor, headers_message(), body_message(request))
+        mutation = second.request_body.response.body_mutation
+        if not mutation.body:
+            return None
+        assert set_headers(second)["content-length"] == str(len(mutation.body))
+        parsed: dict[str, object] = json.loads(mutation.body)
+        return parsed
+
+    streamed = chat(stream=True)
+    assert body_sent(ServerConfig(), streamed) is None
+    injected = body_sent(ServerConfig(inject_stream_usage=True), streamed)
+    assert injected is not None and injected["stream_options"] == {"include_usage": True}
+    assert injected["messages"] == streamed["messages"]
+    asked = chat(stream=True, stream_options={"include_usage": True})
+    assert body_sent(ServerConfig(inject_stream_usage=True), asked) is None
+    assert body_sent(ServerConfig(inject_stream_usage=True), chat()) is None

@@ -1,0 +1,179 @@
+"""Token usage and latency read from responses as they pass, without holding them.
+
+A second ext_proc filter in Envoy's ``observability_mode`` streams the response body to us
+asynchronously: Envoy forwards every chunk to the client without waiting for our reply, so the
+token stream never waits on Python. Each chunk is scanned for complete SSE events; only those
+are parsed, and only a bounded tail of bytes is kept between chunks.
+
+What is measured per response:
+- TTFT: from the decision (this filter sees the request headers right after the routing filter
+  let them go) to the first event carrying generated text;
+- time per output token: (last text event - first text event) / (text events - 1);
+- prompt/completion tokens from a ``usage`` object (the final SSE chunk when
+  ``stream_options.include_usage`` is on, or the JSON body of a non-streaming response); when a
+  stream carries no usage, completion tokens are the number of text events, which is exact
+  for servers that send one token per event (vLLM's default) and an undercount otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Largest non-streaming body (or single SSE event) we parse for usage; beyond it we only time.
+MAX_OBSERVED_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    from_usage: bool = False  # counts reported by the server, not counted by us
+
+
+@dataclass(slots=True)
+class Observation:
+    """What one response showed; times are seconds on the observer's clock."""
+
+    endpoint: str = ""
+    model: str = ""
+    pool: str = ""
+    tier: str = ""
+    request_id: str = ""
+    status: int = 0
+    streamed: bool = False
+    ttft_s: float = math.nan
+    time_per_output_token_s: float = math.nan
+    duration_s: float = math.nan
+    usage: Usage | None = None
+
+
+def _text_of(event: dict[str, Any]) -> bool:
+    """True when an OpenAI chunk carries generated text (chat delta or completion text)."""
+    choices = event.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls")):
+            return True
+        if choice.get("text"):
+            return True
+    return False
+
+
+def _usage_of(payload: Any) -> Usage | None:
+    if not isinstance(payload, dict):
+        return None
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else None,
+        completion_tokens=completion if isinstance(completion, int) else None,
+        from_usage=True,
+    )
+
+
+class ResponseObserver:
+    """Follows one response: headers, then body chunks in order, then ``finish``."""
+
+    __slots__ = (
+        "_clock",
+        "_first_text",
+        "_last_text",
+        "_overflow",
+        "_tail",
+        "_text_events",
+        "observation",
+        "started",
+    )
+
+    def __init__(self, observation: Observation, clock: Callable[[], float], started: float) -> None:
+        self.observation = observation
+        self._clock = clock
+        self.started = started
+        self._tail = b""
+        self._overflow = False
+        self._text_events = 0
+        self._first_text = math.nan
+        self._last_text = math.nan
+
+    def on_headers(self, status: int, content_type: str) -> None:
+        self.observation.status = status
+        self.observation.streamed = content_type.startswith("text/event-stream")
+
+    def on_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if not self.observation.streamed:
+            if self._overflow:
+                return
+            if len(self._tail) + len(chunk) > MAX_OBSERVED_BYTES:
+                self._overflow, self._tail = True, b""
+                return
+            self._tail += chunk
+            return
+        data = self._tail + chunk if self._tail else chunk
+        # SSE events end with a blank line; servers use \n\n, some proxies \r\n\r\n.
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._tail = data if len(data) <= MAX_OBSERVED_BYTES else b""
+            return
+        self._tail = data[end + 2 :]
+        now = self._clock()
+        for event in data[:end].split(b"\n\n"):
+            self._on_event(event, now)
+
+    def _on_event(self, event: bytes, now: float) -> None:
+        payload = b""
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                payload += line[5:].lstrip(b" ")
+        if not payload or payload == b"[DONE]":
+            return
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(parsed, dict):
+            return
+        if _text_of(parsed):
+            self._text_events += 1
+            if self._text_events == 1:
+                self._first_text = now
+            self._last_text = now
+        usage = _usage_of(parsed)
+        if usage is not None:
+            self.observation.usage = usage
+
+    def finish(self) -> Observation:
+        observation = self.observation
+        now = self._clock()
+        observation.duration_s = now - self.started
+        if observation.streamed:
+            if self._tail:
+                self._on_event(self._tail, now)
+                self._tail = b""
+            if self._text_events:
+                observation.ttft_s = self._first_text - self.started
+            if self._text_events > 1:
+                observation.time_per_output_token_s = (self._last_text - self._first_text) / (
+                    self._text_events - 1
+                )
+            if observation.usage is None and self._text_events:
+                observation.usage = Usage(completion_tokens=self._text_events)
+        elif self._tail and not self._overflow:
+            with contextlib.suppress(ValueError):
+                observation.usage = _usage_of(json.loads(self._tail))
+            self._tail = b""
+        return observation
