@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     bench = Bench(work)
-    ports = {name: free_port() for name in ("backend", "plain", "front", "extproc", "vllm_router")}
-    admin = {name: free_port() for name in ("backend", "plain", "front")}
+    ports = {
+        name: free_port() for name in ("backend", "plain", "front", "observed", "extproc", "vllm_router")
+    }
+    admin = {name: free_port() for name in ("backend", "plain", "front", "observed")}
     backend = f"127.0.0.1:{ports['backend']}"
     try:
         bench.envoy(
@@ -146,16 +148,24 @@ def main(argv: list[str] | None = None) -> int:
                 "0",
             ],
         )
-        bench.envoy(
-            "front",
-            render(
-                [backend],
-                EnvoyPorts(
-                    listen_port=ports["front"], admin_port=admin["front"], extproc_port=ports["extproc"]
+        # envoy+extproc: the routing decision alone; +observer: also token/latency observation
+        # (a second, observability-mode ext_proc stream per request).
+        for name, observe in (("front", False), ("observed", True)):
+            bench.envoy(
+                name,
+                render(
+                    [backend],
+                    EnvoyPorts(
+                        listen_port=ports[name], admin_port=admin[name], extproc_port=ports["extproc"]
+                    ),
+                    observe=observe,
                 ),
-            ),
-        )
-        setups = {"envoy": ports["plain"], "envoy+extproc": ports["front"]}
+            )
+        setups = {
+            "envoy": ports["plain"],
+            "envoy+extproc": ports["front"],
+            "envoy+extproc+observer": ports["observed"],
+        }
         router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
         if Path(router).exists():
             bench.spawn(
@@ -214,14 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                         results.setdefault((name, concurrency, prompt_bytes), []).append(parse_wrk(out))
         rows: list[dict[str, Any]] = []
         print(
-            f"{'setup':<15} {'conc':>4} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'non-2xx':>8}"
+            f"{'setup':<23} {'conc':>4} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'non-2xx':>8}"
         )
         for (name, concurrency, prompt_bytes), runs in results.items():
             best = sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]  # the median run
             row = {"setup": name, "concurrency": concurrency, "prompt_bytes": prompt_bytes, **best}
             rows.append(row)
             print(
-                f"{name:<15} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "
+                f"{name:<23} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "
                 f"{best['rps']:>9.0f} {best['errors']:>8.0f}"
             )
         Path(args.json).write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,13 @@ def render(
     message_timeout: str = "0.5s",
     shadow: Sequence[str] = (),
     extra: dict[str, str] | None = None,
+    observe: bool = True,
 ) -> str:
-    """``addresses``: the fleet Envoy may route to; ``shadow``: the mirror pool's endpoints."""
+    """``addresses``: the fleet Envoy may route to; ``shadow``: the mirror pool's endpoints;
+    ``observe``: keep the observability-mode filter that streams responses to ext_proc."""
     text = (template or ENVOY_DIR / "local.yaml").read_text()
+    if not observe:
+        text = re.sub(r"\n *# >>> observer.*?# <<< observer\n", "\n", text, flags=re.S)
     values: dict[str, object] = {
         "admin_port": ports.admin_port,
         "listen_port": ports.listen_port,
