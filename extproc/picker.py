@@ -49,6 +49,8 @@ class PickView:
         return result
 
     def take(self, keep: BoolArray) -> PickView:
+        if keep.all():  # the usual case: a filter that removes nothing copies nothing
+            return self
         return PickView(
             self.snapshot,
             self.rows[keep],
@@ -171,6 +173,14 @@ def _normalise_rows(raws: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     weight, as plain min-max scaling does.
     """
     finite = np.isfinite(raws)
+    if finite.all():  # the usual case: one pass each for min and max
+        low = raws.min(axis=1, keepdims=True)
+        high = raws.max(axis=1, keepdims=True)
+        span = np.where(high - low > 0, np.maximum(high - low, MIN_SPAN), 0.0)
+        flat = ~(span > 0)
+        scaled: npt.NDArray[np.float64] = (raws - np.where(flat, 0.0, low)) / np.where(flat, 1.0, span)
+        scaled[flat[:, 0]] = 1.0
+        return scaled
     low = np.where(finite, raws, np.inf).min(axis=1, keepdims=True)
     high = np.where(finite, raws, -np.inf).max(axis=1, keepdims=True)
     span = np.where(high - low > 0, np.maximum(high - low, MIN_SPAN), 0.0)

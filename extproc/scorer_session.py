@@ -54,10 +54,11 @@ class SessionScorer:
         ranks = _mix(self._endpoint_seeds(view.snapshot)[view.rows] ^ key_hash)
         load = np.maximum(view.snapshot.waiting[view.rows] + view.snapshot.running[view.rows], view.inflight)
         bound = self.load_factor * float(load.mean()) + 1.0
-        for i in np.argsort(-ranks.astype(np.float64), kind="stable"):
-            if load[i] <= bound:
-                return int(i)
-        return None
+        # The highest-ranked candidate under the load bound: one linear pass, no sort.
+        eligible = load <= bound
+        if not eligible.any():
+            return None
+        return int(np.where(eligible, ranks, np.uint64(0)).argmax())
 
     def score(self, view: PickView) -> FloatArray:
         scores = np.zeros(view.size)
