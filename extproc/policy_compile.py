@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from extproc.policy_schema import Action, Match, Policy, Range, StringMatch
+from extproc.policy_schema import Action, Cache, Limits, Match, Policy, Range, StringMatch
 
 PRIORITY_VALUE = {"premium": 1, "standard": 0, "batch": -1}
 STREAM_DEFAULTS = (300.0, 0, None, None)  # timeout s, retries, per-try s, retry_on
@@ -61,6 +61,9 @@ class PolicyDecision:
     reject: tuple[int, str] | None = None
     mirror: Target | None = None
     gpu_weights: Mapping[str, float] = field(default_factory=dict)
+    cache: Cache | None = None  # the matched rule's response-cache settings (else the default's)
+    limits: Limits | None = None  # the tenant's plan limits (else tenants.default_limits)
+    downgrade: Target | None = None  # limits.downgrade_to, resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +312,7 @@ class _CompiledAction:
     retries: tuple[int, float | None, str] | None
     priority: str | None
     reject: tuple[int, str] | None
+    cache: Cache | None
 
 
 class CompiledPolicy:
@@ -379,6 +383,7 @@ class CompiledPolicy:
             retries=retries,
             priority=action.priority,
             reject=(action.reject.status, action.reject.message) if action.reject else None,
+            cache=action.cache,
         )
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -502,6 +507,8 @@ class CompiledPolicy:
                 mirror = target
                 headers.append(("x-llm-mirror-cluster", cluster))
         weights = self._gpu_weights.get(primary.pool, {}) if primary is not None else {}
+        limits = self._limits(context.tenant)
+        cache = action.cache if action.cache is not None else self._default.cache
         return PolicyDecision(
             action.name,
             context.tenant,
@@ -512,7 +519,17 @@ class CompiledPolicy:
             None,
             mirror,
             weights,
+            cache if cache is not None and cache.enabled else None,
+            limits,
+            self.resolve(limits.downgrade_to) if limits is not None and limits.downgrade_to else None,
         )
+
+    def _limits(self, tenant: str | None) -> Limits | None:
+        tenants = self._tenants
+        plan = tenants.plans.get(tenant) if tenant is not None else None
+        if plan is not None and plan.limits is not None:
+            return plan.limits
+        return tenants.default_limits
 
 
 _Step = int | tuple[str, dict[str | None, tuple[int, ...]]]
@@ -625,6 +642,13 @@ def _semantic_issues(policy: Policy, where: Callable[[Sequence[Any]], tuple[str,
             add((*loc, "mirror", "pool"), f"unknown pool {action.mirror.pool!r}; pools: {sorted(pools)}")
         for j, ref in enumerate(action.fallback or []):
             check_model((*loc, "fallback", j), ref)
+
+    for name, plan in policy.tenants.plans.items():
+        if plan.limits is not None and plan.limits.downgrade_to:
+            check_model(("tenants", "plans", name, "limits", "downgrade_to"), plan.limits.downgrade_to)
+    default_limits = policy.tenants.default_limits
+    if default_limits is not None and default_limits.downgrade_to:
+        check_model(("tenants", "default_limits", "downgrade_to"), default_limits.downgrade_to)
 
     names: set[str] = set()
     catch_all: str | None = None

@@ -141,6 +141,41 @@ class Reject(Strict):
     message: str
 
 
+class Cache(Strict):
+    """Answer repeated identical requests from the response cache (per tenant, never across)."""
+
+    enabled: bool = True
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entry_bytes: int = Field(default=256 * 1024, gt=0)
+    # By default only deterministic-enough requests are cached: temperature 0 or a seed.
+    cache_nondeterministic: bool = False
+    # When every model of the fallback chain is down or shedding, serve a cached answer even
+    # past its TTL (up to stale_ttl_s) instead of an error.
+    serve_stale_on_failure: bool = True
+    stale_ttl_s: float = Field(default=3600.0, ge=0)
+
+
+class Limits(Strict):
+    """Per tenant (or tenant + model) budgets; over a limit: 429 + retry-after, or downgrade."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+    per_model: bool = False
+    over_limit: Literal["reject", "downgrade"] = "reject"
+    downgrade_to: str | None = Field(
+        default=None, description="model (alias or served) when over_limit: downgrade"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Limits:
+        if self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrency is None:
+            raise ValueError("give at least one of requests_per_minute, tokens_per_minute, concurrency")
+        if self.over_limit == "downgrade" and not self.downgrade_to:
+            raise ValueError("over_limit: downgrade needs downgrade_to (a cheaper model)")
+        return self
+
+
 class Action(Strict):
     route: RouteTo | None = None
     split: Split | None = None
@@ -150,6 +185,7 @@ class Action(Strict):
     retries: Retries | None = None
     priority: Priority | None = None
     reject: Reject | None = None
+    cache: Cache | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> Action:
@@ -179,6 +215,7 @@ class Alias(Strict):
 class Plan(Strict):
     tier: Priority = "standard"
     allow_upgrade: bool = False
+    limits: Limits | None = None
 
 
 class Tenants(Strict):
@@ -189,6 +226,7 @@ class Tenants(Strict):
     default_tier: Priority = "standard"
     upgrade_threshold: float = Field(default=0.7, ge=0, le=1)
     plans: dict[str, Plan] = Field(default_factory=dict)
+    default_limits: Limits | None = Field(default=None, description="limits of tenants without a plan")
 
 
 class Policy(Strict):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.policy_compile import CompiledPolicy, PolicyInput, Target, load_policy
+from extproc.policy_compile import CompiledPolicy, PolicyError, PolicyInput, Target, load_policy
 
 POLICIES = Path(__file__).parent.parent / "policies"
 
@@ -204,3 +205,49 @@ def test_header_jump_table_decides_like_the_linear_walk(tmp_path_factory, team, 
     headers = {"x-team": f"team-{team}"} | ({"x-other": "1"} if other else {})
     request = inp(stream=stream, headers=headers)
     assert INDEXED.evaluate(request).rule == INDEXED.explain(request).decision.rule
+
+
+LIMITS_POLICY = """
+tenants:
+  header: x-tenant-id
+  plans:
+    acme: {tier: standard, limits: {requests_per_minute: 60, tokens_per_minute: 1000, over_limit: downgrade, downgrade_to: cheap}}
+    free: {tier: batch}
+  default_limits: {concurrency: 2}
+pools:
+  - {name: big, models: [large]}
+  - {name: small, models: [m]}
+models:
+  cheap: {model: m, pool: small}
+rules:
+  - {name: cached, match: {model: [large]}, cache: {ttl_s: 60, max_entry_bytes: 1000}}
+  - {name: uncached, match: {model: [nocache]}, route: {model: m}, cache: {enabled: false}}
+default: {cache: {ttl_s: 5}}
+"""
+
+
+def test_limits_come_from_the_plan_and_cache_from_the_rule_or_default(tmp_path: Path) -> None:
+    policy = write(tmp_path, LIMITS_POLICY)
+    acme = policy.evaluate(inp("large", headers={"x-tenant-id": "acme"}))
+    assert acme.limits is not None and acme.limits.requests_per_minute == 60
+    assert acme.downgrade == Target("small", "m")
+    assert acme.cache is not None and acme.cache.ttl_s == 60 and acme.cache.max_entry_bytes == 1000
+    free = policy.evaluate(inp("m", headers={"x-tenant-id": "free"}))
+    assert free.limits is not None and free.limits.concurrency == 2 and free.downgrade is None
+    assert free.cache is not None and free.cache.ttl_s == 5  # the default's cache
+    assert policy.evaluate(inp("nocache")).cache is None
+
+
+def test_limits_errors_point_at_the_line(tmp_path: Path) -> None:
+    bad = LIMITS_POLICY.replace("downgrade_to: cheap", "downgrade_to: nope")
+    with pytest.raises(PolicyError) as raised:
+        write(tmp_path, bad)
+    assert "p.yaml:5" in str(raised.value) and "unknown model 'nope'" in str(raised.value)
+    missing = LIMITS_POLICY.replace(", downgrade_to: cheap", "")
+    with pytest.raises(PolicyError) as raised:
+        write(tmp_path, missing)
+    assert "downgrade needs downgrade_to" in str(raised.value)
+    empty = LIMITS_POLICY.replace("default_limits: {concurrency: 2}", "default_limits: {per_model: true}")
+    with pytest.raises(PolicyError) as raised:
+        write(tmp_path, empty)
+    assert "at least one of requests_per_minute" in str(raised.value)
