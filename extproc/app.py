@@ -8,9 +8,12 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from extproc.cache import MemoryCache, RedisCache, ResponseStore
+from extproc.capacity import Capacity
 from extproc.config import ServerConfig
 from extproc.decision_log import DecisionLog, DecisionLogConfig
 from extproc.fleet import FleetState, InFlight
+from extproc.limits import Limiter, MemoryLimiter, RedisLimiter
 from extproc.metrics import Metrics
 from extproc.metrics_server import MetricsServer
 from extproc.outlier import OutlierDetector
@@ -45,6 +48,25 @@ def complexity_scorer() -> Callable[[str], float] | None:
         log.warning("no complexity model at %s: complexity is 0 for every request", complexity.MODEL_PATH)
         return None
     return complexity.model().score
+
+
+def build_capacity(config: ServerConfig, metrics: Metrics) -> Capacity:
+    """The response cache and the tenant limits store the configuration names."""
+    cache: ResponseStore | None = None
+    if config.cache_backend == "memory":
+        cache = MemoryCache(config.cache_max_bytes)
+    elif config.cache_backend == "redis":
+        cache = RedisCache(config.redis_url)
+    elif config.cache_backend != "off":
+        raise ValueError(f"cache backend must be memory, redis or off, not {config.cache_backend!r}")
+    limiter: Limiter
+    if config.limits_backend == "memory":
+        limiter = MemoryLimiter()
+    elif config.limits_backend == "redis":
+        limiter = RedisLimiter(config.redis_url, fail_open=config.limits_fail_open)
+    else:
+        raise ValueError(f"limits backend must be memory or redis, not {config.limits_backend!r}")
+    return Capacity(cache, limiter, metrics)
 
 
 class App:
@@ -96,7 +118,8 @@ class App:
             expect_observer=config.expect_observer,
         )
         self._expiry: asyncio.Task[None] | None = None
-        self.processor = ExternalProcessor(config, self.router, self.telemetry)
+        self.capacity = build_capacity(config, self.metrics)
+        self.processor = ExternalProcessor(config, self.router, self.telemetry, self.capacity)
         self.health = HealthGate(self.fleet)
         self.collector = collector_factory(self.fleet)
         self.server = build_grpc_server(config, self.processor, self.health)
@@ -165,6 +188,7 @@ class App:
         await self.metrics_server.stop()
         if self.policy is not None:
             await self.policy.stop()
+        await self.capacity.drain()
         self.telemetry.flush()
         self.telemetry.log.close()
         if self.telemetry.tracer is not None:

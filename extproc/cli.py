@@ -57,7 +57,15 @@ def _serve(args: argparse.Namespace) -> int:
         decision_log_include_prompt=args.decision_log_include_prompt,
         otlp_endpoint=args.otlp_endpoint,
         expect_observer=not args.no_observer,
+        cache_backend=args.cache,
+        cache_max_bytes=args.cache_max_bytes,
+        limits_backend=args.limits,
+        redis_url=args.redis_url,
+        limits_fail_open=not args.limits_fail_closed,
     )
+    if "redis" in (args.cache, args.limits) and not args.redis_url:
+        print("llm-extproc serve: --cache redis / --limits redis need --redis-url", file=sys.stderr)
+        return 2
 
     factory = _collector_factory(args)
     policy = None
@@ -186,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--inject-stream-usage",
         action="store_true",
         help="add stream_options.include_usage to streaming requests (clients see one extra chunk)",
+    )
+    capacity = serve.add_argument_group("capacity protection (docs/capacity.md)")
+    capacity.add_argument("--cache", choices=["memory", "redis", "off"], default="memory")
+    capacity.add_argument("--cache-max-bytes", type=int, default=256 * 1024 * 1024)
+    capacity.add_argument("--limits", choices=["memory", "redis"], default="memory")
+    capacity.add_argument("--redis-url", default="", help="e.g. redis://redis:6379/0")
+    capacity.add_argument(
+        "--limits-fail-closed", action="store_true", help="refuse requests when Redis is unreachable"
     )
     serve.set_defaults(func=_serve)
 

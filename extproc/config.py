@@ -36,6 +36,14 @@ class ServerConfig:
     # Envoy runs the observer filter (envoy/local.yaml's llm-observe): decision-log lines wait
     # for the response's tokens and latency before they are written.
     expect_observer: bool = True
+    # Response cache ("memory", "redis" or "off") and tenant limits store ("memory" or "redis");
+    # policies decide which routes cache and which tenants have limits.
+    cache_backend: str = "memory"
+    cache_max_bytes: int = 256 * 1024 * 1024
+    limits_backend: str = "memory"
+    redis_url: str = ""
+    # Redis unreachable: admit requests (fail open) or refuse them with 429.
+    limits_fail_open: bool = True
     # OTLP/gRPC endpoint for routing spans (e.g. http://otel-collector:4317); "" is off.
     otlp_endpoint: str = ""
     extra: dict[str, str] = field(default_factory=dict)

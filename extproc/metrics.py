@@ -177,6 +177,21 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.cache_lookups = Counter(
+            "llm_extproc_cache_lookups",
+            "Response-cache lookups by result (hit, miss, stale: served while every model was down).",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_stores = Counter(
+            "llm_extproc_cache_stores", "Responses stored in the response cache.", registry=registry
+        )
+        self.limited = Counter(
+            "llm_extproc_limited",
+            "Requests over a tenant limit, by limit and action (reject, downgrade).",
+            ["limit", "action"],
+            registry=registry,
+        )
         self._children: dict[tuple[str, ...], Any] = {}
         self._policy_version: str | None = None
 

@@ -88,6 +88,8 @@ class ResponseObserver:
     __slots__ = (
         "_clock",
         "_first_text",
+        "_keep_limit",
+        "_kept",
         "_last_text",
         "_overflow",
         "_tail",
@@ -96,10 +98,15 @@ class ResponseObserver:
         "started",
     )
 
-    def __init__(self, observation: Observation, clock: Callable[[], float], started: float) -> None:
+    def __init__(
+        self, observation: Observation, clock: Callable[[], float], started: float, keep_bytes: int = 0
+    ) -> None:
+        """``keep_bytes``: also keep the whole body up to this size (for the response cache)."""
         self.observation = observation
         self._clock = clock
         self.started = started
+        self._keep_limit = keep_bytes
+        self._kept: bytearray | None = bytearray() if keep_bytes > 0 else None
         self._tail = b""
         self._overflow = False
         self._text_events = 0
@@ -110,9 +117,19 @@ class ResponseObserver:
         self.observation.status = status
         self.observation.streamed = content_type.startswith("text/event-stream")
 
+    def kept_body(self) -> bytes | None:
+        """The whole body, if it was kept and stayed within the limit."""
+        return bytes(self._kept) if self._kept is not None else None
+
     def on_body(self, chunk: bytes) -> None:
         if not chunk:
             return
+        kept = self._kept
+        if kept is not None:
+            if len(kept) + len(chunk) > self._keep_limit:
+                self._kept = None
+            else:
+                kept += chunk
         if not self.observation.streamed:
             if self._overflow:
                 return

@@ -85,6 +85,10 @@ class Decision:
     model_fallback: bool = False  # served by a later target of the policy's fallback chain
     scores: list[float] | None = None  # the chosen endpoints' scores, when asked for
     decision_s: float = 0.0
+    # From the policy: response-cache settings, the tenant's limits and its downgrade target.
+    cache: Any = None
+    limits: Any = None
+    downgrade: Any = None
     set_headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | None = None  # replacement request body, when the served model differs
 
@@ -157,11 +161,14 @@ class Router:
             )
         )
 
-    def decide(self, headers: RequestHeaders, request: ParsedRequest, detail: bool = False) -> Decision:
-        """``detail``: also report the chosen endpoints' scores (for the decision log)."""
+    def decide(
+        self, headers: RequestHeaders, request: ParsedRequest, detail: bool = False, force_target: Any = None
+    ) -> Decision:
+        """``detail``: also report the chosen endpoints' scores (for the decision log);
+        ``force_target``: serve with this policy target instead (a tenant's downgrade)."""
         started = time.perf_counter()
         try:
-            decision = self._decide(headers, request, detail)
+            decision = self._decide(headers, request, detail, force_target)
         except RoutingError as error:
             self.record_error(request.task.value, request.model, error)
             raise
@@ -188,7 +195,17 @@ class Router:
         else:
             metrics.request(task, "", model, "", "rejected")
 
-    def _decide(self, headers: RequestHeaders, request: ParsedRequest, detail: bool) -> Decision:
+    def policy_verdict(self, headers: RequestHeaders, request: ParsedRequest) -> Any:
+        """The policy's verdict alone (no pick), e.g. for degraded-mode cache lookups."""
+        policy = self.policy()
+        if policy is None or self.policy_input is None:
+            return None
+        complexity = self.complexity(request.text) if self.complexity is not None else 0.0
+        return self._evaluate_policy(policy, headers, request, complexity)
+
+    def _decide(
+        self, headers: RequestHeaders, request: ParsedRequest, detail: bool, force_target: Any = None
+    ) -> Decision:
         snapshot = self.fleet.snapshot
         complexity = self.complexity(request.text) if self.complexity is not None else 0.0
         policy = self.policy()
@@ -208,8 +225,11 @@ class Router:
                 raise RoutingError(
                     ErrorKind.REJECTED_BY_POLICY, message, "rejected_by_policy", status_override=status
                 )
-            targets = verdict.targets
+            targets = (force_target,) if force_target is not None else verdict.targets
             extra_headers = verdict.headers
+            decision.cache = getattr(verdict, "cache", None)
+            decision.limits = getattr(verdict, "limits", None)
+            decision.downgrade = getattr(verdict, "downgrade", None)
         if request.model not in self.served_models() and not (policy is not None and targets):
             raise RoutingError(
                 ErrorKind.MODEL_NOT_FOUND,

@@ -23,6 +23,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extproc.capacity import CACHE_HEADER, Capacity, Lease, answer_headers
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet import FleetSnapshot, FleetState
@@ -73,6 +74,23 @@ def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.Pr
     )
 
 
+def _with_response_header(name: str, value: str) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        response_headers=ep.HeadersResponse(
+            response=ep.CommonResponse(
+                header_mutation=ep.HeaderMutation(
+                    set_headers=[
+                        base_pb2.HeaderValueOption(
+                            header=base_pb2.HeaderValue(key=name, raw_value=value.encode()),
+                            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                        )
+                    ]
+                )
+            )
+        )
+    )
+
+
 def error_response(error: RoutingError) -> ep.ProcessingResponse:
     return immediate(error.status, error.body(), error.headers())
 
@@ -112,16 +130,29 @@ class _StreamState:
     record: RouteRecord | None = None  # kept only for requests that are logged or traced
     observer: ResponseObserver | None = None  # observation streams only
     traceparent: str = ""
+    # Kept for capacity protection (limits, cache) after the decision.
+    parsed: ParsedRequest | None = None
+    decision: Decision | None = None
+    error: RoutingError | None = None
+    lease: Lease | None = None
+    cache_status: str = ""
 
 
 TIER_HEADER = "x-llm-tier"
 
 
 class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, config: ServerConfig, router: Router, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        router: Router,
+        telemetry: Telemetry | None = None,
+        capacity: Capacity | None = None,
+    ) -> None:
         self.config = config
         self.router = router
         self.telemetry = telemetry
+        self.capacity = capacity
         self.stream_errors = 0
 
     async def Process(
@@ -140,13 +171,19 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         state.metadata = _metadata(message.metadata_context)
                     yield self.on_request_headers(message.request_headers, state)
                 elif phase == "request_body":
-                    yield self.on_request_body(message.request_body, state)
+                    response = self.on_request_body(message.request_body, state)
+                    if self.capacity is not None and state.parsed is not None:
+                        response = await self.protect(state, response)
+                    yield response
                 elif phase == "response_headers":
                     # The endpoint stays counted until the stream ends: Envoy keeps this gRPC
                     # stream open until the whole response (all SSE tokens) has passed.
                     if state.endpoint is not None:
                         self.on_response_headers(message.response_headers, state)
-                    yield _CONTINUE_RESPONSE_HEADERS
+                    if state.cache_status:
+                        yield _with_response_header(CACHE_HEADER, state.cache_status)
+                    else:
+                        yield _CONTINUE_RESPONSE_HEADERS
                 elif phase == "response_body":
                     yield ep.ProcessingResponse(response_body=ep.BodyResponse())
                 elif phase == "request_trailers":
@@ -165,11 +202,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             # clients hang up too. Upstream resets and timeouts reach us as Envoy's own 503/504
             # response headers, which passive health does count.
             self._release(state)
+            if state.lease is not None and self.capacity is not None:
+                self.capacity.release(state.lease)
             if state.record is not None and self.telemetry is not None:
                 self.telemetry.routed(state.record)
-            if state.observer is not None and self.telemetry is not None:
+            if state.observer is not None:
                 # The response ended without end_of_stream (reset, client gone): report what we saw.
-                self.telemetry.observed(state.observer.finish(), state.traceparent)
+                self._observation_done(state.observer, state)
 
     def _release(self, state: _StreamState) -> None:
         if state.endpoint is not None:
@@ -178,23 +217,24 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def on_observed(self, message: ep.ProcessingRequest, state: _StreamState) -> None:
         """One message of an observation stream: request headers, response headers, body chunks."""
-        telemetry = self.telemetry
-        if telemetry is None:
+        if self.telemetry is None and self.capacity is None:
             return
         phase = message.WhichOneof("request")
         if phase == "request_headers":
             values = dict(_header_pairs(message.request_headers))
             destination = values.get(DESTINATION_HEADER, "")
             state.traceparent = values.get("traceparent", "")
+            request_id = values.get("x-request-id", "")
             state.observer = ResponseObserver(
                 Observation(
                     endpoint=destination.split(",", 1)[0].strip(),
                     model=values.get(MODEL_HEADER, ""),
                     tier=values.get(TIER_HEADER, ""),
-                    request_id=values.get("x-request-id", ""),
+                    request_id=request_id,
                 ),
                 self.router.clock,
                 self.router.clock(),
+                keep_bytes=self.capacity.keep_bytes_for(request_id) if self.capacity is not None else 0,
             )
             return
         observer = state.observer
@@ -218,7 +258,59 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             end = phase == "response_trailers"
         if end:
             state.observer = None
-            telemetry.observed(observer.finish(), state.traceparent)
+            self._observation_done(observer, state)
+
+    def _observation_done(self, observer: ResponseObserver, state: _StreamState) -> None:
+        observation = observer.finish()
+        if self.telemetry is not None:
+            self.telemetry.observed(observation, state.traceparent)
+        if self.capacity is not None:
+            self.capacity.observed(observation, observer.kept_body())
+
+    async def protect(self, state: _StreamState, response: ep.ProcessingResponse) -> ep.ProcessingResponse:
+        """Tenant limits and the response cache, after the routing decision (extproc.capacity)."""
+        capacity, headers, parsed = self.capacity, state.headers, state.parsed
+        assert capacity is not None and headers is not None and parsed is not None
+        if state.error is not None:
+            entry = await capacity.degraded_answer(
+                parsed, self.router.policy_verdict(headers, parsed), state.error
+            )
+            if entry is None:
+                return response
+            if state.record is not None:
+                state.record.outcome, state.record.status = "cache_stale", entry.status
+            return immediate(entry.status, entry.body, answer_headers(entry, "stale"))
+        decision = state.decision
+        if decision is None or (decision.limits is None and decision.cache is None):
+            return response
+
+        def redecide(target: object) -> Decision:
+            self._release(state)
+            again = self.router.decide(headers, parsed, detail=state.record is not None, force_target=target)
+            state.endpoint = again.endpoints[0]
+            return again
+
+        try:
+            routed, admission = await capacity.admit(headers.request_id, parsed, decision, redecide)
+        except RoutingError as error:
+            self._release(state)
+            self._failed(state, state.record, headers, parsed, error)
+            return error_response(error)
+        state.lease = admission.lease
+        if admission.answer is not None:
+            self._release(state)  # the upstream never sees this request
+            if state.record is not None:
+                state.record.outcome, state.record.status = "cache_hit", admission.answer.status
+            entry = admission.answer
+            return immediate(entry.status, entry.body, answer_headers(entry, "hit"))
+        state.cache_status = admission.cache_status
+        if routed is not decision:
+            state.decision = routed
+            if state.record is not None:
+                self._describe(state.record, routed, parsed)
+                state.record.outcome = "downgraded"
+            return decision_response(routed)
+        return response
 
     def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
         headers = parse_headers(_header_pairs(message))
@@ -290,12 +382,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.router.record_error(headers.task.value, "", error)
             self._failed(state, record, headers, None, error)
             return error_response(error)
+        state.parsed = parsed
         try:
             # records its own outcome in metrics
             decision = self.router.decide(headers, parsed, detail=record is not None)
         except RoutingError as error:
+            state.error = error
             self._failed(state, record, headers, parsed, error)
             return error_response(error)
+        state.decision = decision
         state.endpoint = decision.endpoints[0]
         state.started = self.router.clock()
         state.streamed = parsed.stream

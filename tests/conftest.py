@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -40,3 +41,80 @@ def stack() -> Iterator[LocalStack]:
         raise
     yield local
     local.stop()
+
+
+def _redis_server_binary() -> str | None:
+    """redis-server from PATH, else installed from Debian's package (as the issue asks)."""
+    import shutil
+    import subprocess
+
+    found = shutil.which("redis-server")
+    if found is None and shutil.which("apt-get") is not None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+            capture_output=True,
+            timeout=300,
+            env=env,
+            check=False,
+        )
+        found = shutil.which("redis-server")
+    return found
+
+
+class RedisServer:
+    def __init__(self, binary: str) -> None:
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._argv = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self._subprocess = subprocess
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import time
+
+        self.proc = self._subprocess.Popen(
+            self._argv, stdout=self._subprocess.DEVNULL, stderr=self._subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    binary = _redis_server_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed and could not be installed with apt-get here")
+    return binary
+
+
+@pytest.fixture
+def redis_server(redis_binary: str) -> Iterator[RedisServer]:
+    """A real, empty redis-server on a free loopback port, for one test."""
+    server = RedisServer(redis_binary)
+    server.start()
+    yield server
+    server.stop()

@@ -57,6 +57,10 @@ def sample_metrics() -> Metrics:
         )
     )
     metrics.observe_response(Observation(model="m", pool="slow", status=503, duration_s=0.01))
+    metrics.cache_lookups.labels("hit").inc()
+    metrics.cache_lookups.labels("miss").inc()
+    metrics.cache_stores.inc()
+    metrics.limited.labels("tokens_per_minute", "reject").inc()
     return metrics
 
 
