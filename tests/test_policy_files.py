@@ -40,6 +40,7 @@ def test_every_shipped_file_is_exercised_here() -> None:
         "shadow.yaml",
         "gpu-weighted.yaml",
         "qos-tiers.yaml",
+        "capacity.yaml",
     }
     assert {p.name for p in POLICIES.glob("*.yaml")} == tested
 
@@ -89,3 +90,14 @@ def test_gpu_weighted_pool_carries_its_weights() -> None:
 )
 def test_qos_tiers(headers: dict[str, str], priority: int) -> None:
     assert decide("qos-tiers.yaml", headers=headers).priority == priority
+
+
+def test_capacity_plans_and_cache() -> None:
+    smallco = decide("capacity.yaml", "llama-3-70b", {"x-tenant-id": "smallco"})
+    assert smallco.limits.tokens_per_minute == 20000 and smallco.limits.over_limit == "downgrade"
+    assert smallco.downgrade == Target("", "llama-3-8b")
+    assert smallco.cache.ttl_s == 600 and smallco.cache.serve_stale_on_failure
+    unknown = decide("capacity.yaml", headers={"x-tenant-id": "someone"})
+    assert unknown.limits.requests_per_minute == 60 and unknown.limits.concurrency == 8
+    embedding = decide("capacity.yaml", task="embedding")
+    assert embedding.cache.ttl_s == 86400 and embedding.cache.cache_nondeterministic
