@@ -74,6 +74,17 @@ def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.Pr
     )
 
 
+def _strip(spoofed: list[str]) -> ep.ProcessingResponse:
+    """Continue, removing client-sent routing headers (Envoy's header_mutation did too)."""
+    if not spoofed:
+        return _CONTINUE_HEADERS
+    return ep.ProcessingResponse(
+        request_headers=ep.HeadersResponse(
+            response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=spoofed))
+        )
+    )
+
+
 def _with_response_header(name: str, value: str) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(
         response_headers=ep.HeadersResponse(
@@ -314,6 +325,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
         headers = parse_headers(_header_pairs(message))
+        if not self.router.fleet.synced:
+            # Started but the fleet is not known yet (Envoy may connect before our health says
+            # SERVING): decide nothing, exactly like Envoy failing open, instead of answering
+            # 404/503 from an empty fleet.
+            return _strip(headers.spoofed)
         if state.metadata:
             headers.metadata = state.metadata
         state.headers = headers
@@ -333,13 +349,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 raise RoutingError(ErrorKind.INVALID_REQUEST, "request body is empty; expected a JSON object")
         except RoutingError as error:
             return error_response(error)
-        if not headers.spoofed:
-            return _CONTINUE_HEADERS
-        return ep.ProcessingResponse(
-            request_headers=ep.HeadersResponse(
-                response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=headers.spoofed))
-            )
-        )
+        return _strip(headers.spoofed)
 
     def on_response_headers(self, message: ep.HttpHeaders, state: _StreamState) -> None:
         """Tell the router which endpoint answered and how (passive health, latency)."""

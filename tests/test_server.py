@@ -218,3 +218,18 @@ def test_stream_usage_is_injected_only_when_configured_and_not_asked_for() -> No
     asked = chat(stream=True, stream_options={"include_usage": True})
     assert body_sent(ServerConfig(inject_stream_usage=True), asked) is None
     assert body_sent(ServerConfig(inject_stream_usage=True), chat()) is None
+
+
+def test_until_the_fleet_is_known_requests_pass_through_undecided() -> None:
+    processor, fleet = make_processor(FLEET)
+    fleet.synced = False
+    first, second, state = run_request(
+        processor, headers_message(x_gateway_destination_endpoint=FLEET[0]), body_message(chat())
+    )
+    # No 404/503 from an empty view: Envoy routes as if ext_proc had failed open...
+    assert first.request_headers.response.header_mutation.remove_headers == ["x-gateway-destination-endpoint"]
+    assert second.WhichOneof("response") == "request_body" and not second.request_body.HasField("response")
+    assert state.endpoint is None
+    fleet.synced = True
+    _, decided, _ = run_request(processor, headers_message(), body_message(chat()))
+    assert set_headers(decided)["x-gateway-destination-endpoint"]  # ...and decides once it is
