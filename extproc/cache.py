@@ -165,7 +165,7 @@ class MemoryCache:
 class RedisCache:
     """Shared by every replica. Errors are logged (rate-limited), counted, and read as misses."""
 
-    def __init__(self, url: str, prefix: str = "llm-extproc:cache:", timeout_s: float = 0.05) -> None:
+    def __init__(self, url: str, prefix: str = "llm-extproc:cache:", timeout_s: float = 0.2) -> None:
         import redis.asyncio as redis_asyncio
 
         self._redis = redis_asyncio.Redis.from_url(

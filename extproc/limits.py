@@ -176,7 +176,7 @@ class RedisLimiter:
         fail_open: bool = True,
         prefix: str = "llm-extproc:limits:",
         lease_s: float = 600.0,
-        timeout_s: float = 0.05,
+        timeout_s: float = 0.2,
     ) -> None:
         import redis.asyncio as redis_asyncio
 
