@@ -5,8 +5,8 @@ python -m e2e.bench_promparse            # prints a table, writes docs/bench/pro
 
 from __future__ import annotations
 
+import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.machine import command, machine
 from extproc.promparse import PRESETS, TargetedParser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +44,17 @@ def per_call_us(fn: Callable[[], object], budget_s: float = 0.5) -> float:
     return statistics.median(samples)
 
 
-def main() -> dict[str, object]:
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(prog="python -m e2e.bench_promparse", description=__doc__.splitlines()[0])
+    cli.add_argument("--json", default=str(ROOT / "docs" / "bench" / "promparse.json"))
+    cli.add_argument("--budget", type=float, default=0.5, help="seconds of timing per parser and page")
+    args = cli.parse_args(argv)
     results = []
     for name, preset in PAGES.items():
         text = (ROOT / "tests" / "data" / name).read_text()
         parser = TargetedParser(PRESETS[preset])
-        targeted = per_call_us(lambda p=parser, t=text: p.parse(t))  # type: ignore[misc]
-        reference = per_call_us(lambda t=text: list(text_string_to_metric_families(t)))  # type: ignore[misc]
+        targeted = per_call_us(lambda p=parser, t=text: p.parse(t), args.budget)  # type: ignore[misc]
+        reference = per_call_us(lambda t=text: list(text_string_to_metric_families(t)), args.budget)  # type: ignore[misc]
         results.append(
             {
                 "page": name,
@@ -64,17 +69,13 @@ def main() -> dict[str, object]:
             f"{name:32} {results[-1]['lines']:4} lines  targeted {targeted:8.1f} us  "
             f"prometheus_client {reference:8.1f} us  x{reference / targeted:.1f}"
         )
-    report: dict[str, object] = {
-        "command": "python -m e2e.bench_promparse",
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
-        "results": results,
-    }
-    out = ROOT / "docs" / "bench" / "promparse.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    report: dict[str, object] = {"command": command(), "machine": machine(), "results": results}
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

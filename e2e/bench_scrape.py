@@ -100,16 +100,17 @@ async def measure(ports: list[int], seconds: float, config: ScrapeConfig) -> dic
         await scraper.stop()
 
 
-def main() -> dict[str, object]:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench_scrape")
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--json", default=str(ROOT / "docs" / "bench" / "scrape.json"))
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     _loop_factory()
     if args.serve:
         asyncio.run(serve(args.serve))
-        return {}
+        return 0
     child = subprocess.Popen(
         [sys.executable, "-m", "e2e.bench_scrape", "--serve", str(args.endpoints)],
         cwd=ROOT,
@@ -139,11 +140,12 @@ def main() -> dict[str, object]:
         "result": result,
     }
     print(json.dumps(report, indent=2))
-    out = ROOT / "docs" / "bench" / "scrape.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

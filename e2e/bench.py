@@ -1,0 +1,48 @@
+"""One entry point for every benchmark: `llm-extproc bench NAME [ARGS]` or `python -m e2e.bench NAME`.
+
+Each benchmark prints a table and, with --json PATH (each has a default under docs/bench/),
+writes {"command", "machine", "results"}. docs/benchmarks.md compares the numbers with targets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "overhead": (
+        "e2e.bench_overhead",
+        "added latency and req/s: Envoy vs Envoy + llm-extproc vs vllm-router",
+    ),
+    "routing": ("e2e.bench_routing", "trace-driven routing quality on a heterogeneous simulated fleet"),
+    "pick": ("e2e.bench_pick", "scheduler and policy decision CPU time vs fleet size"),
+    "scale": ("e2e.bench_scale", "discrete-event simulation of a large fleet with the production scheduler"),
+    "classifier": ("e2e.bench_complexity", "complexity scorer µs per prompt"),
+    "promparse": ("e2e.bench_promparse", "targeted /metrics parser vs prometheus-client's"),
+    "scrape": ("e2e.bench_scrape", "scraping cost for a large fleet"),
+    "cache": ("e2e.bench_cache", "response cache hit latency and upstream load saved"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: llm-extproc bench NAME [ARGS...]", "", "benchmarks:"]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[name][0])
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
