@@ -25,6 +25,7 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"
 MODEL_HEADER = "x-llm-model"
 COMPLEXITY_HEADER = "x-llm-complexity"
+STREAM_HEADER = "x-llm-stream"
 PRIORITY_NAMES = {1: "premium", 0: "standard", -1: "batch"}
 
 
@@ -285,6 +286,9 @@ class Router:
         set_headers = decision.set_headers
         set_headers.append((DESTINATION_HEADER, ",".join(endpoints)))
         set_headers.append((MODEL_HEADER, decision.model))
+        if request.stream:
+            # Lets a route (e.g. Istio's streaming VirtualService route) match on the body's flag.
+            set_headers.append((STREAM_HEADER, "true"))
         if self.complexity is not None:
             set_headers.append((COMPLEXITY_HEADER, f"{complexity:.3f}"))
         set_headers.extend(extra_headers)
