@@ -1,0 +1,17 @@
+# llm-extproc: the ext_proc server and the simulator (no Envoy: it runs in its own container).
+# Multi-stage: wheels are built with the toolchain, the runtime image only installs them.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY extproc ./extproc
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[dns,k8s,redis]"
+
+FROM python:3.11-slim
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin llm
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "llm-extproc[dns,k8s,redis]" && rm -rf /wheels
+COPY policies /etc/llm-extproc/policies
+USER 10001
+EXPOSE 9002 9464
+ENTRYPOINT ["llm-extproc"]
+CMD ["serve", "--host=0.0.0.0", "--metrics-host=0.0.0.0", "--discovery=k8s", "--policy=/etc/llm-extproc/policies"]
