@@ -54,16 +54,6 @@ async def post(session: aiohttp.ClientSession, url: str, payload: dict[str, Any]
         return reply.status, reply.headers.get("x-llm-cache", ""), time.perf_counter() - started
 
 
-def served(local: LocalStack) -> int:
-    import urllib.request
-
-    total = 0
-    for endpoint in local.fleet:
-        with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=5) as reply:
-            total += int(json.loads(reply.read())["served"])
-    return total
-
-
 async def hit_latency(url: str, rounds: int) -> dict[str, float]:
     async with aiohttp.ClientSession() as session:
         await post(session, url, body("the cached question"))
@@ -131,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             url = f"http://127.0.0.1:{local.listen_port}/v1/chat/completions"
             latency = asyncio.run(hit_latency(url, args.rounds))
-            before = served(local)
+            before = local.sim_served()
             load = asyncio.run(replay(url, args.requests, args.distinct, args.speedup))
-            upstream = served(local) - before
+            upstream = local.sim_served() - before
         finally:
             local.stop()
     saved = {**load, "upstream_requests": upstream, "upstream_saved_share": 1 - upstream / load["requests"]}

@@ -209,6 +209,14 @@ class LocalStack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}/v1"
 
+    def sim_served(self) -> int:
+        """Requests the simulated fleet has answered (its /sim/stats), e.g. to prove a cache hit."""
+        total = 0
+        for endpoint in self.fleet:
+            with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=5) as reply:
+                total += int(json.loads(reply.read())["served"])
+        return total
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in self.workdir.glob("*.log")

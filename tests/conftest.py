@@ -30,15 +30,21 @@ def stack_config(**overrides: object) -> StackConfig:
     return config
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
-    """A real Envoy + ext_proc + simulated fleet, shared by one test module."""
-    local = LocalStack(stack_config())
+def started_stack(**overrides: object) -> LocalStack:
+    """A started LocalStack; on a failed start its children's logs go to the test output."""
+    local = LocalStack(stack_config(**overrides))
     try:
         local.start()
     except Exception:
         print(local.logs())
         raise
+    return local
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    """A real Envoy + ext_proc + simulated fleet, shared by one test module."""
+    local = started_stack()
     yield local
     local.stop()
 

@@ -19,7 +19,8 @@ import openai
 import pytest
 
 from extproc.stack import LocalStack
-from tests.conftest import stack_config
+from tests.conftest import started_stack
+from tests.test_integration_envoy import sim_control
 
 pytestmark = pytest.mark.envoy
 
@@ -55,15 +56,6 @@ def chat(max_tokens: int = 2, **extra: object) -> dict[str, object]:
         "max_tokens": max_tokens,
         **extra,
     }
-
-
-def sim_control(address: str, change: dict[str, object]) -> None:
-    request = urllib.request.Request(
-        f"http://{address}/sim/control",
-        data=json.dumps(change).encode(),
-        headers={"content-type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=5).close()
 
 
 class Load:
@@ -117,18 +109,8 @@ class Load:
         return f"{self.failures()} of {self.count()} failed; statuses {counts}; client errors {ERRORS[-3:]}"
 
 
-def started(**overrides: object) -> LocalStack:
-    local = LocalStack(stack_config(**overrides))
-    try:
-        local.start()
-    except Exception:
-        print(local.logs())
-        raise
-    return local
-
-
 def test_ext_proc_killed_and_restarted_under_load_fails_no_request() -> None:
-    local = started(message_timeout="0.2s")
+    local = started_stack(message_timeout="0.2s")
     try:
         with Load(lambda: post(local, chat())[0]) as load:
             load.wait_for(150)
@@ -147,7 +129,7 @@ def test_ext_proc_killed_and_restarted_under_load_fails_no_request() -> None:
 
 def test_endpoint_crash_under_load_no_unary_error_and_streams_end_cleanly() -> None:
     ERRORS.clear()
-    local = started(time_scale=0.2)
+    local = started_stack(time_scale=0.2)
     try:
         victim = local.fleet[0]["address"]
         client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)
@@ -193,7 +175,7 @@ def test_endpoint_crash_under_load_no_unary_error_and_streams_end_cleanly() -> N
 
 @pytest.mark.parametrize("mode", ["hang", "garbage", "huge"])
 def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) -> None:
-    local = started()
+    local = started_stack()
     try:
         victim = local.fleet[0]["address"]
         sim_control(victim, {"metrics_mode": mode})
@@ -218,7 +200,7 @@ def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) ->
 
 
 def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_proc_is_down() -> None:
-    local = started(message_timeout="0.2s")
+    local = started_stack(message_timeout="0.2s")
     try:
         victim = local.fleet[0]["address"]
         spoofed = {
@@ -258,7 +240,7 @@ def _rss_kib(pid: int) -> int:
 
 def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.CaptureFixture[str]) -> None:
     """CI runs a short soak; LLM_EXTPROC_SOAK_SECONDS=1800 runs the nightly one."""
-    local = started(time_scale=0.05)
+    local = started_stack(time_scale=0.05)
     try:
         pid = local.child("extproc").proc.pid
         client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from extproc.stack import LocalStack
-from tests.conftest import RedisServer, stack_config
+from tests.conftest import RedisServer, started_stack
+from tests.test_integration_envoy import sim_control
 
 pytestmark = pytest.mark.envoy
 
@@ -54,14 +55,6 @@ def chat(text: str, **extra: object) -> dict[str, object]:
     return {"model": "llama-3-8b", "messages": [{"role": "user", "content": text}], "temperature": 0, **extra}
 
 
-def served(local: LocalStack) -> int:
-    total = 0
-    for endpoint in local.fleet:
-        with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=5) as reply:
-            total += int(json.loads(reply.read())["served"])
-    return total
-
-
 def until(predicate: object, timeout_s: float = 10.0) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -75,13 +68,7 @@ def until(predicate: object, timeout_s: float = 10.0) -> object:
 def start(tmp_path: Path, *extproc_args: str) -> LocalStack:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    local = LocalStack(stack_config(policy=str(policy), extproc_args=list(extproc_args)))
-    try:
-        local.start()
-    except Exception:
-        print(local.logs())
-        raise
-    return local
+    return started_stack(policy=str(policy), extproc_args=list(extproc_args))
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +82,14 @@ def test_a_repeated_request_is_answered_from_cache_without_reaching_a_gpu(capaci
     local = capacity_stack
     status, headers, first = post(local, chat("cache me", max_tokens=6))
     assert status == 200 and headers["x-llm-cache"] == "miss"
-    before = served(local)
+    before = local.sim_served()
     hit = until(
         lambda: (r := post(local, chat("cache me", max_tokens=6)))[1].get("x-llm-cache") == "hit" and r
     )
     assert hit, "the response was never stored"
     status, headers, body = hit  # type: ignore[misc]
     assert status == 200 and body == first  # byte for byte, the same completion id
-    assert served(local) == before  # no upstream saw it
+    assert local.sim_served() == before  # no upstream saw it
     # Another tenant asking the same question is not given acme's answer.
     status, headers, other = post(local, chat("cache me", max_tokens=6), tenant="globex")
     assert headers["x-llm-cache"] == "miss" and json.loads(other)["id"] != json.loads(first)["id"]
@@ -173,12 +160,7 @@ def test_when_every_endpoint_is_down_a_stale_answer_beats_an_error(tmp_path: Pat
         assert status == 200
         assert until(lambda: post(local, chat("remember me", max_tokens=4))[1].get("x-llm-cache") == "hit")
         for endpoint in local.fleet:
-            control = urllib.request.Request(
-                f"http://{endpoint['address']}/sim/control",
-                data=json.dumps({"ready": False}).encode(),
-                headers={"content-type": "application/json"},
-            )
-            urllib.request.urlopen(control, timeout=5).close()
+            sim_control(endpoint["address"], {"ready": False})
         degraded = until(
             lambda: (
                 (r := post(local, chat("remember me", max_tokens=4)))[1].get("x-llm-cache") == "stale" and r
