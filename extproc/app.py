@@ -77,10 +77,12 @@ class App:
         picker: EndpointPicker | None = None,
         scheduler_config: SchedulerConfig | None = None,
         policy: PolicyReloader | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.config = config
         self.fleet = FleetState()
-        self.inflight = InFlight()
+        # Several worker processes share one InFlight view (extproc.shared_fleet).
+        self.inflight = inflight or InFlight()
         self.outliers = OutlierDetector()
         self.scheduler = Scheduler(scheduler_config, self.outliers)
         self.policy = policy

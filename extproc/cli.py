@@ -68,6 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     factory = _collector_factory(args)
+    if args.workers > 1:
+        from extproc.workers import serve_workers
+
+        config.workers = args.workers
+        return serve_workers(config, factory, args.policy, args.policy_reload_interval)
     policy = None
     if args.policy:
         from extproc.policy_compile import PolicyError
@@ -164,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy-reload-interval", type=float, default=1.0, help="seconds between checks")
     serve.add_argument("--metrics-port", type=int, default=9464, help="/metrics and /healthz; 0 disables")
     serve.add_argument("--metrics-host", default="127.0.0.1")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on one port (SO_REUSEPORT) sharing one scraped fleet view",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
     serve.add_argument("--scrape-interval", type=float, default=0.1)

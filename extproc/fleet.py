@@ -208,6 +208,10 @@ class InFlight:
         self._by_address: dict[str, int] = {}
 
     def counts_for(self, snapshot: FleetSnapshot) -> npt.NDArray[np.int64]:
+        """In-flight requests per snapshot row, as the scheduler should see them."""
+        return self._local_counts(snapshot)
+
+    def _local_counts(self, snapshot: FleetSnapshot) -> npt.NDArray[np.int64]:
         if snapshot.membership is not self._membership and snapshot.membership != self._membership:
             remapped = np.zeros(snapshot.size, dtype=np.int64)
             for address, count in self._by_address.items():
@@ -219,7 +223,7 @@ class InFlight:
         return self._counts
 
     def add(self, snapshot: FleetSnapshot, address: str, delta: int) -> None:
-        counts = self.counts_for(snapshot)
+        counts = self._local_counts(snapshot)
         new = max(0, self._by_address.get(address, 0) + delta)
         if new:
             self._by_address[address] = new
