@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", default="docs/bench/overhead.json")
+    parser.add_argument("--extproc-workers", type=int, default=1, help="serve --workers for llm-extproc")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(fleet),
                 "--metrics-port",
                 "0",
+                "--workers",
+                str(args.extproc_workers),
             ],
         )
         # envoy+extproc: the routing decision alone; +observer: also token/latency observation

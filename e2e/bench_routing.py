@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -56,6 +57,17 @@ def start_sim(bench: Bench, work: Path) -> list[dict[str, Any]]:
         time.sleep(0.05)
     endpoints: list[dict[str, Any]] = json.loads(ready.read_text())["endpoints"]
     return endpoints
+
+
+def prefix_hit_rate(fleet: list[dict[str, Any]]) -> float:
+    """Share of prompt tokens the simulated servers found in their prefix cache (their records)."""
+    hit = total = 0
+    for endpoint in fleet:
+        with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=10) as reply:
+            for record in json.loads(reply.read())["records"]:
+                hit += int(record["prefix_hit_tokens"])
+                total += int(record["prompt_tokens"])
+    return hit / total if total else 0.0
 
 
 def run_router(
@@ -137,7 +149,13 @@ def run_router(
             served[r.served_by] = served.get(r.served_by, 0) + 1
         gpu = {e["address"]: e["gpu_class"] for e in fleet}
         fast_share = sum(n for a, n in served.items() if gpu.get(a) == "a100") / max(1, len(result.results))
-        return {"router": name, "load": load, **summary, "a100_share": fast_share}
+        return {
+            "router": name,
+            "load": load,
+            **summary,
+            "a100_share": fast_share,
+            "prefix_cache_hit_rate": prefix_hit_rate(fleet),
+        }
     finally:
         if stack is not None:
             stack.stop()
@@ -166,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(
         f"{'router':<26} {'load':>5} {'reqs':>5} {'err':>4} {'ttft p50':>9} {'ttft p99':>9} {'e2e p99':>8} "
-        f"{'tok/s':>8} {'goodput':>8} {'a100':>5}"
+        f"{'tok/s':>8} {'goodput':>8} {'a100':>5} {'prefix':>6}"
     )
     runs = [(float(load), name) for load in args.load.split(",") for name in args.routers.split(",")]
     for load, name in runs:
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<26} {row['load']:>5.2f} {row['requests']:>5} {row['errors']:>4} {row['ttft_p50_s']:>9.3f} "
             f"{row['ttft_p99_s']:>9.3f} {row['e2e_p99_s']:>8.2f} {row['output_tokens_per_s']:>8.0f} "
-            f"{row['goodput_rps']:>8.2f} {row['a100_share']:>5.2f}",
+            f"{row['goodput_rps']:>8.2f} {row['a100_share']:>5.2f} {row['prefix_cache_hit_rate']:>6.2f}",
             flush=True,
         )
     Path(args.json).write_text(
