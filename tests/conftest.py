@@ -6,14 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from extproc.stack import LocalStack, StackConfig
+from extproc.stack import LocalStack, StackConfig, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["free_port"]  # tests import it from here
 
 
 def stack_config(**overrides: object) -> StackConfig:
