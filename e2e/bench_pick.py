@@ -44,7 +44,8 @@ def pick_cost(n: int, rounds: int) -> dict[str, float]:
     snapshot = build_snapshot(endpoints, metrics, version=1, now=0.0)
     scheduler = Scheduler()
     rows = snapshot.rows_serving("m")
-    inflight = np.zeros(n, dtype=np.int64)
+    # Requests we sent since the scrape: a few per endpoint, changing with every pick.
+    inflight = rng.integers(0, 4, n).astype(np.int64)
     prompt = "You are a helpful assistant. " * 20 + "What is the capital of France?"
     samples = []
     for i in range(rounds):
@@ -52,8 +53,10 @@ def pick_cost(n: int, rounds: int) -> dict[str, float]:
             model="m", prompt_text=prompt + str(i % 50), session_key=f"user-{i % 100}", now=1000.5
         )
         started = time.process_time_ns()
-        scheduler.pick(snapshot, rows, inflight, ctx, 3)
+        chosen = scheduler.pick(snapshot, rows, inflight, ctx, 3)
         samples.append((time.process_time_ns() - started) / 1000)
+        inflight[chosen[0]] += 1
+        inflight[rng.integers(0, n)] = 0  # a response came back somewhere
     samples.sort()
     return {
         "endpoints": n,

@@ -6,27 +6,40 @@ from typing import ClassVar
 
 import numpy as np
 
-from extproc.fleet import BoolArray
+from extproc.fleet import BoolArray, FleetSnapshot
 from extproc.outlier import OutlierDetector
 from extproc.picker import PickView, SchedulerConfig, register
 
 
 class LocalityFilter:
     name: ClassVar[str] = "locality"
+    per_request: ClassVar[bool] = True
 
     def __init__(self, queue_threshold: float) -> None:
         self.queue_threshold = queue_threshold
+        self._membership: tuple[str, ...] | None = None
+        self._zones: dict[str, BoolArray] = {}
 
-    def keep(self, view: PickView) -> BoolArray:
-        everyone = np.ones(view.size, dtype=np.bool_)
+    def keep(self, view: PickView) -> BoolArray | None:
         zone = view.ctx.zone
         if not zone:
-            return everyone
-        endpoints = view.snapshot.endpoints
-        local = np.fromiter((endpoints[r].zone == zone for r in view.rows), dtype=np.bool_, count=view.size)
-        queue = view.queued()
-        has_room = local & (queue < self.queue_threshold)
-        return local if has_room.any() else everyone
+            return None
+        local = self._in_zone(view.snapshot, zone)[view.rows]
+        has_room = local & (view.queued() < self.queue_threshold)
+        return local if has_room.any() else None
+
+    def _in_zone(self, snapshot: FleetSnapshot, zone: str) -> BoolArray:
+        """Per snapshot row: in this zone. Built once per membership and zone, not per pick."""
+        if self._membership is not snapshot.membership:
+            self._membership, self._zones = snapshot.membership, {}
+        mask = self._zones.get(zone)
+        if mask is None:
+            mask = np.fromiter(
+                (e.zone == zone for e in snapshot.endpoints), dtype=np.bool_, count=snapshot.size
+            )
+            if len(self._zones) < 256:  # zones come from requests: bound what we keep
+                self._zones[zone] = mask
+        return mask
 
 
 @register(LocalityFilter.name)

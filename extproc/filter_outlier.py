@@ -11,6 +11,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class OutlierFilter:
     name: ClassVar[str] = "outlier"
+    per_request: ClassVar[bool] = False
 
     def __init__(self, outliers: OutlierDetector) -> None:
         self.outliers = outliers

@@ -17,6 +17,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class ReadyFilter:
     name: ClassVar[str] = "ready"
+    per_request: ClassVar[bool] = False
 
     def keep(self, view: PickView) -> BoolArray:
         snapshot = view.snapshot

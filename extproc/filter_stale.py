@@ -18,6 +18,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class StaleFilter:
     name: ClassVar[str] = "stale"
+    per_request: ClassVar[bool] = False
 
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after_s = stale_after_s

@@ -85,6 +85,11 @@ class OutlierDetector:
         self.ejections_total += 1
         self._generation += 1
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever an endpoint is ejected (state derived from ejections is stale then)."""
+        return self._generation
+
     def is_ejected(self, address: str) -> bool:
         health = self._health.get(address)
         return health is not None and health.ejected_until > self.clock()

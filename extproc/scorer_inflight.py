@@ -15,6 +15,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class InFlightScorer:
     name: ClassVar[str] = "inflight"
+    per_request: ClassVar[bool] = True
 
     def score(self, view: PickView) -> FloatArray:
         result: FloatArray = -view.inflight

@@ -11,6 +11,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class KVCacheScorer:
     name: ClassVar[str] = "kv_cache"
+    per_request: ClassVar[bool] = False
 
     def score(self, view: PickView) -> FloatArray:
         result: FloatArray = 1.0 - view.snapshot.kv_usage[view.rows]

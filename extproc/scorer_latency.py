@@ -19,6 +19,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class LatencyScorer:
     name: ClassVar[str] = "latency"
+    per_request: ClassVar[bool] = False
 
     def __init__(self, outliers: OutlierDetector) -> None:
         self.outliers = outliers

@@ -19,10 +19,10 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class LoadScorer:
     name: ClassVar[str] = "load"
+    per_request: ClassVar[bool] = True
 
     def score(self, view: PickView) -> FloatArray:
-        snapshot = view.snapshot
-        work = view.queued() + 0.5 * np.maximum(snapshot.running[view.rows], view.inflight) + 1.0
+        work = view.queued() + 0.5 * np.maximum(view.running, view.inflight) + 1.0
         result: FloatArray = -work / view.speed
         return result
 

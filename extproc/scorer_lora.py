@@ -17,11 +17,12 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class LoraScorer:
     name: ClassVar[str] = "lora"
+    per_request: ClassVar[bool] = True
 
-    def score(self, view: PickView) -> FloatArray:
+    def score(self, view: PickView) -> FloatArray | None:
         adapter = view.ctx.lora_adapter
         if not adapter:
-            return np.zeros(view.size)
+            return None
         loaded = view.snapshot.lora_adapters
         return np.fromiter(
             (1.0 if adapter in loaded[r] else 0.0 for r in view.rows), dtype=np.float64, count=view.size

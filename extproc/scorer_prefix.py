@@ -14,9 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from extproc.fleet import FloatArray
 from extproc.outlier import OutlierDetector
-from extproc.picker import PickView, SchedulerConfig, register
+from extproc.picker import PickView, SchedulerConfig, Sparse, register
 
 
 def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
@@ -31,6 +30,7 @@ def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
 
 class PrefixScorer:
     name: ClassVar[str] = "prefix"
+    per_request: ClassVar[bool] = True
 
     def __init__(self, block_chars: int, max_blocks: int, capacity: int) -> None:
         self.block_chars = block_chars
@@ -39,11 +39,11 @@ class PrefixScorer:
         self.owner: OrderedDict[int, str] = OrderedDict()
         self._last: list[int] = []
 
-    def score(self, view: PickView) -> FloatArray:
+    def score(self, view: PickView) -> Sparse | None:
         self._last = hashes = block_hashes(view.ctx.prompt_text, self.block_chars, self.max_blocks)
-        scores = np.zeros(view.size)
         if not hashes or not self.owner:
-            return scores
+            return None
+        scores = Sparse([], [])
         # Walk the leading blocks; the run of blocks an endpoint holds is its cached prefix.
         matched: dict[str, int] = {}
         for depth, block in enumerate(hashes, start=1):
@@ -58,7 +58,8 @@ class PrefixScorer:
                 # view.rows is sorted ascending (candidates come from sorted row arrays).
                 where = int(np.searchsorted(view.rows, row))
                 if where < view.size and view.rows[where] == row:
-                    scores[where] = depth / len(hashes)
+                    scores.positions.append(where)
+                    scores.values.append(depth / len(hashes))
         return scores
 
     def picked(self, view: PickView, chosen_rows: list[int]) -> None:

@@ -11,9 +11,10 @@ from extproc.picker import PickView, SchedulerConfig, register
 
 class QueueScorer:
     name: ClassVar[str] = "queue"
+    per_request: ClassVar[bool] = False
 
     def score(self, view: PickView) -> FloatArray:
-        result: FloatArray = -view.snapshot.waiting[view.rows]
+        result: FloatArray = -view.waiting
         return result
 
     def picked(self, view: PickView, chosen_rows: list[int]) -> None:

@@ -136,4 +136,6 @@ def pick_view(
         ctx,
         snapshot.age_s(now)[rows],
         np.array([{"a100": 3.0, "t4": 1.0}.get(e.gpu_class, 1.0) for e in snapshot.endpoints]),
+        snapshot.waiting[rows],
+        snapshot.running[rows],
     )

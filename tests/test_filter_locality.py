@@ -4,7 +4,18 @@ from tests.helpers import fleet_snapshot, pick_view
 
 def test_prefers_the_callers_zone_while_it_has_room() -> None:
     snap = fleet_snapshot(3, zones=["a", "b", "a"], waiting=[0, 0, 9])
-    assert LocalityFilter(8).keep(pick_view(snap, zone="a")).tolist() == [True, False, True]
-    assert LocalityFilter(8).keep(pick_view(snap)).tolist() == [True, True, True]
+    locality = LocalityFilter(8)
+    assert locality.keep(pick_view(snap, zone="a")).tolist() == [True, False, True]
+    assert locality.keep(pick_view(snap, zone="b")).tolist() == [False, True, False]
+    assert locality.keep(pick_view(snap)) is None  # no zone given: everyone stays
+    assert locality.keep(pick_view(snap, zone="nowhere")) is None  # no local endpoint: fail over
     full = fleet_snapshot(2, zones=["a", "b"], waiting=[9, 0])
-    assert LocalityFilter(8).keep(pick_view(full, zone="a")).tolist() == [True, True]
+    assert locality.keep(pick_view(full, zone="a")) is None  # local zone full: fail over
+
+
+def test_zone_masks_follow_membership_changes() -> None:
+    locality = LocalityFilter(8)
+    assert locality.keep(pick_view(fleet_snapshot(2, zones=["a", "b"]), zone="a")).tolist() == [True, False]
+    # A new snapshot with other endpoints in other zones: the remembered mask must not be reused.
+    moved = fleet_snapshot(3, zones=["b", "b", "a"])
+    assert locality.keep(pick_view(moved, zone="a")).tolist() == [False, False, True]

@@ -164,3 +164,42 @@ def test_beats_round_robin_and_least_inflight_on_a_heterogeneous_fleet() -> None
     least = run(lambda q, t: int(np.argmin(q)))
     mine = run(ours)
     assert mine * 1.2 < least < round_robin
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 20), min_size=3, max_size=40),
+    st.lists(st.tuples(st.integers(0, 39), st.integers(0, 5)), min_size=1, max_size=12),
+    st.sampled_from([None, "user-1", "user-2"]),
+    st.sampled_from([None, "a"]),
+)
+def test_reusing_the_prepared_fleet_state_decides_as_a_fresh_scheduler(waiting, steps, session, zone) -> None:  # type: ignore[no-untyped-def]
+    """Fleet-only work is reused across picks; in-flight changes between them must still count."""
+    n = len(waiting)
+    snap = fleet_snapshot(
+        n,
+        waiting=[float(w) for w in waiting],
+        gpu=[("a100", "t4")[i % 2] for i in range(n)],
+        zones=[("a", "b")[i % 2] for i in range(n)],
+        nodes=[f"n{i}" for i in range(n)],
+    )
+    reusing = Scheduler()
+    inflight = [0] * n
+    prompt = "You are a helpful assistant. " * 10
+    for row, extra in steps:
+        inflight[row % n] += extra
+        fresh = Scheduler(prepared_ttl_s=0.0)
+        # The prefix scorer learns from picks: give the fresh one the same history.
+        fresh_prefix = next(s for s, _ in fresh.scorers if s.name == "prefix")
+        reused_prefix = next(s for s, _ in reusing.scorers if s.name == "prefix")
+        fresh_prefix.owner = reused_prefix.owner.copy()  # type: ignore[attr-defined]
+        kwargs = {"inflight": inflight, "session_key": session, "zone": zone, "prompt_text": prompt}
+        # Equal scores may be ordered either way (random tie-break): compare the scores chosen.
+        assert pick_scores(reusing, snap, **kwargs) == pick_scores(fresh, snap, **kwargs)
+
+
+def pick_scores(scheduler: Scheduler, snap, inflight, **ctx):  # type: ignore[no-untyped-def]
+    rows = np.arange(snap.size, dtype=np.intp)
+    context = PickContext(model="m", now=100.0, want_scores=True, **ctx)
+    scheduler.pick(snap, rows, np.asarray(inflight, dtype=np.int64), context, 3)
+    return [round(s, 3) for s in context.scores or []]

@@ -7,11 +7,12 @@ def test_repeated_prefix_prefers_the_endpoint_that_served_it() -> None:
     snap = fleet_snapshot(3)
     system = "You are a helpful assistant. " * 20
     first = pick_view(snap, prompt=system + "question one")
-    assert scorer.score(first).tolist() == [0.0, 0.0, 0.0]
+    assert scorer.score(first) is None  # nothing served yet: no preference
     scorer.picked(first, [2])
     scores = scorer.score(pick_view(snap, prompt=system + "a different question"))
-    assert scores.argmax() == 2 and 0.5 < scores[2] <= 1.0
-    assert scorer.score(pick_view(snap, prompt="unrelated " * 50)).tolist() == [0.0, 0.0, 0.0]
+    assert scores is not None and scores.positions == [2] and 0.5 < scores.values[0] <= 1.0
+    unrelated = scorer.score(pick_view(snap, prompt="unrelated " * 50))
+    assert unrelated is not None and unrelated.positions == []
 
 
 def test_block_hashes_are_chained_and_bounded_and_lru_is_capped() -> None:
