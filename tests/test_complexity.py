@@ -3,13 +3,26 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extproc import complexity
-from extproc.complexity_train import apgr, cross_validate, read_labelled
+from extproc.complexity import TOKEN, ComplexityModel, encode, prepare, tokens
+from extproc.complexity_train import (
+    apgr,
+    cross_validate,
+    cross_validate_bow,
+    documents,
+    fit,
+    gains,
+    read_labelled,
+)
 
 DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing" / "dev.jsonl"
 
@@ -58,8 +71,12 @@ def test_explain_adds_up_to_the_raw_score() -> None:
     assert len(complexity.explain(text, top=3).features) == 3
 
 
-def test_model_file_is_small() -> None:
+def test_model_file_is_small_and_loads_fast() -> None:
     assert complexity.MODEL_PATH.stat().st_size < 20 * 1024 * 1024
+    started = time.perf_counter()
+    loaded = ComplexityModel.load()
+    assert time.perf_counter() - started < 1.0
+    assert len(loaded.keys) == len(loaded.weights) == len(loaded.idf) > 1000
 
 
 def test_calibration_is_monotonic_and_spans_0_to_1() -> None:
@@ -69,16 +86,18 @@ def test_calibration_is_monotonic_and_spans_0_to_1() -> None:
 
 
 @pytest.mark.skipif(not DEV.exists(), reason=f"labelled data not present at {DEV}")
-def test_cross_validated_model_beats_random_and_length_on_held_out_prompts() -> None:
-    rows = read_labelled(DEV)[::3]  # a third of the data keeps the test fast
-    metrics, _ = cross_validate(rows, k=3)
-    length = apgr(
-        [len(r["prompt"]) for r in rows],
-        [r["weak_correct"] for r in rows],
-        [r["strong_correct"] for r in rows],
-    )
-    assert metrics["apgr"] > 0.55
-    assert metrics["apgr"] > length["apgr"] - 0.02
+def test_cross_validated_model_beats_random_length_and_bag_of_words_on_held_out_prompts() -> None:
+    rows = read_labelled(DEV)  # ridge CV on all 7.5k rows takes a few seconds
+    metrics, held_out = cross_validate(rows, k=5)
+    weak = [r["weak_correct"] for r in rows]
+    strong = [r["strong_correct"] for r in rows]
+    length = apgr([len(r["prompt"]) for r in rows], weak, strong)
+    bow = cross_validate_bow(rows, k=5)
+    assert len(held_out) == len(rows)
+    assert metrics["apgr"] > 0.64  # 0.659 when written
+    assert metrics["apgr"] > length["apgr"] + 0.05
+    assert metrics["apgr"] > bow["apgr"] + 0.03
+    assert metrics["strong_share_for_50pct_gap"] < length["strong_share_for_50pct_gap"]
 
 
 def test_cli_scores_stdin_in_order_and_reports_bad_lines() -> None:
@@ -128,3 +147,66 @@ def test_cli_explain_and_eval(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert 0 <= json.loads(explained)["complexity"] <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text() | st.text(alphabet="abcXYZ019 .,\n\u00e9\u4e2d\u6587\u00a0\u3000\ud800\u0130\u212a"))
+def test_fast_tokenizer_is_the_regex_definition(text: str) -> None:
+    prepared = prepare(text)
+    assert tokens(prepared) == [encode(t) for t in TOKEN.findall(prepared)]
+
+
+def test_cjk_text_gets_one_token_per_character() -> None:
+    assert tokens(prepare("证明\uff1an^3-n能被6整除 Proof")) == [
+        encode(t) for t in ["证", "明", "\uff1a", "n", "3", "n", "能", "被", "6", "整", "除", "proof"]
+    ]
+
+
+def _synthetic_rows(n: int) -> list[dict[str, Any]]:
+    """Labelled prompts in English and Chinese where some words and characters predict the gain."""
+    rng = np.random.default_rng(7)
+    words = ["what", "is", "the", "sum", "prove", "that", "integer", "explain", "why", "a", "b"]
+    chars = list("证明整数求和为什么解释三角形面积")
+    rows = []
+    for _ in range(n):
+        picked = rng.choice(words, size=rng.integers(0, 12)).tolist()
+        han = "".join(rng.choice(chars, size=rng.integers(0, 15)).tolist())
+        prompt = " ".join(picked) + (" " if picked else "") + han + f" {rng.integers(0, 50)}"
+        hard = ("prove" in picked) + ("证明" in han) + 0.5 * ("积" in han)
+        weak = bool(rng.random() > 0.3 * hard)
+        strong = bool(rng.random() > 0.1)
+        rows.append({"prompt": prompt, "weak_correct": weak, "strong_correct": strong})
+    return rows
+
+
+def test_numpy_runtime_reproduces_the_sklearn_pipeline(tmp_path: Path) -> None:
+    rows = _synthetic_rows(600)
+    prompts = [r["prompt"] for r in rows]
+    gain = gains(rows)
+    fitted = fit(documents(prompts[:400]), gain[:400])
+    fitted.export(np.linspace(-0.5, 0.5, 101)).save(tmp_path / "m.npz")
+    model = ComplexityModel.load(tmp_path / "m.npz")
+    probes = [
+        *prompts,
+        "",
+        "   ",
+        "never seen words only",
+        "PROVE That 证明三角形面积 " * 400,  # longer than HEAD_CHARS + TAIL_CHARS: truncated the same way
+        "\ud800 lone surrogate 证",
+        "😀" * 50 + " prove",
+    ]
+    expected = fitted.predict(probes)
+    got = np.array([model.raw(p) for p in probes])
+    assert np.max(np.abs(expected - got)) < 1e-9
+    # Chinese characters are features of their own (and their bigrams), and they move the score.
+    explanation = model.explain("证明三角形面积", top=1000)
+    names = {name for name, _ in explanation.features}
+    assert {"证", "明", "证 明"} <= names
+    assert any(abs(v) > 1e-3 for name, v in explanation.features if not name.isascii())
+    assert sum(v for _, v in explanation.features) == pytest.approx(model.raw("证明三角形面积"))
+
+
+def test_shipped_model_sees_words_and_bigrams() -> None:
+    explanation = complexity.explain("How many miles does the train travel? Explain step by step.", top=1000)
+    names = {name for name, _ in explanation.features}
+    assert "bias" in names and "how many" in names and "step" in names
