@@ -3,8 +3,9 @@
 python -m e2e.bench_overhead [--seconds 5] [--rounds 2] [--json docs/bench/overhead.json]
 
 Load generator: wrk (Debian package), POSTing an OpenAI chat body through a Lua script. Setups
-are measured interleaved, round by round, so machine noise hits them alike. Optional reference
-row: vLLM's own router (`pip install vllm-router`), when its binary is on PATH.
+are measured interleaved, round by round, so machine noise hits them alike. Reference rows:
+`envoy+python-floor` (the cheapest possible Python ext_proc, e2e/floor_extproc.py) and vLLM's
+own router (`pip install vllm-router`), when its binary is on PATH.
 """
 
 from __future__ import annotations
@@ -104,9 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     bench = Bench(work)
     ports = {
-        name: free_port() for name in ("backend", "plain", "front", "observed", "extproc", "vllm_router")
+        name: free_port()
+        for name in (
+            "backend",
+            "plain",
+            "front",
+            "observed",
+            "extproc",
+            "vllm_router",
+            "floor",
+            "floor_front",
+        )
     }
-    admin = {name: free_port() for name in ("backend", "plain", "front", "observed")}
+    admin = {name: free_port() for name in ("backend", "plain", "front", "observed", "floor_front")}
     backend = f"127.0.0.1:{ports['backend']}"
     try:
         bench.envoy(
@@ -156,10 +167,26 @@ def main(argv: list[str] | None = None) -> int:
                     observe=observe,
                 ),
             )
+        # The floor: the cheapest Python ext_proc (e2e/floor_extproc.py) behind the same Envoy
+        # config, i.e. what gRPC in Python costs before any routing work.
+        bench.spawn("floor", [sys.executable, "-m", "e2e.floor_extproc", str(ports["floor"]), backend])
+        bench.envoy(
+            "floor_front",
+            render(
+                [backend],
+                EnvoyPorts(
+                    listen_port=ports["floor_front"],
+                    admin_port=admin["floor_front"],
+                    extproc_port=ports["floor"],
+                ),
+                observe=False,
+            ),
+        )
         setups = {
             "envoy": ports["plain"],
             "envoy+extproc": ports["front"],
             "envoy+extproc+observer": ports["observed"],
+            "envoy+python-floor": ports["floor_front"],
         }
         router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
         if Path(router).exists():
@@ -184,14 +211,15 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "vllm-router"
                 else f"http://127.0.0.1:{port}/metrics"
             )
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(grpc.RpcError):
-                if grpc_serving(f"127.0.0.1:{ports['extproc']}"):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("ext_proc never reported SERVING")
-            time.sleep(0.1)
+        for server in ("extproc", "floor"):
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    if grpc_serving(f"127.0.0.1:{ports[server]}"):
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{server} never reported SERVING")
+                time.sleep(0.1)
 
         results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
         for prompt_bytes in (200, 200 * 1024):

@@ -83,7 +83,7 @@ class App:
         self.fleet = FleetState()
         # Several worker processes share one InFlight view (extproc.shared_fleet).
         self.inflight = inflight or InFlight()
-        self.outliers = OutlierDetector()
+        self.outliers = OutlierDetector(fleet_size=lambda: self.fleet.snapshot.size)
         self.scheduler = Scheduler(scheduler_config, self.outliers)
         self.policy = policy
         self.router = Router(
@@ -131,6 +131,16 @@ class App:
                 "llm_extproc_endpoint_ejections": (
                     "Endpoints ejected by passive health.",
                     lambda: float(self.outliers.ejections_total),
+                ),
+                # Which stream told passive health each response's status: the observer's, when
+                # Envoy skips the routing stream's response headers (one round trip less).
+                "llm_extproc_response_status_from_observer": (
+                    "Responses whose status reached passive health from the observer stream.",
+                    lambda: float(self.processor.statuses_from_observer),
+                ),
+                "llm_extproc_response_status_from_routing_stream": (
+                    "Responses whose status reached passive health from the routing stream.",
+                    lambda: float(self.processor.statuses_from_routing),
                 ),
                 "llm_extproc_stream_errors": (
                     "ext_proc gRPC streams that failed.",

@@ -43,6 +43,9 @@ class OutlierConfig:
 class OutlierDetector:
     config: OutlierConfig = field(default_factory=OutlierConfig)
     clock: Callable[[], float] = time.monotonic
+    # How many endpoints the fleet has (the ejection cap is a share of it). Without it, the
+    # endpoints we have heard from: right after start that can be just the failing one.
+    fleet_size: Callable[[], int] | None = None
     _health: dict[str, _Health] = field(default_factory=dict)
     ejections_total: int = 0
     _generation: int = 0
@@ -74,7 +77,8 @@ class OutlierDetector:
 
     def _eject(self, address: str, health: _Health) -> None:
         now = self.clock()
-        allowed = int(len(self._health) * self.config.max_ejection_share)
+        known = max(len(self._health), self.fleet_size() if self.fleet_size is not None else 0)
+        allowed = int(known * self.config.max_ejection_share)
         ejected = sum(1 for h in self._health.values() if h.ejected_until > now)
         if ejected + 1 > allowed:
             return  # never eject past the cap (nor a lone endpoint): better a flaky endpoint than none

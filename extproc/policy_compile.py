@@ -338,6 +338,11 @@ class CompiledPolicy:
         self._plan = _plan(policy.rules)
         self._default = self._compile_action("default", Match(), policy.default)
         self._tenants = policy.tenants
+        # Cached answers are marked in a response header, which needs the routing stream's
+        # response phase (extproc.server keeps it for such policies).
+        self.caches_responses = any(
+            action.cache is not None and action.cache.enabled for action in (*self._rules, self._default)
+        )
 
     # resolution: a model reference (alias or served model) to a target
     def resolve(self, ref: str, pool: str | None = None) -> Target:

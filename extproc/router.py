@@ -58,6 +58,8 @@ class PolicyDecisionLike(Protocol):
 class PolicyLike(Protocol):
     version: str
 
+    caches_responses: bool
+
     def evaluate(self, inp: Any) -> Any: ...
 
     @property

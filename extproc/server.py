@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as pm
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from envoy.type.v3 import http_status_pb2
@@ -44,6 +45,20 @@ _METHOD_BY_TASK = {Task.CHAT: "POST", Task.COMPLETION: "POST", Task.EMBEDDING: "
 _CONTINUE_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
 _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
 _CONTINUE_BODY = ep.ProcessingResponse(request_body=ep.BodyResponse())
+# Sent with the request-headers reply when the observer stream already reports each response's
+# status: Envoy then skips this stream's response-headers round trip (it must be listed in the
+# filter's allowed_override_modes, envoy/local.yaml). The stream still ends with the request.
+SKIP_RESPONSE_HEADERS = pm.ProcessingMode(
+    request_header_mode=pm.ProcessingMode.SEND,
+    request_body_mode=pm.ProcessingMode.BUFFERED,
+    response_header_mode=pm.ProcessingMode.SKIP,
+    response_body_mode=pm.ProcessingMode.NONE,
+    request_trailer_mode=pm.ProcessingMode.SKIP,
+    response_trailer_mode=pm.ProcessingMode.SKIP,
+)
+_CONTINUE_HEADERS_SKIP_RESPONSE = ep.ProcessingResponse(
+    request_headers=ep.HeadersResponse(), mode_override=SKIP_RESPONSE_HEADERS
+)
 
 
 def _header_pairs(headers: ep.HttpHeaders) -> list[tuple[str, str]]:
@@ -74,15 +89,18 @@ def immediate(status: int, body: bytes, headers: list[tuple[str, str]]) -> ep.Pr
     )
 
 
-def _strip(spoofed: list[str]) -> ep.ProcessingResponse:
+def _strip(spoofed: list[str], skip_response: bool = False) -> ep.ProcessingResponse:
     """Continue, removing client-sent routing headers (Envoy's header_mutation did too)."""
     if not spoofed:
-        return _CONTINUE_HEADERS
-    return ep.ProcessingResponse(
+        return _CONTINUE_HEADERS_SKIP_RESPONSE if skip_response else _CONTINUE_HEADERS
+    response = ep.ProcessingResponse(
         request_headers=ep.HeadersResponse(
             response=ep.CommonResponse(header_mutation=ep.HeaderMutation(remove_headers=spoofed))
         )
     )
+    if skip_response:
+        response.mode_override.CopyFrom(SKIP_RESPONSE_HEADERS)
+    return response
 
 
 def _with_response_header(name: str, value: str) -> ep.ProcessingResponse:
@@ -138,6 +156,7 @@ class _StreamState:
     metadata: dict[str, object] | None = None
     started: float = 0.0  # monotonic time the decision was made
     streamed: bool = False
+    skip_response: bool = False  # we asked Envoy to skip this stream's response headers
     record: RouteRecord | None = None  # kept only for requests that are logged or traced
     observer: ResponseObserver | None = None  # observation streams only
     traceparent: str = ""
@@ -165,6 +184,25 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.telemetry = telemetry
         self.capacity = capacity
         self.stream_errors = 0
+        # Passive health reads each response's status from exactly one stream: the observer's
+        # once observer streams arrive (and Envoy honours our mode override), the routing
+        # stream's response-headers phase otherwise.
+        self.observer_streams_seen = False
+        self.mode_override_ignored = False
+        self.statuses_from_observer = 0
+        self.statuses_from_routing = 0
+
+    def _observer_reports_responses(self) -> bool:
+        if not self.observer_streams_seen or self.mode_override_ignored:
+            return False
+        # The response cache marks its answers with a response header: that needs our own phase.
+        policy = self.router.policy()
+        return (
+            policy is None
+            or self.capacity is None
+            or self.capacity.cache is None
+            or not policy.caches_responses
+        )
 
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -189,6 +227,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 elif phase == "response_headers":
                     # The endpoint stays counted until the stream ends: Envoy keeps this gRPC
                     # stream open until the whole response (all SSE tokens) has passed.
+                    if state.skip_response and not self.mode_override_ignored:
+                        self.mode_override_ignored = True
+                        log.warning(
+                            "Envoy ignored our processing mode override (allow_mode_override and "
+                            "allowed_override_modes missing from its ext_proc filter?): response "
+                            "status is read from the routing stream, one more round trip per request"
+                        )
                     if state.endpoint is not None:
                         self.on_response_headers(message.response_headers, state)
                     if state.cache_status:
@@ -228,8 +273,6 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def on_observed(self, message: ep.ProcessingRequest, state: _StreamState) -> None:
         """One message of an observation stream: request headers, response headers, body chunks."""
-        if self.telemetry is None and self.capacity is None:
-            return
         phase = message.WhichOneof("request")
         if phase == "request_headers":
             values = dict(_header_pairs(message.request_headers))
@@ -247,6 +290,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 self.router.clock(),
                 keep_bytes=self.capacity.keep_bytes_for(request_id) if self.capacity is not None else 0,
             )
+            self.observer_streams_seen = True
             return
         observer = state.observer
         if observer is None:
@@ -261,6 +305,15 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 elif name == SERVED_HEADER and value:
                     observer.observation.endpoint = value.strip()
             observer.on_headers(status, content_type)
+            if self._observer_reports_responses():
+                self.statuses_from_observer += 1
+                # Streams' latency comes from the observed first token, not from headers.
+                self.router.observe_response(
+                    observer.observation.endpoint,
+                    status,
+                    observer.started,
+                    timed=not observer.observation.streamed,
+                )
             end = message.response_headers.end_of_stream
         elif phase == "response_body":
             observer.on_body(message.response_body.body)
@@ -273,6 +326,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _observation_done(self, observer: ResponseObserver, state: _StreamState) -> None:
         observation = observer.finish()
+        if self.telemetry is None and self.capacity is None:
+            return
         if self.telemetry is not None:
             self.telemetry.observed(observation, state.traceparent)
         if self.capacity is not None:
@@ -349,7 +404,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 raise RoutingError(ErrorKind.INVALID_REQUEST, "request body is empty; expected a JSON object")
         except RoutingError as error:
             return error_response(error)
-        return _strip(headers.spoofed)
+        state.skip_response = self._observer_reports_responses()
+        return _strip(headers.spoofed, state.skip_response)
 
     def on_response_headers(self, message: ep.HttpHeaders, state: _StreamState) -> None:
         """Tell the router which endpoint answered and how (passive health, latency)."""
@@ -366,6 +422,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # A stream's headers arrive before its first token: when an observer reports the
         # real time to first token, header timing of streams would only blur it.
         header_latency = self.telemetry is not None and self.telemetry.observers_seen and state.streamed
+        self.statuses_from_routing += 1
         self.router.observe_response(
             served or state.endpoint or "", status, state.started, timed=not header_latency
         )

@@ -108,6 +108,8 @@ class StackConfig:
     message_timeout: str = "0.5s"
     envoy_template: str | None = None
     log_dir: str | None = None
+    # The observability-mode filter (token usage, TTFT, response status for passive health).
+    observe: bool = True
 
 
 @dataclass
@@ -171,7 +173,8 @@ class LocalStack:
         argv += ["--fleet", str(self.fleet_file), "--metrics-port", str(self.config.metrics_port)]
         if self.config.policy:
             argv += ["--policy", self.config.policy]
-        child = self._spawn("extproc", argv + self.config.extproc_args)
+        no_observer = [] if self.config.observe else ["--no-observer"]
+        child = self._spawn("extproc", argv + no_observer + self.config.extproc_args)
         _wait(
             lambda: grpc_serving(f"127.0.0.1:{self.extproc_port}"),
             30,
@@ -195,6 +198,7 @@ class LocalStack:
             template=Path(self.config.envoy_template) if self.config.envoy_template else None,
             message_timeout=self.config.message_timeout,
             shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
+            observe=self.config.observe,
         )
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(config_text)

@@ -142,6 +142,11 @@ class Telemetry:
         self._expire(math.inf)
 
     def _emit(self, record: RouteRecord, observation: Observation | None) -> None:
+        if observation is not None:
+            # When the observer reports responses, Envoy skips the routing stream's
+            # response-headers phase: status and the serving endpoint come from the observation.
+            record.status = record.status or observation.status
+            record.served_by = record.served_by or observation.endpoint
         line: dict[str, Any] = {
             "ts": record.started_unix_ns / 1e9,
             "request_id": record.request_id,

@@ -173,6 +173,43 @@ def test_endpoint_crash_under_load_no_unary_error_and_streams_end_cleanly() -> N
         local.stop()
 
 
+def ext_proc_counter(local: LocalStack, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{local.config.metrics_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    "observer", [True, False], ids=["status-from-observer", "status-from-routing-stream"]
+)
+def test_an_endpoint_answering_errors_is_ejected_by_passive_health(observer: bool) -> None:
+    """With the observer on, Envoy skips the routing stream's response headers (mode override)
+    and passive health hears each status from the observer; without it, from the routing
+    stream. Either way a failing endpoint stops getting traffic after a few errors."""
+    local = started_stack(observe=observer)
+    try:
+        victim = local.fleet[0]["address"]
+        for _ in range(5):  # warm up: the observer has been seen, the victim is still healthy
+            assert post(local, chat())[0] == 200
+        sim_control(victim, {"error_rate": 1.0})
+        statuses = [post(local, chat())[0] for _ in range(60)]
+        errors = statuses.count(500)
+        # Three consecutive failures eject it; at most one more is in flight per decision.
+        assert 3 <= errors <= 4 and statuses.count(200) == 60 - errors, statuses
+        assert ext_proc_counter(local, "llm_extproc_endpoint_ejections_total") >= 1
+        from_observer = ext_proc_counter(local, "llm_extproc_response_status_from_observer_total")
+        from_routing = ext_proc_counter(local, "llm_extproc_response_status_from_routing_stream_total")
+        if observer:
+            # Only the first request, before any observer stream was seen, used the routing stream.
+            assert from_routing <= 1 and from_observer >= 64
+        else:
+            assert from_observer == 0 and from_routing >= 65
+    finally:
+        local.stop()
+
+
 @pytest.mark.parametrize("mode", ["hang", "garbage", "huge"])
 def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) -> None:
     local = started_stack()

@@ -26,3 +26,13 @@ def test_a_lone_endpoint_is_never_ejected_and_the_share_is_capped() -> None:
     for i in range(1, 5):
         outliers.observe(f"10.0.0.{i}:8000", 503, 0.1)
     assert sum(outliers.is_ejected(f"10.0.0.{i}:8000") for i in range(1, 5)) == 2  # 50 % of 4
+
+
+def test_the_cap_is_a_share_of_the_fleet_not_of_the_endpoints_heard_from() -> None:
+    # Right after start only the failing endpoint has answered: it must still be ejectable.
+    outliers = OutlierDetector(OutlierConfig(consecutive_failures=1), clock=lambda: 0.0, fleet_size=lambda: 4)
+    outliers.observe("10.0.0.1:8000", 503, 0.1)
+    assert outliers.is_ejected("10.0.0.1:8000")
+    for i in range(2, 5):
+        outliers.observe(f"10.0.0.{i}:8000", 503, 0.1)
+    assert sum(outliers.is_ejected(f"10.0.0.{i}:8000") for i in range(1, 5)) == 2  # still 50 % of 4

@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -212,18 +213,33 @@ def test_sigterm_lets_in_flight_streams_finish() -> None:
         local.stop()
 
 
+def scrape_age(local: LocalStack, address: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{local.config.metrics_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("llm_extproc_endpoint_scrape_age_seconds") and f'"{address}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return float("inf")
+
+
 def test_crashed_primary_is_skipped_by_envoy_retry_onto_the_fallback() -> None:
-    local = LocalStack(stack_config())
+    # A slow scraper: ext_proc keeps believing the crashed endpoint is fine, so some lists start
+    # with it (with the default 0.1 s a scrape could notice the crash before any request).
+    local = LocalStack(stack_config(extproc_args=["--scrape-interval", "3"]))
     local.start()
     try:
         victim = local.fleet[0]["address"]
+        # Crash it right after a scrape: the next one is seconds away.
+        deadline = time.monotonic() + 10
+        while scrape_age(local, victim) > 0.3 and time.monotonic() < deadline:
+            time.sleep(0.02)
         sim_control(victim, {"crash": True})
-        served = []
-        # Sent before the scraper notices: some lists start with the dead endpoint.
-        for _ in range(12):
-            status, headers, _ = post(local, "/v1/chat/completions", chat_body(max_tokens=1))
-            assert status == 200
-            served.append(headers["x-gateway-destination-endpoint-served"])
+        # Four at a time: in-flight counts spread the lists' primaries over the fleet.
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(
+                pool.map(lambda _: post(local, "/v1/chat/completions", chat_body(max_tokens=1)), range(40))
+            )
+        assert [status for status, _, _ in replies] == [200] * 40
+        served = {headers["x-gateway-destination-endpoint-served"] for _, headers, _ in replies}
         assert victim not in served
         # Envoy did retry: the dead primary was tried and the next endpoint of the list served.
         with urllib.request.urlopen(

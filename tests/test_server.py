@@ -233,3 +233,65 @@ def test_until_the_fleet_is_known_requests_pass_through_undecided() -> None:
     fleet.synced = True
     _, decided, _ = run_request(processor, headers_message(), body_message(chat()))
     assert set_headers(decided)["x-gateway-destination-endpoint"]  # ...and decides once it is
+
+
+def _observed(*pairs: tuple[str, str], response: bool = False) -> ep.ProcessingRequest:
+    from envoy.config.core.v3 import base_pb2
+
+    headers = ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
+        ),
+        end_of_stream=True,
+    )
+    if response:
+        return ep.ProcessingRequest(observability_mode=True, response_headers=headers)
+    return ep.ProcessingRequest(observability_mode=True, request_headers=headers)
+
+
+async def test_once_observer_streams_report_status_envoy_is_asked_to_skip_response_headers() -> None:
+    from envoy.config.core.v3 import base_pb2
+
+    processor, fleet = make_processor(FLEET)
+    seen: list[tuple[str, int]] = []
+    processor.router.on_response = lambda endpoint, status, _elapsed: seen.append((endpoint, status))
+    config = ServerConfig(port=0)
+    server = build_grpc_server(config, processor, HealthGate(fleet))
+    await server.start()
+
+    async def exchange(*messages: ep.ProcessingRequest) -> list[ep.ProcessingResponse]:
+        async def feed() -> AsyncIterator[ep.ProcessingRequest]:
+            for message in messages:
+                yield message
+
+        async with grpc.aio.insecure_channel(config.address) as channel:
+            return [r async for r in ep_grpc.ExternalProcessorStub(channel).Process(feed())]
+
+    try:
+        # No observer seen yet: the routing stream keeps its response-headers phase.
+        first = await exchange(headers_message(), body_message(chat()))
+        assert not first[0].HasField("mode_override")
+        # An observer stream reports the response: passive health hears it from there.
+        replies = await exchange(
+            _observed(("x-gateway-destination-endpoint", FLEET[1]), ("x-request-id", "r1")),
+            _observed((":status", "503"), ("x-gateway-destination-endpoint-served", FLEET[2]), response=True),
+        )
+        assert replies == []  # Envoy ignores replies in observability mode: none are sent
+        assert seen == [(FLEET[2], 503)] and processor.statuses_from_observer == 1
+        # Now the routing stream asks Envoy to skip its response headers, and only that.
+        second = await exchange(headers_message(), body_message(chat()))
+        mode = second[0].mode_override
+        assert second[0].WhichOneof("response") == "request_headers"
+        assert (mode.response_header_mode, mode.request_body_mode) == (mode.SKIP, mode.BUFFERED)
+        # An Envoy without allow_mode_override sends them anyway: read status from there again.
+        status_200 = ep.ProcessingRequest(
+            response_headers=ep.HttpHeaders(
+                headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+            )
+        )
+        await exchange(headers_message(), body_message(chat()), status_200)
+        assert processor.mode_override_ignored and processor.statuses_from_routing == 1
+        third = await exchange(headers_message(), body_message(chat()))
+        assert not third[0].HasField("mode_override")
+    finally:
+        await server.stop(None)
