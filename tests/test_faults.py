@@ -305,14 +305,21 @@ def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.Captur
         with Load(mixed, workers=4, limit=10**6) as load:
             load.wait_for(300, timeout_s=60)  # warm-up: caches, pools, lazy imports
             rss_start, fds_start = _rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
-            deadline = time.monotonic() + SOAK_SECONDS
+            started = time.monotonic()
+            deadline = started + SOAK_SECONDS
+            trajectory: list[str] = []  # RSS six times over the run: flat, or growing steadily?
+            next_sample = started + SOAK_SECONDS / 6
             while time.monotonic() < deadline:
                 time.sleep(0.5)
+                if time.monotonic() >= next_sample:
+                    trajectory.append(f"{time.monotonic() - started:.0f}s:{_rss_kib(pid)}")
+                    next_sample += SOAK_SECONDS / 6
             rss_end, fds_end = _rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
         with capsys.disabled():
             print(
                 f"\nsoak {SOAK_SECONDS:.0f}s: {load.count()} requests, {load.failures()} failed; "
-                f"ext_proc RSS {rss_start} -> {rss_end} KiB, open fds {fds_start} -> {fds_end}"
+                f"ext_proc RSS {rss_start} -> {rss_end} KiB, open fds {fds_start} -> {fds_end}; "
+                f"RSS KiB over time {' '.join(trajectory)}"
             )
         assert load.failures() == 0
         assert fds_end - fds_start <= 16
