@@ -288,7 +288,6 @@ class Scheduler:
         while leading < len(filters) and not filters[leading].per_request:
             leading += 1
         self.fleet_filters, self.request_filters = filters[:leading], filters[leading:]
-        self.filters = filters
         self.scorers: list[tuple[Scorer, float]] = [
             (REGISTRY[name](self.config, self.outliers), weight)
             for name, weight in self.config.weights.items()

@@ -20,7 +20,7 @@ import pytest
 
 from extproc.stack import LocalStack
 from tests.conftest import started_stack
-from tests.test_integration_envoy import sim_control
+from tests.test_integration_envoy import scrape_age, sim_control
 
 pytestmark = pytest.mark.envoy
 
@@ -216,14 +216,9 @@ def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) ->
     try:
         victim = local.fleet[0]["address"]
         sim_control(victim, {"metrics_mode": mode})
-        metrics_url = f"http://127.0.0.1:{local.config.metrics_port}/metrics"
 
         def victim_age() -> float:
-            with urllib.request.urlopen(metrics_url, timeout=5) as reply:
-                for line in reply.read().decode().splitlines():
-                    if line.startswith("llm_extproc_endpoint_scrape_age_seconds") and f'"{victim}"' in line:
-                        return float(line.rsplit(" ", 1)[1])
-            return 0.0
+            return scrape_age(local, victim, missing=0.0)
 
         with Load(lambda: post(local, chat())[0], workers=4, limit=400) as load:
             deadline = time.monotonic() + 20

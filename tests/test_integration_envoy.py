@@ -212,12 +212,13 @@ def test_sigterm_lets_in_flight_streams_finish() -> None:
         local.stop()
 
 
-def scrape_age(local: LocalStack, address: str) -> float:
+def scrape_age(local: LocalStack, address: str, missing: float = float("inf")) -> float:
+    """Seconds since ext_proc last scraped ``address`` (its /metrics gauge); ``missing`` if absent."""
     with urllib.request.urlopen(f"http://127.0.0.1:{local.config.metrics_port}/metrics", timeout=5) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith("llm_extproc_endpoint_scrape_age_seconds") and f'"{address}"' in line:
                 return float(line.rsplit(" ", 1)[1])
-    return float("inf")
+    return missing
 
 
 def statuses_ok(replies: list[tuple[int, dict[str, str], bytes]]) -> bool:
