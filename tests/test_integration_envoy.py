@@ -29,7 +29,8 @@ def post(
         with urllib.request.urlopen(request, timeout=30) as reply:
             return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
     except urllib.error.HTTPError as error:
-        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+        with error:
+            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
 
 
 def sim_control(address: str, change: dict[str, object]) -> None:
