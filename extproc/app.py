@@ -142,6 +142,11 @@ class App:
                     "Responses whose status reached passive health from the routing stream.",
                     lambda: float(self.processor.statuses_from_routing),
                 ),
+                # Envoy's first try at our primary failed and a fallback of the list answered.
+                "llm_extproc_served_by_fallback": (
+                    "Responses served by a fallback endpoint after the primary's try failed.",
+                    lambda: float(self.router.retried_away),
+                ),
                 "llm_extproc_stream_errors": (
                     "ext_proc gRPC streams that failed.",
                     lambda: float(self.processor.stream_errors),

@@ -1,4 +1,8 @@
-"""Filter: stay in the caller's zone while it has capacity; fail over across zones otherwise."""
+"""Filter: stay in the caller's zone while it has capacity; fail over across zones otherwise.
+
+A soft filter: other zones still fill the fallback list when the caller's zone has fewer
+endpoints than the list has places, so a retry can leave the zone rather than the list.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 class LocalityFilter:
     name: ClassVar[str] = "locality"
     per_request: ClassVar[bool] = True
+    soft: ClassVar[bool] = True
 
     def __init__(self, queue_threshold: float) -> None:
         self.queue_threshold = queue_threshold

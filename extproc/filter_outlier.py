@@ -12,6 +12,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 class OutlierFilter:
     name: ClassVar[str] = "outlier"
     per_request: ClassVar[bool] = False
+    soft: ClassVar[bool] = False
 
     def __init__(self, outliers: OutlierDetector) -> None:
         self.outliers = outliers

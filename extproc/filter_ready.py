@@ -18,6 +18,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 class ReadyFilter:
     name: ClassVar[str] = "ready"
     per_request: ClassVar[bool] = False
+    soft: ClassVar[bool] = False
 
     def keep(self, view: PickView) -> BoolArray:
         snapshot = view.snapshot

@@ -2,7 +2,8 @@
 
 Stale data is not proof that an endpoint is down (its /metrics may just be slow), so when every
 candidate is stale we keep them all rather than fail the request; the scorers then see their
-last known load, which the in-flight count keeps honest.
+last known load, which the in-flight count keeps honest. A soft filter: when fewer fresh
+endpoints exist than the list has places, stale ones fill the fallbacks (after the fresh ones).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from extproc.picker import PickView, SchedulerConfig, register
 class StaleFilter:
     name: ClassVar[str] = "stale"
     per_request: ClassVar[bool] = False
+    soft: ClassVar[bool] = True
 
     def __init__(self, stale_after_s: float) -> None:
         self.stale_after_s = stale_after_s

@@ -85,6 +85,11 @@ class Filter(Protocol):
     # False when the result depends only on the fleet (snapshot, passive health, time), not on
     # the request or our in-flight counts: the framework then reuses it across picks.
     per_request: ClassVar[bool]
+    # True for a preference (fresh metrics, the caller's zone), False for a rule (ready, not
+    # ejected). What a soft filter removes can still fill the fallback list when the preferred
+    # candidates are fewer than the list's length: a short list leaves Envoy's retries to its
+    # fallback LB policy, which may pick the very endpoint that just failed.
+    soft: ClassVar[bool]
 
     def keep(self, view: PickView) -> BoolArray | None:
         """Mask over the view's candidates: True keeps the candidate; None keeps them all."""
@@ -261,6 +266,7 @@ class _Prepared:
     slow_start: FloatArray | None  # None when nobody is ramping up
     kv_all_high: bool  # saturation needs every candidate's KV cache above the threshold
     jitter: FloatArray
+    last_resort: list[int]  # rows only soft fleet filters removed, best first: fallbacks' fill
 
 
 class Scheduler:
@@ -341,10 +347,14 @@ class Scheduler:
         ):
             return prepared
         view = self.view(snapshot, candidates, _NO_INFLIGHT_FOR[snapshot.size], ctx)
+        demoted: list[IntArray] = []
         for plugin in self.fleet_filters:
             if view.size == 0:
                 break
-            view = view.take(plugin.keep(view))
+            kept = plugin.keep(view)
+            if plugin.soft and kept is not None and not kept.all():
+                demoted.append(view.rows[~kept])
+            view = view.take(kept)
         prepared = _Prepared(
             snapshot,
             candidates,
@@ -355,9 +365,21 @@ class Scheduler:
             self._slow_start(view),
             bool((snapshot.kv_usage[view.rows] >= self.config.kv_threshold).all()),
             _RNG.random(view.size) * 1e-6,
+            self._last_resort(snapshot, demoted, ctx) if demoted else [],
         )
         self._prepared = prepared
         return prepared
+
+    def _last_resort(self, snapshot: FleetSnapshot, demoted: list[IntArray], ctx: PickContext) -> list[int]:
+        """Rows soft fleet filters removed that every hard one keeps, best first."""
+        view = self.view(snapshot, np.concatenate(demoted), _NO_INFLIGHT_FOR[snapshot.size], ctx)
+        for plugin in self.fleet_filters:
+            if not plugin.soft and view.size:
+                view = view.take(plugin.keep(view))
+        if view.size == 0:
+            return []
+        rows: list[int] = view.rows[np.argsort(-self._fleet_total(view), kind="stable")].tolist()
+        return rows
 
     def _fleet_total(self, view: PickView) -> FloatArray:
         if not self.fleet_scorers or view.size == 0:
@@ -382,8 +404,16 @@ class Scheduler:
         if base.size == 0:
             return []
         view = base.with_request(inflight[base.rows].astype(np.float64), ctx)
+        positions: IntArray | None = None  # base positions still in the view, once narrowed
+        demoted: list[IntArray] = []  # base positions soft request filters removed
         for plugin in self.request_filters:
-            view = view.take(plugin.keep(view))
+            kept = plugin.keep(view)
+            if kept is not None and not kept.all():
+                positions = np.arange(base.size) if positions is None else positions
+                if plugin.soft:
+                    demoted.append(positions[~kept])
+                positions = positions[kept]
+            view = view.take(kept)
             if view.size == 0:
                 return []
         narrowed = view.rows is not base.rows
@@ -425,13 +455,34 @@ class Scheduler:
         else:
             order = np.argsort(-total, kind="stable")
         chosen = self._spread(view, order, count)
+        preferred = len(chosen)
+        if preferred < count and (demoted or prepared.last_resort):
+            self._fill(chosen, count, base, prepared, demoted)
         if ctx.want_scores:
             where = {int(row): i for i, row in enumerate(view.rows)}
             offset = 0.0 if slow_start is not None else flat
-            ctx.scores = [round(float(total[where[row]]) + offset, 4) for row in chosen]
+            ctx.scores = [round(float(total[where[row]]) + offset, 4) for row in chosen[:preferred]]
+            ctx.scores += [0.0] * (len(chosen) - preferred)  # fallbacks outside the preferred set
         for scorer, _ in self.scorers:
             scorer.picked(view, chosen)
         return chosen
+
+    @staticmethod
+    def _fill(
+        chosen: list[int], count: int, base: PickView, prepared: _Prepared, demoted: list[IntArray]
+    ) -> None:
+        """Lengthen a short list with what soft filters removed: this request's soft filters
+        first (e.g. other zones, best by the fleet scores), then the fleet's (e.g. stale)."""
+        extra: list[int] = []
+        if demoted:
+            positions = np.concatenate(demoted)
+            ranked = positions[np.argsort(-prepared.fleet_total[positions], kind="stable")]
+            extra = base.rows[ranked].tolist()
+        for row in (*extra, *prepared.last_resort):
+            if len(chosen) >= count:
+                return
+            if row not in chosen:
+                chosen.append(row)
 
     def _slow_start(self, view: PickView) -> FloatArray | None:
         """Endpoints that joined after the rest ramp from 10 % to full weight over slow_start_s.

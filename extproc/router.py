@@ -120,6 +120,7 @@ class Router:
         self.policy_input = policy_input
         self.complexity = complexity
         self.responses_observed = 0
+        self.retried_away = 0  # responses served by a fallback because the primary's try failed
         self.metrics: Metrics | None = None
         # Passive health / latency feedback (the scheduler's health tracker), if any.
         self.on_response: Callable[[str, int, float], None] | None = None
@@ -309,12 +310,28 @@ class Router:
             set_headers.append(("content-length", str(len(decision.body))))
         return decision
 
-    def observe_response(self, endpoint: str, status: int, started: float, timed: bool = True) -> None:
+    def observe_response(
+        self, endpoint: str, status: int, started: float, timed: bool = True, primary: str = ""
+    ) -> None:
         """Response headers arrived from ``endpoint``: feed passive health and latency scoring
-        (``timed=False``: the status counts, the time to headers does not)."""
+        (``timed=False``: the status counts, the time to headers does not).
+
+        ``primary`` is the endpoint we put first in the list. Envoy's first attempt always goes
+        there, so an answer from another endpoint means the primary failed (refused, reset,
+        503 or a per-try timeout) and a retry served the request: that counts as the primary's
+        failure, and the time to headers (which includes the failed try) is nobody's latency.
+        Without it a crashed endpoint stays "healthy" until the next scrape, because the
+        client-visible answer is a retry's 200.
+        """
         self.responses_observed += 1
-        if self.on_response is not None:
-            self.on_response(endpoint, status, self.clock() - started if timed else math.nan)
+        if self.on_response is None:
+            return
+        retried_away = bool(primary) and bool(endpoint) and endpoint != primary
+        if retried_away:
+            self.retried_away += 1
+            self.on_response(primary, 0, math.nan)
+        elapsed = self.clock() - started if timed and not retried_away else math.nan
+        self.on_response(endpoint, status, elapsed)
 
     def finished(self, endpoint: str) -> None:
         self.inflight.add(self.fleet.snapshot, endpoint, -1)

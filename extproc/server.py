@@ -297,6 +297,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             return
         if phase == "response_headers":
             status, content_type = 0, ""
+            primary = observer.observation.endpoint  # the list's first, until Envoy says who served
             for name, value in _header_pairs(message.response_headers):
                 if name == ":status":
                     status = int(value) if value.isdigit() else 0
@@ -313,6 +314,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     status,
                     observer.started,
                     timed=not observer.observation.streamed,
+                    primary=primary,
                 )
             end = message.response_headers.end_of_stream
         elif phase == "response_body":
@@ -424,7 +426,11 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         header_latency = self.telemetry is not None and self.telemetry.observers_seen and state.streamed
         self.statuses_from_routing += 1
         self.router.observe_response(
-            served or state.endpoint or "", status, state.started, timed=not header_latency
+            served or state.endpoint or "",
+            status,
+            state.started,
+            timed=not header_latency,
+            primary=state.endpoint or "",
         )
 
     def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:

@@ -203,7 +203,8 @@ class LocalStack:
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(config_text)
         argv = [envoy_binary(), "-c", str(config_path), "--concurrency", "1", "--disable-hot-restart"]
-        argv += ["--log-level", "warn"]
+        # Debugging a scenario: e.g. LLM_EXTPROC_ENVOY_LOG="--log-level warn --component-log-level router:trace"
+        argv += os.environ.get("LLM_EXTPROC_ENVOY_LOG", "--log-level warn").split()
         child = self._spawn("envoy", argv)
         _wait(self._envoy_ready, 30, "Envoy to be ready", child.proc)
 

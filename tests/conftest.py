@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -119,3 +120,12 @@ def redis_server(redis_binary: str) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def ext_proc_counter(local: LocalStack, name: str) -> float:
+    """One unlabelled sample from ext_proc's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{local.config.metrics_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0

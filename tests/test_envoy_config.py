@@ -40,3 +40,15 @@ def test_observer_never_waits_and_sees_the_response_only() -> None:
     assert typed["observability_mode"] is True and typed["failure_mode_allow"] is True
     assert typed["processing_mode"]["request_body_mode"] == "NONE"
     assert typed["processing_mode"]["response_body_mode"] == "STREAMED"
+
+
+def test_retries_past_our_list_never_go_back_to_a_host_that_failed() -> None:
+    """Past the end of our list Envoy's fallback LB picks; least_request favours a dead host
+    (it has no active requests), so the route must exclude hosts already tried."""
+    config = yaml.safe_load(render(["127.0.0.1:8001"], EnvoyPorts()))
+    chain = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (route,) = chain["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    retry = route["route"]["retry_policy"]
+    predicates = [p["name"] for p in retry["retry_host_predicate"]]
+    assert predicates == ["envoy.retry_host_predicates.previous_hosts"]
+    assert retry["host_selection_retry_max_attempts"] >= 3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import ServerConfig
 from extproc.fleet import FleetState, build_snapshot
+from extproc.outlier import OutlierConfig, OutlierDetector
+from extproc.picker import Scheduler
 from extproc.server import HealthGate, _StreamState, build_grpc_server
 from tests.helpers import (
     body_message,
@@ -169,7 +172,45 @@ def test_response_headers_report_status_and_the_endpoint_that_served() -> None:
         )
     )
     processor.on_response_headers(response_headers, state)
-    assert seen == [(FLEET[3], 503)]
+    primary = state.endpoint
+    assert primary is not None
+    if primary == FLEET[3]:
+        assert seen == [(FLEET[3], 503)]
+    else:  # Envoy's try at our primary failed before FLEET[3] answered: the primary is blamed too
+        assert seen == [(primary, 0), (FLEET[3], 503)]
+
+
+def test_an_answer_from_a_fallback_blames_the_primary_and_ejects_it_before_any_scrape() -> None:
+    """A crashed primary answers nothing: the client sees a retry's 200 from the next endpoint.
+    Passive health must still learn that the primary failed, or it stays in every list."""
+    from envoy.config.core.v3 import base_pb2
+
+    processor, _ = make_processor(FLEET)
+    outliers = OutlierDetector(OutlierConfig(consecutive_failures=1), fleet_size=lambda: len(FLEET))
+    processor.router.on_response = outliers.observe
+    processor.router.picker = Scheduler(outliers=outliers)
+    _, _, state = run_request(processor, headers_message(), body_message(chat()))
+    primary = state.endpoint
+    assert primary is not None
+    fallback = next(e for e in FLEET if e != primary)
+    served = ep.HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                base_pb2.HeaderValue(
+                    key="x-gateway-destination-endpoint-served", raw_value=fallback.encode()
+                ),
+            ]
+        )
+    )
+    processor.on_response_headers(served, state)
+    assert processor.router.retried_away == 1 and outliers.is_ejected(primary)
+    assert not outliers.is_ejected(fallback)
+    # A fallback's time to headers includes the failed try and Envoy's backoff: not its latency.
+    assert math.isnan(outliers._health[fallback].latency_ewma_s)
+    # The next list leaves the ejected endpoint out, long before a scrape would notice.
+    _, reply, _ = run_request(processor, headers_message(), body_message(chat()))
+    assert primary not in destination_metadata(reply).split(",")
 
 
 async def test_stream_ending_without_response_headers_frees_the_endpoint_without_blaming_it() -> None:
@@ -277,7 +318,8 @@ async def test_once_observer_streams_report_status_envoy_is_asked_to_skip_respon
             _observed((":status", "503"), ("x-gateway-destination-endpoint-served", FLEET[2]), response=True),
         )
         assert replies == []  # Envoy ignores replies in observability mode: none are sent
-        assert seen == [(FLEET[2], 503)] and processor.statuses_from_observer == 1
+        # FLEET[1] was first in the list: FLEET[2] answering means Envoy's try at FLEET[1] failed.
+        assert seen == [(FLEET[1], 0), (FLEET[2], 503)] and processor.statuses_from_observer == 1
         # Now the routing stream asks Envoy to skip its response headers, and only that.
         second = await exchange(headers_message(), body_message(chat()))
         mode = second[0].mode_override
