@@ -257,3 +257,11 @@ def test_crashed_primary_is_skipped_by_envoy_retry_onto_the_fallback(observe: bo
         assert ext_proc_counter(local, "llm_extproc_endpoint_ejections_total") >= 1
     finally:
         local.stop()
+
+
+def test_envoy_half_closes_ext_proc_streams_instead_of_resetting_them(stack: LocalStack) -> None:
+    """grpc.aio leaks native memory for every stream Envoy resets (grpc/grpc#43360), ~120 B a
+    request: our Envoy config turns on the graceful close (see docs/reliability.md)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.admin_port}/runtime", timeout=5) as reply:
+        entries = json.loads(reply.read())["entries"]
+    assert entries["envoy.reloadable_features.ext_proc_graceful_grpc_close"]["final_value"] == "true"

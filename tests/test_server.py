@@ -337,3 +337,46 @@ async def test_once_observer_streams_report_status_envoy_is_asked_to_skip_respon
         assert not third[0].HasField("mode_override")
     finally:
         await server.stop(None)
+
+
+async def test_streams_we_have_finished_are_closed_by_us_not_left_for_envoy_to_reset() -> None:
+    """Envoy resets streams the server leaves open, and grpc.aio leaks native memory for each
+    (grpc/grpc#43360): once nothing more can arrive, the server must end the call itself."""
+    processor, fleet = make_processor(FLEET)
+    config = ServerConfig(port=0)
+    server = build_grpc_server(config, processor, HealthGate(fleet))
+    await server.start()
+    never = asyncio.Event()  # Envoy's side stays open: only the server can end these calls
+
+    async def ended_by_server(*messages: ep.ProcessingRequest) -> list[str | None]:
+        async def feed() -> AsyncIterator[ep.ProcessingRequest]:
+            for message in messages:
+                yield message
+            await never.wait()
+
+        async with grpc.aio.insecure_channel(config.address) as channel:
+            call = ep_grpc.ExternalProcessorStub(channel).Process(feed())
+            # A guard against hanging, not a timing threshold.
+            replies = await asyncio.wait_for(_collect(call), timeout=10)
+            assert await call.code() == grpc.StatusCode.OK
+            return replies
+
+    try:
+        # An observer stream once the response ended.
+        observed = await ended_by_server(
+            _observed(("x-gateway-destination-endpoint", FLEET[1]), ("x-request-id", "r1")),
+            _observed((":status", "200"), response=True),
+        )
+        assert observed == []
+        # An observer stream of our own immediate response: no request headers reach it.
+        assert await ended_by_server(_observed((":status", "400"), response=True)) == []
+        # A routing stream we answered ourselves.
+        answered = await ended_by_server(headers_message(), body_message(b"{oops"))
+        assert answered == ["request_headers", "immediate_response"]
+    finally:
+        never.set()
+        await server.stop(None)
+
+
+async def _collect(call: grpc.aio.StreamStreamCall) -> list[str | None]:
+    return [reply.WhichOneof("response") async for reply in call]
