@@ -21,6 +21,7 @@ BENCHMARKS = {
     "promparse": ("e2e.bench_promparse", "targeted /metrics parser vs prometheus-client's"),
     "scrape": ("e2e.bench_scrape", "scraping cost for a large fleet"),
     "cache": ("e2e.bench_cache", "response cache hit latency and upstream load saved"),
+    "memory": ("e2e.bench_memory", "ext_proc RSS growth per request under steady load, by kind of request"),
 }
 
 
