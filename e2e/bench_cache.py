@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from e2e.bench_overhead import free_port
 from e2e.machine import command, machine
 from extproc.loadgen import DEFAULT_TRACE, read_trace
 from extproc.stack import LocalStack, StackConfig
@@ -109,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = Path(tmp) / "policy.yaml"
         policy.write_text(POLICY)
         local = LocalStack(
-            StackConfig(
-                listen_port=free_port(),
-                admin_port=free_port(),
-                extproc_port=free_port(),
-                metrics_port=free_port(),
+            StackConfig.on_free_ports(
                 time_scale=0.2,
                 policy=str(policy),
             )

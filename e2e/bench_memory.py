@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.machine import command, machine
-from extproc.stack import LocalStack, StackConfig, free_port
+from extproc.stack import LocalStack, StackConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BODIES = {
@@ -52,11 +52,7 @@ def run_kind(kind: str, observe: bool, segment_seconds: int, segments: int) -> d
     script.write_text(
         f"wrk.method = 'POST'\nwrk.headers['content-type'] = 'application/json'\nwrk.body = '{body}'\n"
     )
-    config = StackConfig(
-        listen_port=free_port(),
-        admin_port=free_port(),
-        extproc_port=free_port(),
-        metrics_port=free_port(),
+    config = StackConfig.on_free_ports(
         sim_endpoints=4,
         time_scale=0.01,
         observe=observe,

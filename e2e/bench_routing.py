@@ -82,11 +82,7 @@ def run_router(
     try:
         if name == "llm-extproc":
             stack = LocalStack(
-                StackConfig(
-                    listen_port=free_port(),
-                    admin_port=free_port(),
-                    extproc_port=free_port(),
-                    metrics_port=free_port(),
+                StackConfig.on_free_ports(
                     sim_endpoints=4,
                     time_scale=TIME_SCALE,
                     log_dir=str(work / "stack"),

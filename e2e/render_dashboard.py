@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dashboard-") as tmp:
         metrics_port, prom_port = free_port(), free_port()
         local = LocalStack(
-            StackConfig(
-                listen_port=free_port(),
-                admin_port=free_port(),
-                extproc_port=free_port(),
+            StackConfig.on_free_ports(
                 metrics_port=metrics_port,
                 time_scale=0.2,
                 policy=str(ROOT / "policies" / "local-stack.yaml"),

@@ -111,6 +111,12 @@ class StackConfig:
     # The observability-mode filter (token usage, TTFT, response status for passive health).
     observe: bool = True
 
+    @classmethod
+    def on_free_ports(cls, **fields: Any) -> StackConfig:
+        """A stack beside others (tests, benchmarks): every port chosen free, the rest as given."""
+        ports = {name: free_port() for name in ("listen_port", "admin_port", "extproc_port", "metrics_port")}
+        return cls(**{**ports, **fields})
+
 
 @dataclass
 class Child:

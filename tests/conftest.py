@@ -13,17 +13,7 @@ __all__ = ["free_port"]  # tests import it from here
 
 
 def stack_config(**overrides: object) -> StackConfig:
-    config = StackConfig(
-        listen_port=free_port(),
-        admin_port=free_port(),
-        extproc_port=free_port(),
-        metrics_port=free_port(),
-        sim_endpoints=4,
-        time_scale=0.05,
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return StackConfig.on_free_ports(**{"sim_endpoints": 4, "time_scale": 0.05, **overrides})
 
 
 def started_stack(**overrides: object) -> LocalStack:
