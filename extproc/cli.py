@@ -13,11 +13,15 @@ from typing import Any
 
 def _collector_factory(args: argparse.Namespace) -> Callable[[Any], Any]:
     """The collector for `serve`: a static fleet file, a collector config file, or flags."""
-    from extproc.collector import Collector, collector_from_fleet_file
+    from extproc.collector import Collector, collector_from_fleet_file, scrape_timing
 
     if args.fleet:
         return lambda fleet: collector_from_fleet_file(
-            Path(args.fleet), fleet, interval_s=args.scrape_interval
+            Path(args.fleet),
+            fleet,
+            interval_s=args.scrape_interval,
+            health_interval_s=args.health_interval,
+            stale_after_s=args.stale_after,
         )
     if args.collector_config:
         import yaml
@@ -34,7 +38,10 @@ def _collector_factory(args: argparse.Namespace) -> Callable[[Any], Any]:
         discovery.update(template)
     else:
         raise SystemExit("serve: give --fleet FILE, --collector-config FILE or --discovery k8s|dns")
-    raw = {"discovery": discovery, "scrape": {"min_interval_s": args.scrape_interval}}
+    raw = {
+        "discovery": discovery,
+        "scrape": scrape_timing(args.scrape_interval, args.health_interval, args.stale_after),
+    }
     return lambda fleet: Collector.from_config(raw, fleet)
 
 
@@ -177,7 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
-    serve.add_argument("--scrape-interval", type=float, default=0.1)
+    serve.add_argument(
+        "--scrape-interval", type=float, default=0.1, help="seconds between an endpoint's /metrics scrapes"
+    )
+    serve.add_argument(
+        "--health-interval",
+        type=float,
+        default=1.0,
+        help="seconds between an endpoint's /health checks (a failed one stops its traffic)",
+    )
+    serve.add_argument(
+        "--stale-after",
+        type=float,
+        default=1.0,
+        help="seconds after which an endpoint's scraped metrics are stale (it becomes a fallback)",
+    )
     serve.add_argument("--zone", default=os.environ.get("LLM_EXTPROC_ZONE", ""), help="this replica's zone")
     serve.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish in-flight streams on SIGTERM"

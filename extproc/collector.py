@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +105,27 @@ class Collector:
                 await asyncio.sleep(self.config.discovery_restart_s)
 
 
+def scrape_timing(interval_s: float, health_interval_s: float, stale_after_s: float) -> dict[str, Any]:
+    """ScrapeConfig fields for the CLI's --scrape-interval, --health-interval and --stale-after.
+
+    The metrics period is the small-fleet period; large fleets still slow down adaptively, but
+    never below what was asked (a period above the default cap is not silently capped).
+    """
+    return {
+        "min_interval_s": interval_s,
+        "max_interval_s": max(interval_s, ScrapeConfig().max_interval_s),
+        "health_interval_s": health_interval_s,
+        "stale_after_s": stale_after_s,
+    }
+
+
 def collector_from_fleet_file(
     path: Path,
     fleet: FleetState,
     *,
     interval_s: float = 0.1,
+    health_interval_s: float = 1.0,
+    stale_after_s: float = 1.0,
     preset: str = "vllm",
     health_path: str | None = "/health",
 ) -> Collector:
@@ -120,10 +136,8 @@ def collector_from_fleet_file(
     serves anything.
     """
     endpoints = load_fleet_file(path)
-    scrape = ScrapeConfig(
-        min_interval_s=interval_s,
-        max_interval_s=max(interval_s, ScrapeConfig().max_interval_s),
-        preset=preset,
-        health_path=health_path,
+    scrape = replace(
+        ScrapeConfig(preset=preset, health_path=health_path),
+        **scrape_timing(interval_s, health_interval_s, stale_after_s),
     )
     return Collector(StaticDiscovery(endpoints), scrape, fleet)

@@ -132,3 +132,25 @@ async def test_collector_from_fleet_file(fake: FakeFleet, tmp_path: Path) -> Non
             lambda: state.synced and state.snapshot.size == 2 and bool(state.snapshot.healthy.all())
         )
         assert list(state.snapshot.rows_by_pool["fast"]) == [0, 1]
+
+
+@pytest.mark.parametrize("source", ["fleet", "dns"])
+def test_serve_flags_set_the_scrape_timing_even_above_the_default_cap(source: str, tmp_path: Path) -> None:
+    from extproc import cli
+
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps({"endpoints": [{"address": "127.0.0.1:8001", "models": ["m"]}]}))
+    where = (
+        ["--fleet", str(path)] if source == "fleet" else ["--discovery", "dns", "--dns-name", "vllm.local"]
+    )
+    args = cli.build_parser().parse_args(
+        ["serve", *where, "--scrape-interval", "3", "--health-interval", "7", "--stale-after", "9"]
+    )
+    collector = cli._collector_factory(args)(FleetState())
+    scrape = collector.config.scrape
+    # 3 s was silently capped at the adaptive maximum (0.5 s) for discovered fleets.
+    assert scrape.interval_for(1) == 3.0 and scrape.interval_for(100_000) >= 3.0
+    assert (scrape.health_interval_s, scrape.stale_after_s) == (7.0, 9.0)
+    defaults = cli._collector_factory(cli.build_parser().parse_args(["serve", *where]))(FleetState())
+    assert defaults.config.scrape.interval_for(1) == 0.1
+    assert (defaults.config.scrape.health_interval_s, defaults.config.scrape.stale_after_s) == (1.0, 1.0)
