@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +14,21 @@ from extproc.stack import LocalStack, StackConfig, free_port
 __all__ = ["free_port"]  # tests import it from here
 
 
+_stack_logs: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stack_logs_under_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Stacks' logs go under pytest's temp dir (the last 3 sessions kept), not one /tmp dir each."""
+    global _stack_logs
+    _stack_logs = tmp_path_factory.mktemp("stacks")
+
+
 def stack_config(**overrides: object) -> StackConfig:
-    return StackConfig.on_free_ports(**{"sim_endpoints": 4, "time_scale": 0.05, **overrides})
+    log_dir = str(tempfile.mkdtemp(prefix="stack-", dir=_stack_logs)) if _stack_logs else None
+    return StackConfig.on_free_ports(
+        **{"sim_endpoints": 4, "time_scale": 0.05, "log_dir": log_dir, **overrides}
+    )
 
 
 def started_stack(**overrides: object) -> LocalStack:
