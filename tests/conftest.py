@@ -25,7 +25,7 @@ def _stack_logs_under_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 def stack_config(**overrides: object) -> StackConfig:
-    log_dir = str(tempfile.mkdtemp(prefix="stack-", dir=_stack_logs)) if _stack_logs else None
+    log_dir = tempfile.mkdtemp(prefix="stack-", dir=_stack_logs) if _stack_logs else None
     return StackConfig.on_free_ports(
         **{"sim_endpoints": 4, "time_scale": 0.05, "log_dir": log_dir, **overrides}
     )

@@ -13,11 +13,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import openai
 import pytest
 
+from e2e.bench_memory import rss_kib
 from extproc.stack import LocalStack
 from tests.conftest import ext_proc_counter, started_stack
 from tests.test_integration_envoy import scrape_age, sim_control
@@ -261,13 +261,6 @@ def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_p
         local.stop()
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.CaptureFixture[str]) -> None:
     """CI runs a short soak; LLM_EXTPROC_SOAK_SECONDS=1800 runs the nightly one."""
     local = started_stack(time_scale=0.05)
@@ -297,7 +290,7 @@ def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.Captur
 
         with Load(mixed, workers=4, limit=10**6) as load:
             load.wait_for(300, timeout_s=60)  # warm-up: caches, pools, lazy imports
-            rss_start, fds_start = _rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+            rss_start, fds_start = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
             started = time.monotonic()
             deadline = started + SOAK_SECONDS
             trajectory: list[str] = []  # RSS six times over the run: flat, or growing steadily?
@@ -306,11 +299,11 @@ def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.Captur
             while time.monotonic() < deadline:
                 time.sleep(0.5)
                 if time.monotonic() >= next_sample:
-                    rss = _rss_kib(pid)
+                    rss = rss_kib(pid)
                     first_sample = first_sample or (load.count(), rss)
                     trajectory.append(f"{time.monotonic() - started:.0f}s:{rss}")
                     next_sample += SOAK_SECONDS / 6
-            rss_end, fds_end = _rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+            rss_end, fds_end = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
             requests_end = load.count()
         with capsys.disabled():
             print(
