@@ -10,7 +10,8 @@ FROM python:3.11-slim
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin llm
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels "llm-extproc[dns,k8s,redis]" && rm -rf /wheels
-COPY policies /etc/llm-extproc/policies
+# One policy set: a folder given to --policy is loaded as one set, so the image ships exactly one file.
+COPY policies/minimal.yaml /etc/llm-extproc/policies/policy.yaml
 USER 10001
 EXPOSE 9002 9464
 ENTRYPOINT ["llm-extproc"]

@@ -28,8 +28,9 @@ from typing import Any
 
 import aiohttp
 
-from e2e.bench_overhead import free_port
-from extproc.stack import LocalStack, StackConfig
+from extproc.bench.overhead import free_port
+from extproc.deploy import LOCAL_STACK_POLICY
+from extproc.devstack.stack import LocalStack, StackConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "e2e" / "compose" / "grafana" / "dashboards" / "llm-extproc.json"
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             StackConfig.on_free_ports(
                 metrics_port=metrics_port,
                 time_scale=0.2,
-                policy=str(ROOT / "policies" / "local-stack.yaml"),
+                policy=str(LOCAL_STACK_POLICY),
             )
         ).start()
         config = Path(tmp) / "prometheus.yml"

@@ -8,23 +8,23 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from extproc.cache import MemoryCache, RedisCache, ResponseStore
-from extproc.capacity import Capacity
+from extproc.admission import Capacity
+from extproc.capacity.cache import MemoryCache, RedisCache, ResponseStore
+from extproc.capacity.limits import Limiter, MemoryLimiter, RedisLimiter
 from extproc.config import ServerConfig
-from extproc.decision_log import DecisionLog, DecisionLogConfig
-from extproc.fleet import FleetState, InFlight
-from extproc.limits import Limiter, MemoryLimiter, RedisLimiter
-from extproc.metrics import Metrics
-from extproc.metrics_server import MetricsServer
-from extproc.outlier import OutlierDetector
-from extproc.picker import Scheduler, SchedulerConfig
-from extproc.policy_compile import CompiledPolicy, PolicyInput
-from extproc.policy_reload import PolicyReloader
+from extproc.fleet.state import FleetState, InFlight
+from extproc.observability.decision_log import DecisionLog, DecisionLogConfig
+from extproc.observability.metrics import Metrics
+from extproc.observability.metrics_server import MetricsServer
+from extproc.observability.telemetry import Telemetry
+from extproc.observability.tracing import DecisionTracer, otlp_tracer
+from extproc.policy.compile import CompiledPolicy, PolicyInput
+from extproc.policy.reload import PolicyReloader
 from extproc.router import Router
-from extproc.scheduling import EndpointPicker
+from extproc.scheduler.outlier import OutlierDetector
+from extproc.scheduler.picking import EndpointPicker
+from extproc.scheduler.scheduler import Scheduler, SchedulerConfig
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
-from extproc.telemetry import Telemetry
-from extproc.tracing import DecisionTracer, otlp_tracer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class App:
     ) -> None:
         self.config = config
         self.fleet = FleetState()
-        # Several worker processes share one InFlight view (extproc.shared_fleet).
+        # Several worker processes share one InFlight view (extproc.fleet.shared).
         self.inflight = inflight or InFlight()
         self.outliers = OutlierDetector(fleet_size=lambda: self.fleet.snapshot.size)
         self.scheduler = Scheduler(scheduler_config, self.outliers)

@@ -13,7 +13,7 @@ from typing import Any
 
 def _collector_factory(args: argparse.Namespace) -> Callable[[Any], Any]:
     """The collector for `serve`: a static fleet file, a collector config file, or flags."""
-    from extproc.collector import Collector, collector_from_fleet_file, scrape_timing
+    from extproc.collectors.collector import Collector, collector_from_fleet_file, scrape_timing
 
     if args.fleet:
         return lambda fleet: collector_from_fleet_file(
@@ -82,8 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_workers(config, factory, args.policy, args.policy_reload_interval)
     policy = None
     if args.policy:
-        from extproc.policy_compile import PolicyError
-        from extproc.policy_reload import PolicyReloader
+        from extproc.policy.compile import PolicyError
+        from extproc.policy.reload import PolicyReloader
 
         try:
             policy = PolicyReloader(args.policy, interval_s=args.policy_reload_interval)
@@ -104,13 +104,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_stack_policy() -> str | None:
-    shipped = Path(__file__).resolve().parent.parent / "policies" / "local-stack.yaml"
-    return str(shipped) if shipped.exists() else None
+def _default_stack_policy() -> str:
+    from extproc.deploy import LOCAL_STACK_POLICY
+
+    return str(LOCAL_STACK_POLICY)
 
 
 def _up(args: argparse.Namespace) -> int:
-    from extproc.stack import StackConfig, run_forever
+    from extproc.devstack.stack import StackConfig, run_forever
 
     return run_forever(
         StackConfig(
@@ -140,14 +141,14 @@ def _passthrough(target: str) -> Callable[[list[str]], int]:
 
 # Subcommands whose module parses its own arguments: name -> (module[:function], help).
 PASSTHROUGH = {
-    "sim": ("extproc.vllm_sim", "run the simulated vLLM fleet"),
-    "loadgen": ("extproc.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
-    "complexity": ("extproc.complexity_cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
-    "validate": ("extproc.policy_cmd:validate_main", "validate policy files"),
-    "explain": ("extproc.policy_cmd:explain_main", "show how a policy routes a request"),
-    "schema": ("extproc.policy_cmd:schema_main", "print the policy JSON Schema"),
-    "render": ("extproc.istio_render", "print Istio/Kubernetes manifests (render istio ...)"),
-    "bench": ("e2e.bench", "run a benchmark (overhead, routing, pick, scale, classifier)"),
+    "sim": ("extproc.devstack.sim", "run the simulated vLLM fleet"),
+    "loadgen": ("extproc.devstack.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
+    "complexity": ("extproc.complexity.cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
+    "validate": ("extproc.policy.cmd:validate_main", "validate policy files"),
+    "explain": ("extproc.policy.cmd:explain_main", "show how a policy routes a request"),
+    "schema": ("extproc.policy.cmd:schema_main", "print the policy JSON Schema"),
+    "render": ("extproc.deploy.istio", "print Istio/Kubernetes manifests (render istio ...)"),
+    "bench": ("extproc.bench.main", "run a benchmark (overhead, routing, pick, scale, classifier)"),
 }
 
 

@@ -33,7 +33,7 @@ class ServerConfig:
     decision_log: str = ""
     decision_log_sample_rate: float = 0.01
     decision_log_include_prompt: bool = False
-    # Envoy runs the observer filter (envoy/local.yaml's llm-observe): decision-log lines wait
+    # Envoy runs the observer filter (extproc/deploy/envoy/local.yaml's llm-observe): decision-log lines wait
     # for the response's tokens and latency before they are written.
     expect_observer: bool = True
     # Response cache ("memory", "redis" or "off") and tenant limits store ("memory" or "redis");

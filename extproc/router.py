@@ -16,10 +16,10 @@ import numpy as np
 
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
-from extproc.fleet import FleetSnapshot, FleetState, InFlight, IntArray
-from extproc.metrics import Metrics
+from extproc.fleet.state import FleetSnapshot, FleetState, InFlight, IntArray
+from extproc.observability.metrics import Metrics
 from extproc.request import ParsedRequest, RequestHeaders
-from extproc.scheduling import EndpointPicker, PickContext
+from extproc.scheduler.picking import EndpointPicker, PickContext
 
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"

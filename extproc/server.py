@@ -24,14 +24,14 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.capacity import CACHE_HEADER, Capacity, Lease, answer_headers
+from extproc.admission import CACHE_HEADER, Capacity, Lease, answer_headers
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
-from extproc.fleet import FleetSnapshot, FleetState
+from extproc.fleet.state import FleetSnapshot, FleetState
+from extproc.observability.telemetry import RouteRecord, Telemetry
 from extproc.observe import Observation, ResponseObserver
 from extproc.request import ParsedRequest, RequestHeaders, Task, parse_body, parse_headers
 from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, MODEL_HEADER, Decision, Router
-from extproc.telemetry import RouteRecord, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersRe
 _CONTINUE_BODY = ep.ProcessingResponse(request_body=ep.BodyResponse())
 # Sent with the request-headers reply when the observer stream already reports each response's
 # status: Envoy then skips this stream's response-headers round trip (it must be listed in the
-# filter's allowed_override_modes, envoy/local.yaml). The stream still ends with the request.
+# filter's allowed_override_modes, extproc/deploy/envoy/local.yaml). The stream still ends with the request.
 SKIP_RESPONSE_HEADERS = pm.ProcessingMode(
     request_header_mode=pm.ProcessingMode.SEND,
     request_body_mode=pm.ProcessingMode.BUFFERED,
@@ -355,7 +355,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.capacity.observed(observation, observer.kept_body())
 
     async def protect(self, state: _StreamState, response: ep.ProcessingResponse) -> ep.ProcessingResponse:
-        """Tenant limits and the response cache, after the routing decision (extproc.capacity)."""
+        """Tenant limits and the response cache, after the routing decision (extproc.admission)."""
         capacity, headers, parsed = self.capacity, state.headers, state.parsed
         assert capacity is not None and headers is not None and parsed is not None
         if state.error is not None:

@@ -1,7 +1,7 @@
 """`serve --workers N`: one supervisor scrapes the fleet, N worker processes route on one port.
 
 The supervisor runs the collector (discovery + scraping) once and publishes each snapshot to
-shared memory (extproc.shared_fleet); every worker is a full ext_proc server (gRPC with
+shared memory (extproc.fleet.shared); every worker is a full ext_proc server (gRPC with
 SO_REUSEPORT on the same port, its own policy reloader, health, metrics on
 ``metrics_port + index``) whose collector reads that block, and whose in-flight counts are
 summed with the other workers'. The kernel spreads Envoy's connections over the workers; the
@@ -21,8 +21,8 @@ from typing import Any
 
 from extproc.app import CollectorFactory
 from extproc.config import ServerConfig
-from extproc.fleet import FleetState
-from extproc.shared_fleet import SharedFleetReader, SharedFleetWriter, SharedInFlight
+from extproc.fleet.shared import SharedFleetReader, SharedFleetWriter, SharedInFlight
+from extproc.fleet.state import FleetState
 
 log = logging.getLogger(__name__)
 MAX_ENDPOINTS = 16384
@@ -39,7 +39,7 @@ def _worker(
     import uvloop
 
     from extproc.app import App
-    from extproc.policy_reload import PolicyReloader
+    from extproc.policy.reload import PolicyReloader
 
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from extproc.stack import LocalStack, StackConfig, free_port
+from extproc.devstack.stack import LocalStack, StackConfig, free_port
 
 __all__ = ["free_port"]  # tests import it from here
 

@@ -8,9 +8,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.config import ServerConfig
-from extproc.fleet import Endpoint, EndpointMetrics, FleetState, InFlight, build_snapshot
+from extproc.fleet.state import Endpoint, EndpointMetrics, FleetState, InFlight, build_snapshot
 from extproc.router import Router
-from extproc.scheduling import LeastInFlightPicker
+from extproc.scheduler.picking import LeastInFlightPicker
 from extproc.server import ExternalProcessor
 
 
@@ -116,8 +116,8 @@ def pick_view(
 ):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from extproc.picker import PickView
-    from extproc.scheduling import PickContext
+    from extproc.scheduler.picking import PickContext
+    from extproc.scheduler.scheduler import PickView
 
     rows = np.arange(snapshot.size, dtype=np.intp)
     ctx = PickContext(

@@ -11,9 +11,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.config import ServerConfig
-from extproc.fleet import FleetState, build_snapshot
-from extproc.outlier import OutlierConfig, OutlierDetector
-from extproc.picker import Scheduler
+from extproc.fleet.state import FleetState, build_snapshot
+from extproc.scheduler.outlier import OutlierConfig, OutlierDetector
+from extproc.scheduler.scheduler import Scheduler
 from extproc.server import HealthGate, _StreamState, build_grpc_server
 from tests.helpers import (
     body_message,

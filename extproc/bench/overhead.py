@@ -1,0 +1,276 @@
+"""Overhead of llm-extproc: the same canned endpoint behind plain Envoy and behind Envoy + ext_proc.
+
+python -m extproc.bench.overhead [--seconds 5] [--rounds 2] [--json docs/bench/overhead.json]
+
+Load generator: wrk (Debian package), POSTing an OpenAI chat body through a Lua script. Setups
+are measured interleaved, round by round, so machine noise hits them alike. Reference rows:
+`envoy+python-floor` (the cheapest possible Python ext_proc, e2e/floor_extproc.py) and vLLM's
+own router (`pip install vllm-router`), when its binary is on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import grpc
+
+from extproc.bench.machine import command, machine
+from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
+from extproc.devstack.stack import envoy_binary, free_port, grpc_serving
+
+LUA = """wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.body = '{"model":"m","messages":[{"role":"user","content":"' .. string.rep("a", %d) .. '"}]}'
+"""
+
+
+def wait_http(url: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str, unit: str) -> float:
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", text)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if not (p50 and p99 and rps):
+        raise RuntimeError(f"cannot parse wrk output:\n{text}")
+    return {
+        "p50_ms": ms(*p50.groups()),
+        "p99_ms": ms(*p99.groups()),
+        "rps": float(rps.group(1)),
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+
+    def envoy(self, name: str, config: str) -> None:
+        path = self.work / f"{name}.yaml"
+        path.write_text(config)
+        self.spawn(
+            name,
+            [envoy_binary(), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"],
+        )
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m extproc.bench.overhead", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", default="docs/bench/overhead.json")
+    parser.add_argument("--extproc-workers", type=int, default=1, help="serve --workers for llm-extproc")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    bench = Bench(work)
+    ports = {
+        name: free_port()
+        for name in (
+            "backend",
+            "plain",
+            "front",
+            "observed",
+            "extproc",
+            "vllm_router",
+            "floor",
+            "floor_front",
+        )
+    }
+    admin = {name: free_port() for name in ("backend", "plain", "front", "observed", "floor_front")}
+    backend = f"127.0.0.1:{ports['backend']}"
+    try:
+        bench.envoy(
+            "backend",
+            Template((ENVOY_DIR / "bench-backend.yaml").read_text()).substitute(
+                admin_port=admin["backend"], listen_port=ports["backend"]
+            ),
+        )
+        bench.envoy(
+            "plain",
+            Template((ENVOY_DIR / "bench-plain.yaml").read_text()).substitute(
+                admin_port=admin["plain"],
+                listen_port=ports["plain"],
+                lb_policy="LEAST_REQUEST",
+                lb_endpoints=lb_endpoints([backend]),
+            ),
+        )
+        fleet = work / "fleet.json"
+        fleet.write_text(json.dumps({"endpoints": [{"address": backend, "models": ["m"]}]}))
+        bench.spawn(
+            "extproc",
+            [
+                sys.executable,
+                "-m",
+                "extproc.cli",
+                "serve",
+                "--port",
+                str(ports["extproc"]),
+                "--fleet",
+                str(fleet),
+                "--metrics-port",
+                "0",
+                "--workers",
+                str(args.extproc_workers),
+            ],
+        )
+        # envoy+extproc: the routing decision alone; +observer: also token/latency observation
+        # (a second, observability-mode ext_proc stream per request).
+        for name, observe in (("front", False), ("observed", True)):
+            bench.envoy(
+                name,
+                render(
+                    [backend],
+                    EnvoyPorts(
+                        listen_port=ports[name], admin_port=admin[name], extproc_port=ports["extproc"]
+                    ),
+                    observe=observe,
+                ),
+            )
+        # The floor: the cheapest Python ext_proc (e2e/floor_extproc.py) behind the same Envoy
+        # config, i.e. what gRPC in Python costs before any routing work.
+        bench.spawn(
+            "floor", [sys.executable, "-m", "extproc.bench.floor_extproc", str(ports["floor"]), backend]
+        )
+        bench.envoy(
+            "floor_front",
+            render(
+                [backend],
+                EnvoyPorts(
+                    listen_port=ports["floor_front"],
+                    admin_port=admin["floor_front"],
+                    extproc_port=ports["floor"],
+                ),
+                observe=False,
+            ),
+        )
+        setups = {
+            "envoy": ports["plain"],
+            "envoy+extproc": ports["front"],
+            "envoy+extproc+observer": ports["observed"],
+            "envoy+python-floor": ports["floor_front"],
+        }
+        router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
+        if Path(router).exists():
+            bench.spawn(
+                "vllm-router",
+                [
+                    router,
+                    "--port",
+                    str(ports["vllm_router"]),
+                    "--worker-urls",
+                    f"http://{backend}",
+                    "--policy",
+                    "round_robin",
+                    "--log-level",
+                    "error",
+                ],
+            )
+            setups["vllm-router"] = ports["vllm_router"]
+        for name, port in setups.items():
+            wait_http(
+                f"http://127.0.0.1:{port}/health"
+                if name == "vllm-router"
+                else f"http://127.0.0.1:{port}/metrics"
+            )
+        for server in ("extproc", "floor"):
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    if grpc_serving(f"127.0.0.1:{ports[server]}"):
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{server} never reported SERVING")
+                time.sleep(0.1)
+
+        results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+        for prompt_bytes in (200, 200 * 1024):
+            lua = work / f"post-{prompt_bytes}.lua"
+            lua.write_text(LUA % max(1, prompt_bytes - 60))
+            for _ in range(args.rounds):
+                for concurrency in (1, 8, 32):
+                    for name, port in setups.items():
+                        out = subprocess.run(
+                            [
+                                "wrk",
+                                "-t1",
+                                f"-c{concurrency}",
+                                f"-d{args.seconds}s",
+                                "--latency",
+                                "-s",
+                                str(lua),
+                                f"http://127.0.0.1:{port}/v1/chat/completions",
+                            ],
+                            capture_output=True,
+                            text=True,
+                            timeout=args.seconds + 30,
+                            check=True,
+                        ).stdout
+                        results.setdefault((name, concurrency, prompt_bytes), []).append(parse_wrk(out))
+        rows: list[dict[str, Any]] = []
+        print(
+            f"{'setup':<23} {'conc':>4} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'non-2xx':>8}"
+        )
+        for (name, concurrency, prompt_bytes), runs in results.items():
+            best = sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]  # the median run
+            row = {"setup": name, "concurrency": concurrency, "prompt_bytes": prompt_bytes, **best}
+            rows.append(row)
+            print(
+                f"{name:<23} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "
+                f"{best['rps']:>9.0f} {best['errors']:>8.0f}"
+            )
+        Path(args.json).write_text(
+            json.dumps(
+                {"command": command(), "machine": machine(), "load_generator": "wrk", "results": rows},
+                indent=1,
+            )
+        )
+    finally:
+        bench.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

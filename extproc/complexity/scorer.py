@@ -1,0 +1,215 @@
+"""Prompt complexity: how much a prompt needs the strong model, as a score in [0, 1].
+
+Ridge regression on TF-IDF word 1-2grams (trained with scikit-learn by `extproc.complexity.train`,
+run here with numpy only). Tokens are ASCII words/numbers and single non-ASCII characters (so
+Chinese and other scripts without spaces still yield features). The ridge output is calibrated to
+its percentile among held-out (cross-validated) training scores, so a policy's
+`complexity > 0.7` means "harder than 70 % of the calibration prompts". No I/O after the model
+file is loaded once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+MODEL_PATH = Path(__file__).with_name("model.npz")
+# Bounded work for huge prompts: the start (instructions, question) and the end (the ask).
+HEAD_CHARS = 4096
+TAIL_CHARS = 1024
+
+# The tokenizer, by definition: this regex over the prepared (lower-cased) text, each token as
+# UTF-8 bytes. `tokens` computes the same thing faster; training and run time both use `tokens`.
+TOKEN = re.compile(r"[a-z0-9]+|[^\x00-\x7f]")
+# ASCII other than [a-z0-9] becomes a space; bytes of non-ASCII characters are kept.
+_SEPARATE = bytes(b if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A or b >= 0x80) else 0x20 for b in range(256))
+# Inside a chunk with non-ASCII bytes: ASCII words, and one UTF-8 sequence (lead byte and its
+# continuation bytes) per non-ASCII character.
+_MIXED = re.compile(rb"[a-z0-9]+|[\xc0-\xff][\x80-\xbf]*")
+NGRAM_SEP = b" "
+
+
+def prepare(text: str) -> str:
+    if len(text) > HEAD_CHARS + TAIL_CHARS:
+        text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+    return text.lower()
+
+
+def encode(text: str) -> bytes:
+    # "surrogatepass": any Python str (lone surrogates too) has a byte form.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def tokens(text: str) -> list[bytes]:
+    """`TOKEN.findall(text)`, UTF-8 encoded (text already prepared)."""
+    chunks = encode(text).translate(_SEPARATE).split()
+    if text.isascii():
+        return chunks
+    out: list[bytes] = []
+    for chunk in chunks:
+        if chunk.isascii():
+            out.append(chunk)
+        else:
+            out += _MIXED.findall(chunk)
+    return out
+
+
+def ngrams(toks: list[bytes], order: int) -> list[bytes]:
+    """Word n-grams of length 1..order, tokens joined by a space (which no token contains)."""
+    return [NGRAM_SEP.join(toks[i : i + n]) for n in range(1, order + 1) for i in range(len(toks) - n + 1)]
+
+
+@dataclass(frozen=True)
+class ComplexityExplanation:
+    score: float
+    raw: float
+    features: list[tuple[str, float]]  # (n-gram or "bias", contribution to the raw score), largest first
+
+
+class ComplexityModel:
+    """raw(text) = intercept + Σ weight[j]·x[j], x = L2-normalised (1 + log count)·idf over n-grams.
+
+    The n-gram of column j is identified by `keys[j]` (ascending): token ids t1..tn (1-based
+    positions in `vocab`, 0 = unknown token) packed as Σ t_i·V^(n-i) + (n-1)·V^order, V = len(vocab) + 1.
+    """
+
+    def __init__(
+        self,
+        vocab: list[bytes],
+        keys: npt.NDArray[np.int64],
+        idf: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64],
+        intercept: float,
+        order: int,
+        quantiles: npt.NDArray[np.float64],
+    ) -> None:
+        if keys.size and not np.all(np.diff(keys) > 0):
+            raise ValueError("n-gram keys must be strictly increasing")
+        self.vocab = vocab
+        self.token_ids = {t: i + 1 for i, t in enumerate(vocab)}
+        self.keys = keys
+        self.idf = idf
+        self.weights = weights
+        self.intercept = intercept
+        self.order = order
+        self.quantiles = quantiles
+        self._v = len(vocab) + 1
+        if order * self._v**order >= 2**63:
+            raise ValueError("vocabulary too large for 64-bit n-gram keys")
+        self._offsets = [np.int64((n - 1) * self._v**order) for n in range(1, order + 1)]
+        self._levels = np.linspace(0.0, 1.0, len(quantiles))
+
+    @classmethod
+    def load(cls, path: Path = MODEL_PATH) -> ComplexityModel:
+        with np.load(path, allow_pickle=False) as data:
+            vocab = bytes(data["vocab"]).split(b"\n") if data["vocab"].size else []
+            return cls(
+                vocab,
+                data["keys"].astype(np.int64),
+                data["idf"].astype(np.float64),
+                data["weights"].astype(np.float64),
+                float(data["intercept"]),
+                int(data["order"]),
+                data["quantiles"].astype(np.float64),
+            )
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(
+            path,
+            vocab=np.frombuffer(b"\n".join(self.vocab), dtype=np.uint8),
+            keys=self.keys,
+            idf=self.idf,
+            weights=self.weights,
+            intercept=np.float64(self.intercept),
+            order=np.int64(self.order),
+            quantiles=self.quantiles,
+        )
+
+    def key(self, ngram: bytes) -> int | None:
+        """The key of an n-gram (None if one of its tokens is not in the vocabulary)."""
+        parts = ngram.split(NGRAM_SEP)
+        value = 0
+        for part in parts:
+            token_id = self.token_ids.get(part)
+            if token_id is None:
+                return None
+            value = value * self._v + token_id
+        return value + int(self._offsets[len(parts) - 1])
+
+    def ngram(self, key: int) -> bytes:
+        n = next(n for n in range(self.order, 0, -1) if key >= self._offsets[n - 1])
+        key -= int(self._offsets[n - 1])
+        parts = []
+        for _ in range(n):
+            key, token_id = divmod(key, self._v)
+            parts.append(self.vocab[token_id - 1])
+        return NGRAM_SEP.join(reversed(parts))
+
+    def columns(self, text: str) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """The model's columns present in the text, and their TF-IDF values (not yet normalised)."""
+        toks = tokens(prepare(text))
+        if not toks:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        ids = np.fromiter(map(self.token_ids.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
+        parts = [ids]
+        packed = ids
+        for n in range(2, min(self.order, len(toks)) + 1):
+            packed = packed[:-1] * self._v + ids[n - 1 :]
+            parts.append(packed + self._offsets[n - 1])
+        found, counts = np.unique(np.concatenate(parts) if len(parts) > 1 else ids, return_counts=True)
+        if not self.keys.size:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        cols = np.minimum(np.searchsorted(self.keys, found), len(self.keys) - 1)
+        hit = self.keys[cols] == found
+        cols = cols[hit]
+        return cols, (1.0 + np.log(counts[hit])) * self.idf[cols]
+
+    def raw(self, text: str) -> float:
+        cols, values = self.columns(text)
+        if not cols.size:
+            return self.intercept
+        return float(values @ self.weights[cols]) / math.sqrt(float(values @ values)) + self.intercept
+
+    def calibrate(self, raw: float) -> float:
+        return float(np.interp(raw, self.quantiles, self._levels))
+
+    def score(self, text: str) -> float:
+        return self.calibrate(self.raw(text))
+
+    def explain(self, text: str, top: int = 8) -> ComplexityExplanation:
+        cols, values = self.columns(text)
+        contributions = [("bias", self.intercept)]
+        if cols.size:
+            parts = values * self.weights[cols] / math.sqrt(float(values @ values))
+            contributions += [
+                (self.ngram(int(self.keys[c])).decode("utf-8", "surrogatepass"), float(v))
+                for c, v in zip(cols, parts, strict=True)
+            ]
+        raw = math.fsum(v for _, v in contributions)
+        contributions.sort(key=lambda item: -abs(item[1]))
+        return ComplexityExplanation(self.calibrate(raw), raw, contributions[:top])
+
+
+_MODEL: ComplexityModel | None = None
+
+
+def model() -> ComplexityModel:
+    global _MODEL
+    if _MODEL is None:
+        _MODEL = ComplexityModel.load()
+    return _MODEL
+
+
+def score(text: str) -> float:
+    """Complexity in [0, 1]: higher means the prompt more likely needs the strong model."""
+    return model().score(text)
+
+
+def explain(text: str, top: int = 8) -> ComplexityExplanation:
+    return model().explain(text, top)

@@ -1,0 +1,65 @@
+"""Render the Envoy configs in envoy/ for a given set of ports and fleet endpoints."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from extproc.deploy import shipped
+
+ENVOY_DIR = shipped("envoy")
+
+
+@dataclass(slots=True)
+class EnvoyPorts:
+    listen_port: int = 10000
+    admin_port: int = 9901
+    extproc_port: int = 9002
+    listen_host: str = "127.0.0.1"
+    extproc_host: str = "127.0.0.1"
+
+
+def lb_endpoints(addresses: Sequence[str]) -> str:
+    """A YAML flow list of Envoy LbEndpoints for "host:port" addresses."""
+    entries = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        entries.append(
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
+        )
+    return json.dumps(entries)
+
+
+def render(
+    addresses: Sequence[str],
+    ports: EnvoyPorts,
+    *,
+    template: Path | None = None,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    message_timeout: str = "0.5s",
+    shadow: Sequence[str] = (),
+    extra: dict[str, str] | None = None,
+    observe: bool = True,
+) -> str:
+    """``addresses``: the fleet Envoy may route to; ``shadow``: the mirror pool's endpoints;
+    ``observe``: keep the observability-mode filter that streams responses to ext_proc."""
+    text = (template or ENVOY_DIR / "local.yaml").read_text()
+    if not observe:
+        text = re.sub(r"\n *# >>> observer.*?# <<< observer\n", "\n", text, flags=re.S)
+    values: dict[str, object] = {
+        "admin_port": ports.admin_port,
+        "listen_port": ports.listen_port,
+        "listen_host": ports.listen_host,
+        "extproc_port": ports.extproc_port,
+        "extproc_host": ports.extproc_host,
+        "buffer_limit_bytes": max_body_bytes * 2,
+        "message_timeout": message_timeout,
+        "lb_endpoints": lb_endpoints(addresses),
+        "shadow_endpoints": lb_endpoints(shadow),
+    }
+    values.update(extra or {})
+    return Template(text).substitute(values)

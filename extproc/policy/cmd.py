@@ -1,0 +1,128 @@
+"""`llm-extproc validate | explain | schema`: the policy engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from extproc.errors import RoutingError
+from extproc.policy.compile import PolicyError, PolicyInput, load_policy
+from extproc.policy.schema import Policy
+from extproc.request import TASK_BY_PATH, Task, parse_body
+
+
+def validate_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="llm-extproc validate", description="check policy files")
+    parser.add_argument("paths", nargs="+", help="policy files or directories")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.paths:
+        try:
+            policy = load_policy(path)
+        except PolicyError as error:
+            failed = True
+            for issue in error.issues:
+                print(issue, file=sys.stderr)
+            continue
+        print(f"OK {path} ({len(policy.policy.rules)} rules, version {policy.version})")
+    return 1 if failed else 0
+
+
+def schema_main(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(prog="llm-extproc schema", description="print the policy JSON Schema").parse_args(
+        argv
+    )
+    print(json.dumps(Policy.model_json_schema(), indent=2))
+    return 0
+
+
+def _complexity(text: str) -> float:
+    import importlib
+
+    try:
+        module = importlib.import_module("extproc.complexity.scorer")
+    except ImportError:
+        return 0.0
+    return float(module.score(text))
+
+
+def explain_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-extproc explain", description="show how a policy routes a request"
+    )
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--header", action="append", default=[], metavar="K:V")
+    parser.add_argument(
+        "--body",
+        default='{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}',
+        help="request JSON, or @file",
+    )
+    parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument("--method", default="POST")
+    parser.add_argument("--complexity", type=float, help="override the computed complexity score")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        return 1
+    raw = Path(args.body[1:]).read_bytes() if args.body.startswith("@") else args.body.encode()
+    task = TASK_BY_PATH.get(args.path, Task.CHAT)
+    try:
+        request = parse_body(task, "application/json", raw, 64 * 1024 * 1024)
+    except RoutingError as error:
+        print(f"request: {error.message}", file=sys.stderr)
+        return 1
+    headers = {}
+    for item in args.header:
+        key, sep, value = item.partition(":")
+        if not sep:
+            parser.error(f"--header takes K:V, got {item!r}")
+        headers[key.strip().lower()] = value.strip()
+    complexity = args.complexity if args.complexity is not None else _complexity(request.text)
+    explanation = policy.explain(
+        PolicyInput(
+            path=args.path,
+            method=args.method,
+            headers=headers,
+            model=request.model,
+            stream=request.stream,
+            task=task.value,
+            complexity=complexity,
+            prompt_tokens=request.estimated_prompt_tokens,
+            max_tokens=request.max_tokens,
+        )
+    )
+    decision = explanation.decision
+    if args.json:
+        out = {
+            "policy_version": policy.version,
+            "complexity": complexity,
+            "decision": asdict(decision),
+            "skipped": [{"rule": r, "why": w} for r, w in explanation.skipped],
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"policy     {args.policy} (version {policy.version})")
+    print(f"complexity {complexity:.3f}")
+    for rule, why in explanation.skipped:
+        print(f"skipped    {rule}: {why}")
+    print(f"matched    {decision.rule}")
+    print(f"tenant     {decision.tenant or '-'}   tier {decision.tier}   priority {decision.priority}")
+    if decision.reject:
+        print(f"reject     {decision.reject[0]} {decision.reject[1]}")
+        return 0
+    chain = " -> ".join(f"{t.model}@{t.pool or 'any pool'}" for t in decision.targets) or "(none: 404)"
+    print(f"targets    {chain}")
+    if decision.targets and decision.targets[0].model != request.model:
+        print(f"rewrite    body model {request.model!r} -> {decision.targets[0].model!r}")
+    if decision.mirror:
+        print(f"mirror     {decision.mirror.pool}")
+    for key, value in decision.headers:
+        print(f"header     {key}: {value}")
+    return 0

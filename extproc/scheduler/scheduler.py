@@ -1,0 +1,587 @@
+"""The scheduler framework: filters remove candidates, scorers rate them, the picker orders them.
+
+Plugins are small classes registered by name (see ``REGISTRY``); each works on a
+:class:`PickView` holding numpy arrays over the candidate rows, so a pick among 1,000
+endpoints is a handful of vectorised operations. Plugins return raw values ("higher is
+better"); the framework, not the plugins, normalises each scorer to 0..1 and applies weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc.errors import ErrorKind, RoutingError
+from extproc.fleet.state import BoolArray, FleetSnapshot, FloatArray, IntArray
+from extproc.scheduler.outlier import OutlierDetector
+from extproc.scheduler.picking import PickContext
+
+
+@dataclass(slots=True)
+class PickView:
+    """One pick's inputs, restricted to the candidate rows (all arrays are per candidate)."""
+
+    snapshot: FleetSnapshot
+    rows: IntArray
+    inflight: npt.NDArray[np.float64]
+    ctx: PickContext
+    age_s: FloatArray
+    speed: FloatArray  # relative serving speed per candidate (GPU class weight)
+    waiting: FloatArray  # the snapshot's rows gathered once per candidate set, not per plugin
+    running: FloatArray
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.size)
+
+    def queued(self) -> FloatArray:
+        """Requests waiting at each candidate: the scrape's count, or more if we sent more since.
+
+        Our in-flight count includes requests the server is already running, so it is compared
+        with waiting + running, never added to them.
+        """
+        result: FloatArray = np.maximum(self.waiting, self.inflight - self.running)
+        return result
+
+    def take(self, keep: BoolArray | None) -> PickView:
+        if keep is None or keep.all():  # the usual case: a filter that removes nothing copies nothing
+            return self
+        return PickView(
+            self.snapshot,
+            self.rows[keep],
+            self.inflight[keep],
+            self.ctx,
+            self.age_s[keep],
+            self.speed[keep],
+            self.waiting[keep],
+            self.running[keep],
+        )
+
+    def with_request(self, inflight: npt.NDArray[np.float64], ctx: PickContext) -> PickView:
+        return PickView(
+            self.snapshot, self.rows, inflight, ctx, self.age_s, self.speed, self.waiting, self.running
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sparse:
+    """Scores for a few candidates (view positions), values in 0..1; every other candidate 0.
+
+    Affinity scorers prefer one or a handful of endpoints: this saves building, scanning and
+    rescaling a fleet-sized array that is almost all zeros.
+    """
+
+    positions: list[int]
+    values: list[float]
+
+
+class Filter(Protocol):
+    name: ClassVar[str]
+    # False when the result depends only on the fleet (snapshot, passive health, time), not on
+    # the request or our in-flight counts: the framework then reuses it across picks.
+    per_request: ClassVar[bool]
+    # True for a preference (fresh metrics, the caller's zone), False for a rule (ready, not
+    # ejected). What a soft filter removes can still fill the fallback list when the preferred
+    # candidates are fewer than the list's length: a short list leaves Envoy's retries to its
+    # fallback LB policy, which may pick the very endpoint that just failed.
+    soft: ClassVar[bool]
+
+    def keep(self, view: PickView) -> BoolArray | None:
+        """Mask over the view's candidates: True keeps the candidate; None keeps them all."""
+        ...
+
+
+class Scorer(Protocol):
+    name: ClassVar[str]
+    per_request: ClassVar[bool]  # as for Filter
+
+    def score(self, view: PickView) -> FloatArray | Sparse | None:
+        """Raw per-candidate values, higher is better; the framework normalises them.
+
+        None means "no preference" (every candidate equal), e.g. no session key; Sparse names
+        the few preferred candidates.
+        """
+        ...
+
+    def picked(self, view: PickView, chosen_rows: list[int]) -> None:
+        """Called after a pick, for scorers that learn from it (prefix affinity)."""
+        ...
+
+
+PluginFactory = Callable[["SchedulerConfig", OutlierDetector], Any]
+REGISTRY: dict[str, PluginFactory] = {}
+
+
+def register(name: str) -> Callable[[PluginFactory], PluginFactory]:
+    def add(factory: PluginFactory) -> PluginFactory:
+        if name in REGISTRY:
+            raise ValueError(f"plugin {name!r} registered twice")
+        REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+DEFAULT_FILTERS = ("ready", "outlier", "stale", "locality")
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "load": 3.0,
+    "queue": 1.0,
+    "kv_cache": 1.0,
+    "inflight": 1.0,
+    # Observed latency mixes endpoint speed with prompt and output length: a light signal.
+    "latency": 0.5,
+    "prefix": 2.0,
+    "session": 1.0,
+    "lora": 1.0,
+}
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    filters: tuple[str, ...] = DEFAULT_FILTERS
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    # Relative speed per GPU class (A100 : T4 = 3 : 1); unknown classes get 1.
+    gpu_weights: dict[str, float] = field(
+        default_factory=lambda: {"h100": 5.0, "a100": 3.0, "l4": 1.5, "t4": 1.0}
+    )
+    stale_after_s: float = 1.0
+    slow_start_s: float = 10.0
+    # Saturation: every candidate above both thresholds. Batch is shed first; standard only
+    # beyond the severe factor; premium never.
+    queue_threshold: float = 8.0
+    kv_threshold: float = 0.9
+    severe_factor: float = 3.0
+    retry_after_s: float = 2.0
+    prefix_block_chars: int = 64
+    prefix_max_blocks: int = 64
+    prefix_capacity_blocks: int = 200_000
+    session_load_factor: float = 1.25
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SchedulerConfig:
+        """Strict: unknown keys, unknown plugins and negative weights are errors that say which."""
+        _load_plugins()
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"scheduler: unknown settings {unknown}; known: {sorted(known)}")
+        settings: dict[str, Any] = {k: tuple(v) if k == "filters" else v for k, v in raw.items()}
+        if "weights" in settings:
+            settings["weights"] = {**DEFAULT_WEIGHTS, **settings["weights"]}
+        config = cls(**settings)
+        for name in (*config.filters, *config.weights):
+            if name not in REGISTRY:
+                raise ValueError(f"scheduler: unknown plugin {name!r}; known: {sorted(REGISTRY)}")
+        for name, weight in config.weights.items():
+            if not isinstance(weight, int | float) or weight < 0 or math.isnan(weight):
+                raise ValueError(f"scheduler.weights.{name}: must be a number >= 0, got {weight!r}")
+        return config
+
+
+def _normalise(raw: FloatArray) -> FloatArray:
+    finite = np.isfinite(raw)
+    if not finite.any():
+        return np.ones_like(raw)
+    low = float(raw[finite].min())
+    high = float(raw[finite].max())
+    if high <= low:
+        return np.where(finite, 1.0, 0.0)
+    return np.where(finite, (raw - low) / (high - low), 0.0)
+
+
+MIN_SPAN = 1.0
+
+
+def _dense(sparse: Sparse, size: int) -> FloatArray:
+    dense = np.zeros(size)
+    dense[sparse.positions] = sparse.values
+    return dense
+
+
+def _normalise_one(raw: FloatArray) -> FloatArray | None:
+    """One request scorer's values to 0..1 (as _normalise_rows); None when all are equal."""
+    low = float(raw.min())
+    high = float(raw.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        row: FloatArray = _normalise_rows(raw[np.newaxis, :])[0]
+        return None if bool((row == 1.0).all()) else row
+    if high <= low:
+        return None
+    result: FloatArray = (raw - low) / max(high - low, MIN_SPAN)
+    return result
+
+
+def _normalise_rows(raws: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each scorer's values to 0..1 across the candidates, all scorers at once.
+
+    The spread is at least MIN_SPAN (one request, one whole KV cache, one prefix): otherwise a
+    difference of half a running request between two scrapes would swing a scorer's full
+    weight, as plain min-max scaling does.
+    """
+    finite = np.isfinite(raws)
+    if finite.all():  # the usual case: one pass each for min and max
+        low = raws.min(axis=1, keepdims=True)
+        high = raws.max(axis=1, keepdims=True)
+        span = np.where(high - low > 0, np.maximum(high - low, MIN_SPAN), 0.0)
+        flat = ~(span > 0)
+        scaled: npt.NDArray[np.float64] = (raws - np.where(flat, 0.0, low)) / np.where(flat, 1.0, span)
+        scaled[flat[:, 0]] = 1.0
+        return scaled
+    low = np.where(finite, raws, np.inf).min(axis=1, keepdims=True)
+    high = np.where(finite, raws, -np.inf).max(axis=1, keepdims=True)
+    span = np.where(high - low > 0, np.maximum(high - low, MIN_SPAN), 0.0)
+    flat = ~(span > 0)  # equal values, or no finite value at all
+    scaled = (raws - np.where(flat, 0.0, low)) / np.where(flat, 1.0, span)
+    result: npt.NDArray[np.float64] = np.where(finite, np.where(flat, 1.0, scaled), 0.0)
+    no_finite = ~finite.any(axis=1)
+    if no_finite.any():
+        result[no_finite] = 1.0
+    return result
+
+
+# How long a prepared candidate set (fleet-only filters and scorers) is reused. Snapshots are
+# replaced every scrape (50-100 ms) anyway; this bounds how late a stale endpoint or an ended
+# ejection is noticed when the scraper stalls.
+PREPARED_TTL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """The part of a pick that depends only on the fleet, reused until the fleet changes.
+
+    Valid for one snapshot, one candidate set and one outlier generation, for PREPARED_TTL_S.
+    """
+
+    snapshot: FleetSnapshot
+    candidates: IntArray
+    generation: int
+    made_at: float
+    base: PickView  # fleet-only filters applied; inflight and ctx are filled per pick
+    fleet_total: FloatArray  # weighted, normalised fleet-only scores over base's rows
+    slow_start: FloatArray | None  # None when nobody is ramping up
+    kv_all_high: bool  # saturation needs every candidate's KV cache above the threshold
+    jitter: FloatArray
+    last_resort: list[int]  # rows only soft fleet filters removed, best first: fallbacks' fill
+
+
+class Scheduler:
+    """Implements the request path's EndpointPicker with registered filters and scorers.
+
+    Filters and scorers that depend only on the fleet (``per_request = False``) run once per
+    snapshot and candidate set; each pick adds only the request-dependent ones (in-flight
+    load, prefix and session affinity, LoRA, locality). That split is what keeps a pick among
+    1,000 endpoints in tens of microseconds.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig | None = None,
+        outliers: OutlierDetector | None = None,
+        *,
+        prepared_ttl_s: float = PREPARED_TTL_S,
+    ) -> None:
+        _load_plugins()
+        self.config = config or SchedulerConfig()
+        self.outliers = outliers or OutlierDetector()
+        filters: list[Filter] = [REGISTRY[name](self.config, self.outliers) for name in self.config.filters]
+        # Fleet-only filters are applied up front only while no request filter precedes them.
+        leading = 0
+        while leading < len(filters) and not filters[leading].per_request:
+            leading += 1
+        self.fleet_filters, self.request_filters = filters[:leading], filters[leading:]
+        self.scorers: list[tuple[Scorer, float]] = [
+            (REGISTRY[name](self.config, self.outliers), weight)
+            for name, weight in self.config.weights.items()
+            if weight > 0
+        ]
+        self.fleet_scorers = [(s, w) for s, w in self.scorers if not s.per_request]
+        self.request_scorers = [(s, w) for s, w in self.scorers if s.per_request]
+        self._fleet_weights = np.array([w for _, w in self.fleet_scorers], dtype=np.float64)
+        self._speed_cache: tuple[tuple[str, ...], FloatArray] | None = None
+        self._prepared: _Prepared | None = None
+        self.prepared_ttl_s = prepared_ttl_s
+        self.sheds = 0
+
+    def _speed(self, snapshot: FleetSnapshot) -> FloatArray:
+        cached = self._speed_cache
+        if cached is not None and cached[0] is snapshot.membership:
+            return cached[1]
+        weights = self.config.gpu_weights
+        speed = np.array([weights.get(e.gpu_class, 1.0) for e in snapshot.endpoints], dtype=np.float64)
+        self._speed_cache = (snapshot.membership, speed)
+        return speed
+
+    def view(
+        self, snapshot: FleetSnapshot, candidates: IntArray, inflight: npt.NDArray[np.int64], ctx: PickContext
+    ) -> PickView:
+        return PickView(
+            snapshot,
+            candidates,
+            inflight[candidates].astype(np.float64),
+            ctx,
+            snapshot.age_s(ctx.now)[candidates],
+            self._speed(snapshot)[candidates],
+            snapshot.waiting[candidates],
+            snapshot.running[candidates],
+        )
+
+    def _prepare(self, snapshot: FleetSnapshot, candidates: IntArray, ctx: PickContext) -> _Prepared:
+        prepared = self._prepared
+        if (
+            prepared is not None
+            and prepared.snapshot is snapshot
+            and prepared.generation == self.outliers.generation
+            and 0.0 <= ctx.now - prepared.made_at < self.prepared_ttl_s
+            and (
+                prepared.candidates is candidates
+                or (
+                    prepared.candidates.size == candidates.size
+                    and np.array_equal(prepared.candidates, candidates)
+                )
+            )
+        ):
+            return prepared
+        view = self.view(snapshot, candidates, _NO_INFLIGHT_FOR[snapshot.size], ctx)
+        demoted: list[IntArray] = []
+        for plugin in self.fleet_filters:
+            if view.size == 0:
+                break
+            kept = plugin.keep(view)
+            if plugin.soft and kept is not None and not kept.all():
+                demoted.append(view.rows[~kept])
+            view = view.take(kept)
+        prepared = _Prepared(
+            snapshot,
+            candidates,
+            self.outliers.generation,
+            ctx.now,
+            view,
+            self._fleet_total(view),
+            self._slow_start(view),
+            bool((snapshot.kv_usage[view.rows] >= self.config.kv_threshold).all()),
+            _RNG.random(view.size) * 1e-6,
+            self._last_resort(snapshot, demoted, ctx) if demoted else [],
+        )
+        self._prepared = prepared
+        return prepared
+
+    def _last_resort(self, snapshot: FleetSnapshot, demoted: list[IntArray], ctx: PickContext) -> list[int]:
+        """Rows soft fleet filters removed that every hard one keeps, best first."""
+        view = self.view(snapshot, np.concatenate(demoted), _NO_INFLIGHT_FOR[snapshot.size], ctx)
+        for plugin in self.fleet_filters:
+            if not plugin.soft and view.size:
+                view = view.take(plugin.keep(view))
+        if view.size == 0:
+            return []
+        rows: list[int] = view.rows[np.argsort(-self._fleet_total(view), kind="stable")].tolist()
+        return rows
+
+    def _fleet_total(self, view: PickView) -> FloatArray:
+        if not self.fleet_scorers or view.size == 0:
+            return np.zeros(view.size)
+        raws = np.empty((len(self.fleet_scorers), view.size))
+        for i, (scorer, _) in enumerate(self.fleet_scorers):
+            raw = scorer.score(view)
+            raws[i] = 0.0 if raw is None else _dense(raw, view.size) if isinstance(raw, Sparse) else raw
+        result: FloatArray = self._fleet_weights @ _normalise_rows(raws)
+        return result
+
+    def pick(
+        self,
+        snapshot: FleetSnapshot,
+        candidates: IntArray,
+        inflight: npt.NDArray[np.int64],
+        ctx: PickContext,
+        count: int,
+    ) -> list[int]:
+        prepared = self._prepare(snapshot, candidates, ctx)
+        base = prepared.base
+        if base.size == 0:
+            return []
+        view = base.with_request(inflight[base.rows].astype(np.float64), ctx)
+        positions: IntArray | None = None  # base positions still in the view, once narrowed
+        demoted: list[IntArray] = []  # base positions soft request filters removed
+        for plugin in self.request_filters:
+            kept = plugin.keep(view)
+            if kept is not None and not kept.all():
+                positions = np.arange(base.size) if positions is None else positions
+                if plugin.soft:
+                    demoted.append(positions[~kept])
+                positions = positions[kept]
+            view = view.take(kept)
+            if view.size == 0:
+                return []
+        narrowed = view.rows is not base.rows
+        if narrowed or prepared.kv_all_high:
+            self._shed_if_saturated(view)
+        if narrowed:  # a request filter (locality) changed the set: rescale over the new one
+            total, slow_start, jitter = self._fleet_total(view), self._slow_start(view), None
+        else:
+            total, slow_start, jitter = prepared.fleet_total.copy(), prepared.slow_start, prepared.jitter
+        flat = 0.0  # weight of scorers with no preference: equal for all, matters only scaled
+        for scorer, weight in self.request_scorers:
+            raw = scorer.score(view)
+            if isinstance(raw, Sparse) and len(raw.positions) < view.size:
+                # Others are 0 and values lie in 0..1, so normalising leaves them as they are.
+                if raw.positions and max(raw.values) > 0.0:
+                    for position, value in zip(raw.positions, raw.values, strict=True):
+                        total[position] += weight * value
+                else:
+                    flat += weight
+                continue
+            if isinstance(raw, Sparse):
+                raw = _dense(raw, view.size)
+            scaled = None if raw is None else _normalise_one(raw)
+            if scaled is None:
+                flat += weight
+            else:
+                total += weight * scaled
+        if slow_start is not None:
+            total += flat
+            total *= slow_start
+        # A tiny jitter breaks ties so a burst between two scrapes spreads out.
+        total += _RNG.random(view.size) * 1e-6 if jitter is None else jitter
+        # Only the best few can be chosen: partial sort of those, not of the whole fleet.
+        size = view.size
+        keep = min(size, max(count * 4, 8))
+        if keep < size:
+            top = np.argpartition(total, size - keep)[size - keep :]
+            order = top[np.argsort(-total[top], kind="stable")]
+        else:
+            order = np.argsort(-total, kind="stable")
+        chosen = self._spread(view, order, count)
+        preferred = len(chosen)
+        if preferred < count and (demoted or prepared.last_resort):
+            self._fill(chosen, count, base, prepared, demoted)
+        if ctx.want_scores:
+            where = {int(row): i for i, row in enumerate(view.rows)}
+            offset = 0.0 if slow_start is not None else flat
+            ctx.scores = [round(float(total[where[row]]) + offset, 4) for row in chosen[:preferred]]
+            ctx.scores += [0.0] * (len(chosen) - preferred)  # fallbacks outside the preferred set
+        for scorer, _ in self.scorers:
+            scorer.picked(view, chosen)
+        return chosen
+
+    @staticmethod
+    def _fill(
+        chosen: list[int], count: int, base: PickView, prepared: _Prepared, demoted: list[IntArray]
+    ) -> None:
+        """Lengthen a short list with what soft filters removed: this request's soft filters
+        first (e.g. other zones, best by the fleet scores), then the fleet's (e.g. stale)."""
+        extra: list[int] = []
+        if demoted:
+            positions = np.concatenate(demoted)
+            ranked = positions[np.argsort(-prepared.fleet_total[positions], kind="stable")]
+            extra = base.rows[ranked].tolist()
+        for row in (*extra, *prepared.last_resort):
+            if len(chosen) >= count:
+                return
+            if row not in chosen:
+                chosen.append(row)
+
+    def _slow_start(self, view: PickView) -> FloatArray | None:
+        """Endpoints that joined after the rest ramp from 10 % to full weight over slow_start_s.
+
+        Like Envoy's slow start, it protects a newcomer from a flood; when the whole fleet
+        starts together there is nothing to protect it from, so nobody is held back.
+        """
+        if self.config.slow_start_s <= 0 or view.size == 0:
+            return None
+        ready_since = view.snapshot.ready_since[view.rows]
+        joined_late = ready_since > float(np.nanmin(ready_since)) + 1.0
+        if not joined_late.any():
+            return None
+        ramp = np.clip((view.ctx.now - ready_since) / self.config.slow_start_s, 0.0, 1.0)
+        result: FloatArray = np.where(joined_late, 0.1 + 0.9 * ramp, 1.0)
+        return result
+
+    def _shed_if_saturated(self, view: PickView) -> None:
+        config = self.config
+        priority = view.ctx.priority
+        if priority > 0:
+            return  # premium is never shed before standard
+        queue = view.queued()
+        kv = view.snapshot.kv_usage[view.rows]
+        factor = 1.0 if priority < 0 else config.severe_factor
+        saturated = (queue >= config.queue_threshold * factor) & (kv >= config.kv_threshold)
+        if saturated.all():
+            self.sheds += 1
+            kind = "batch" if priority < 0 else "standard"
+            raise RoutingError(
+                ErrorKind.OVERLOADED,
+                f"every endpoint for {view.ctx.model!r} is saturated; {kind} traffic is shed, retry later",
+                "overloaded",
+                retry_after_s=config.retry_after_s,
+            )
+
+    @staticmethod
+    def _spread(view: PickView, order: IntArray, count: int) -> list[int]:
+        """Best first; fallbacks prefer nodes (then zones) not already in the list."""
+        endpoints = view.snapshot.endpoints
+        rows: list[int] = view.rows[order].tolist()
+        chosen = rows[:1]
+        used_nodes = {endpoints[rows[0]].node or endpoints[rows[0]].address}
+        used_zones = {endpoints[rows[0]].zone}
+        rest = rows[1:]
+        for prefer in ("node", "zone", "any"):
+            for row in rest:
+                if len(chosen) >= count:
+                    return chosen
+                if row in chosen:
+                    continue
+                endpoint = endpoints[row]
+                node = endpoint.node or endpoint.address
+                if prefer == "node" and (node in used_nodes or endpoint.zone in used_zones):
+                    continue
+                if prefer == "zone" and node in used_nodes:
+                    continue
+                chosen.append(row)
+                used_nodes.add(node)
+                used_zones.add(endpoint.zone)
+        return chosen[:count]
+
+
+_RNG = np.random.default_rng()
+
+
+class _ZerosBySize(dict[int, npt.NDArray[np.int64]]):
+    """Read-only zero in-flight arrays by fleet size: fleet-only plugins never look at them."""
+
+    def __missing__(self, size: int) -> npt.NDArray[np.int64]:
+        zeros = np.zeros(size, dtype=np.int64)
+        zeros.setflags(write=False)
+        if len(self) > 64:
+            self.clear()
+        self[size] = zeros
+        return zeros
+
+
+_NO_INFLIGHT_FOR = _ZerosBySize()
+
+_PLUGIN_MODULES = (
+    "extproc.scheduler.filters.ready",
+    "extproc.scheduler.filters.outlier",
+    "extproc.scheduler.filters.stale",
+    "extproc.scheduler.filters.locality",
+    "extproc.scheduler.scorers.load",
+    "extproc.scheduler.scorers.queue",
+    "extproc.scheduler.scorers.kv_cache",
+    "extproc.scheduler.scorers.inflight",
+    "extproc.scheduler.scorers.latency",
+    "extproc.scheduler.scorers.prefix",
+    "extproc.scheduler.scorers.session",
+    "extproc.scheduler.scorers.lora",
+)
+
+
+def _load_plugins() -> None:
+    """Import the built-in plugin modules once; each registers itself by name."""
+    import importlib
+
+    for module in _PLUGIN_MODULES:
+        importlib.import_module(module)
