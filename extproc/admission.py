@@ -21,15 +21,16 @@ from typing import Any
 from extproc.capacity.cache import CachedResponse, ResponseStore, cache_key
 from extproc.capacity.limits import Limiter
 from extproc.errors import ErrorKind, RoutingError
+from extproc.headers import CACHE_HEADER
 from extproc.observability.metrics import Metrics
 from extproc.observe import Observation
 from extproc.policy.schema import Cache, Limits
+from extproc.policy.types import PolicyDecision, Target
 from extproc.request import ParsedRequest
 from extproc.router import Decision
 
 log = logging.getLogger(__name__)
 
-CACHE_HEADER = "x-llm-cache"
 # Tokens reserved for the answer when a request gives no max_tokens (settled later anyway).
 DEFAULT_ANSWER_TOKENS = 256
 
@@ -94,7 +95,7 @@ class Capacity:
         request_id: str,
         request: ParsedRequest,
         decision: Decision,
-        redecide: Callable[[Any], Decision],
+        redecide: Callable[[Target], Decision],
     ) -> tuple[Decision, Admission]:
         """Limits, then cache. ``redecide(target)`` routes again to a downgrade target.
         Raises RoutingError(RATE_LIMITED) when the tenant is over a limit and not downgraded."""
@@ -138,7 +139,7 @@ class Capacity:
         return decision, admission
 
     async def degraded_answer(
-        self, request: ParsedRequest, verdict: Any, error: RoutingError
+        self, request: ParsedRequest, verdict: PolicyDecision | None, error: RoutingError
     ) -> CachedResponse | None:
         """Every model of the chain is down or shedding: a cached answer, even stale, if allowed."""
         if (

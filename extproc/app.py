@@ -18,12 +18,13 @@ from extproc.observability.metrics import Metrics
 from extproc.observability.metrics_server import MetricsServer
 from extproc.observability.telemetry import Telemetry
 from extproc.observability.tracing import DecisionTracer, otlp_tracer
-from extproc.policy.compile import CompiledPolicy, PolicyInput
+from extproc.policy.compile import CompiledPolicy
 from extproc.policy.reload import PolicyReloader
 from extproc.router import Router
+from extproc.scheduler.config import SchedulerConfig
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import EndpointPicker
-from extproc.scheduler.scheduler import Scheduler, SchedulerConfig
+from extproc.scheduler.scheduler import Scheduler
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class App:
         self.inflight = inflight or InFlight()
         self.outliers = OutlierDetector(fleet_size=lambda: self.fleet.snapshot.size)
         self.scheduler = Scheduler(scheduler_config, self.outliers)
+        self._picker_is_scheduler = picker is None
         self.policy = policy
         self.router = Router(
             config,
@@ -92,15 +94,14 @@ class App:
             picker or self.scheduler,
             self.inflight,
             policy=policy.get if policy is not None else lambda: None,
-            policy_input=PolicyInput,
             complexity=complexity_scorer(),
         )
         self.router.on_response = self.outliers.observe
         self.metrics = Metrics()
         self.router.metrics = self.metrics
         if policy is not None:
-            self._apply_gpu_weights(policy.current)
-            policy.on_change.append(self._apply_gpu_weights)
+            self._apply_scheduler_config(policy.current)
+            policy.on_change.append(self._apply_scheduler_config)
             self.metrics.policy_loaded(policy.current.version, ok=True)
             policy.on_change.append(lambda p: self.metrics.policy_loaded(p.version, ok=True))
             policy.on_error.append(lambda _error: self.metrics.policy_loaded("", ok=False))
@@ -173,10 +174,19 @@ class App:
         row = snapshot.index.get(address)
         return snapshot.endpoints[row].pool if row is not None else ""
 
-    def _apply_gpu_weights(self, policy: CompiledPolicy) -> None:
-        """Pools' GPU-class weights (A100:T4 = 3:1) feed the scheduler's speed weights."""
-        for pool in policy.policy.pools:
-            self.scheduler.config.gpu_weights.update(pool.gpu_weights or {})
+    def _apply_scheduler_config(self, policy: CompiledPolicy) -> None:
+        """The policy's scheduler (its `scheduler:` section and pools' GPU weights) replaces ours.
+
+        A new Scheduler, swapped in with one reference: nothing is mutated under a pick in
+        progress, and cached per-fleet state (speeds, prepared scores) cannot outlive the
+        settings it was computed from. Affinity learned so far (prefix owners, sessions) starts
+        over, so an unchanged configuration keeps the running scheduler.
+        """
+        if policy.scheduler == self.scheduler.config:
+            return
+        self.scheduler = Scheduler(policy.scheduler, self.outliers)
+        if self._picker_is_scheduler:
+            self.router.picker = self.scheduler
 
     async def start(self) -> None:
         self.health.start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from extproc.headers import DEFAULT_SESSION_HEADER
 
 
 @dataclass(slots=True)
@@ -17,7 +19,7 @@ class ServerConfig:
     # empty means "whatever the discovered fleet serves".
     models: tuple[str, ...] = ()
     # The header whose value is the session key for affinity (and sticky splits).
-    session_header: str = "x-user-id"
+    session_header: str = DEFAULT_SESSION_HEADER
     # This replica's zone: the scheduler keeps traffic in it while it has capacity.
     zone: str = ""
     shutdown_grace_s: float = 30.0
@@ -46,7 +48,6 @@ class ServerConfig:
     limits_fail_open: bool = True
     # OTLP/gRPC endpoint for routing spans (e.g. http://otel-collector:4317); "" is off.
     otlp_endpoint: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 
+from extproc.headers import RETRY_AFTER_HEADER
+
 
 class ErrorKind(Enum):
     """What went wrong, from the client's point of view. Each kind has exactly one status."""
@@ -64,5 +66,5 @@ class RoutingError(Exception):
     def headers(self) -> list[tuple[str, str]]:
         headers = [("content-type", "application/json")]
         if self.retry_after_s is not None:
-            headers.append(("retry-after", str(max(1, round(self.retry_after_s)))))
+            headers.append((RETRY_AFTER_HEADER, str(max(1, round(self.retry_after_s)))))
         return headers

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from extproc.errors import ErrorKind, RoutingError
+from extproc.headers import REQUEST_ID_HEADER, is_routing_header
 
 
 class Task(Enum):
@@ -24,13 +25,6 @@ TASK_BY_PATH: dict[str, Task] = {
     "/v1/embeddings": Task.EMBEDDING,
     "/v1/models": Task.MODELS,
 }
-
-# Headers a client must never be able to set: they carry routing decisions.
-ROUTING_HEADER_PREFIXES = ("x-gateway-destination-endpoint", "x-llm-")
-
-
-def is_routing_header(name: str) -> bool:
-    return name.startswith(ROUTING_HEADER_PREFIXES)
 
 
 @dataclass(slots=True)
@@ -65,7 +59,7 @@ def parse_headers(pairs: list[tuple[str, str]]) -> RequestHeaders:
     parsed.path = headers.get(":path", "")
     parsed.method = headers.get(":method", "")
     parsed.content_type = headers.get("content-type", "")
-    parsed.request_id = headers.get("x-request-id", "")
+    parsed.request_id = headers.get(REQUEST_ID_HEADER, "")
     return parsed
 
 

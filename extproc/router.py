@@ -8,70 +8,24 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import FleetSnapshot, FleetState, InFlight, IntArray
+from extproc.headers import COMPLEXITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, STREAM_HEADER
 from extproc.observability.metrics import Metrics
+from extproc.policy.compile import CompiledPolicy
+from extproc.policy.schema import Cache, Limits
+from extproc.policy.types import PolicyDecision, PolicyInput, Target
 from extproc.request import ParsedRequest, RequestHeaders
 from extproc.scheduler.picking import EndpointPicker, PickContext
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"
-LB_METADATA_NAMESPACE = "envoy.lb"
-MODEL_HEADER = "x-llm-model"
-COMPLEXITY_HEADER = "x-llm-complexity"
-STREAM_HEADER = "x-llm-stream"
 PRIORITY_NAMES = {1: "premium", 0: "standard", -1: "batch"}
-
-
-class TargetLike(Protocol):
-    @property
-    def pool(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-
-
-class PolicyDecisionLike(Protocol):
-    """What the router needs from a policy decision (extproc.policy_engine.PolicyDecision)."""
-
-    @property
-    def rule(self) -> str: ...
-    @property
-    def tenant(self) -> str | None: ...
-    @property
-    def tier(self) -> str: ...
-    @property
-    def priority(self) -> int: ...
-    @property
-    def targets(self) -> tuple[Any, ...]: ...
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]: ...
-    @property
-    def reject(self) -> tuple[int, str] | None: ...
-
-
-class PolicyLike(Protocol):
-    version: str
-
-    caches_responses: bool
-
-    def evaluate(self, inp: Any) -> Any: ...
-
-    @property
-    def models(self) -> tuple[str, ...]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _AnyPool:
-    """The target used when no policy is loaded: the requested model, wherever it is served."""
-
-    model: str
-    pool: str = ""
 
 
 @dataclass(slots=True)
@@ -89,14 +43,11 @@ class Decision:
     scores: list[float] | None = None  # the chosen endpoints' scores, when asked for
     decision_s: float = 0.0
     # From the policy: response-cache settings, the tenant's limits and its downgrade target.
-    cache: Any = None
-    limits: Any = None
-    downgrade: Any = None
+    cache: Cache | None = None
+    limits: Limits | None = None
+    downgrade: Target | None = None
     set_headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | None = None  # replacement request body, when the served model differs
-
-
-PolicyInputFactory = Callable[..., Any]
 
 
 class Router:
@@ -107,8 +58,7 @@ class Router:
         picker: EndpointPicker,
         inflight: InFlight,
         clock: Callable[[], float] = time.monotonic,
-        policy: Callable[[], PolicyLike | None] = lambda: None,
-        policy_input: PolicyInputFactory | None = None,
+        policy: Callable[[], CompiledPolicy | None] = lambda: None,
         complexity: Callable[[str], float] | None = None,
     ) -> None:
         self.config = config
@@ -117,7 +67,6 @@ class Router:
         self.inflight = inflight
         self.clock = clock
         self.policy = policy
-        self.policy_input = policy_input
         self.complexity = complexity
         self.responses_observed = 0
         self.retried_away = 0  # responses served by a fallback because the primary's try failed
@@ -137,7 +86,7 @@ class Router:
         data = [{"id": m, "object": "model", "owned_by": "llm-extproc"} for m in self.served_models()]
         return json.dumps({"object": "list", "data": data}).encode()
 
-    def _candidates(self, snapshot: FleetSnapshot, target: TargetLike) -> IntArray:
+    def _candidates(self, snapshot: FleetSnapshot, target: Target) -> IntArray:
         rows = snapshot.rows_serving(target.model)
         if target.pool and rows.size:
             pool_rows = snapshot.rows_by_pool.get(target.pool)
@@ -147,11 +96,10 @@ class Router:
         return rows
 
     def _evaluate_policy(
-        self, policy: PolicyLike, headers: RequestHeaders, request: ParsedRequest, complexity: float
-    ) -> Any:
-        assert self.policy_input is not None
+        self, policy: CompiledPolicy, headers: RequestHeaders, request: ParsedRequest, complexity: float
+    ) -> PolicyDecision:
         return policy.evaluate(
-            self.policy_input(
+            PolicyInput(
                 path=headers.path.split("?", 1)[0],
                 method=headers.method,
                 headers=headers.headers,
@@ -166,7 +114,11 @@ class Router:
         )
 
     def decide(
-        self, headers: RequestHeaders, request: ParsedRequest, detail: bool = False, force_target: Any = None
+        self,
+        headers: RequestHeaders,
+        request: ParsedRequest,
+        detail: bool = False,
+        force_target: Target | None = None,
     ) -> Decision:
         """``detail``: also report the chosen endpoints' scores (for the decision log);
         ``force_target``: serve with this policy target instead (a tenant's downgrade)."""
@@ -199,16 +151,20 @@ class Router:
         else:
             metrics.request(task, "", model, "", "rejected")
 
-    def policy_verdict(self, headers: RequestHeaders, request: ParsedRequest) -> Any:
+    def policy_verdict(self, headers: RequestHeaders, request: ParsedRequest) -> PolicyDecision | None:
         """The policy's verdict alone (no pick), e.g. for degraded-mode cache lookups."""
         policy = self.policy()
-        if policy is None or self.policy_input is None:
+        if policy is None:
             return None
         complexity = self.complexity(request.text) if self.complexity is not None else 0.0
         return self._evaluate_policy(policy, headers, request, complexity)
 
     def _decide(
-        self, headers: RequestHeaders, request: ParsedRequest, detail: bool, force_target: Any = None
+        self,
+        headers: RequestHeaders,
+        request: ParsedRequest,
+        detail: bool,
+        force_target: Target | None = None,
     ) -> Decision:
         snapshot = self.fleet.snapshot
         complexity = self.complexity(request.text) if self.complexity is not None else 0.0
@@ -216,12 +172,12 @@ class Router:
         decision = Decision(
             endpoints=[], model=request.model, requested_model=request.model, complexity=complexity
         )
-        targets: tuple[Any, ...]
+        targets: tuple[Target, ...]
         extra_headers: tuple[tuple[str, str], ...] = ()
-        if policy is None or self.policy_input is None:
-            targets = (_AnyPool(request.model),)
+        if policy is None:
+            targets = (Target("", request.model),)  # the requested model, wherever it is served
         else:
-            verdict: PolicyDecisionLike = self._evaluate_policy(policy, headers, request, complexity)
+            verdict = self._evaluate_policy(policy, headers, request, complexity)
             decision.rule, decision.tier, decision.tenant = verdict.rule, verdict.tier, verdict.tenant
             decision.priority = verdict.priority
             if verdict.reject is not None:
@@ -231,9 +187,11 @@ class Router:
                 )
             targets = (force_target,) if force_target is not None else verdict.targets
             extra_headers = verdict.headers
-            decision.cache = getattr(verdict, "cache", None)
-            decision.limits = getattr(verdict, "limits", None)
-            decision.downgrade = getattr(verdict, "downgrade", None)
+            decision.cache, decision.limits, decision.downgrade = (
+                verdict.cache,
+                verdict.limits,
+                verdict.downgrade,
+            )
         if request.model not in self.served_models() and not (policy is not None and targets):
             raise RoutingError(
                 ErrorKind.MODEL_NOT_FOUND,
@@ -335,9 +293,3 @@ class Router:
 
     def finished(self, endpoint: str) -> None:
         self.inflight.add(self.fleet.snapshot, endpoint, -1)
-
-
-def metadata_claims(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
-    """JWT claims Envoy's jwt_authn put in dynamic metadata (payload_in_metadata), if any."""
-    claims = metadata.get("envoy.filters.http.jwt_authn")
-    return claims if isinstance(claims, Mapping) else {}

@@ -24,21 +24,30 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from extproc.admission import CACHE_HEADER, Capacity, Lease, answer_headers
+from extproc.admission import Capacity, Lease, answer_headers
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import FleetSnapshot, FleetState
+from extproc.headers import (
+    CACHE_HEADER,
+    DESTINATION_HEADER,
+    LB_METADATA_NAMESPACE,
+    MODEL_HEADER,
+    REQUEST_ID_HEADER,
+    SERVED_HEADER,
+    TIER_HEADER,
+)
 from extproc.observability.telemetry import RouteRecord, Telemetry
 from extproc.observe import Observation, ResponseObserver
+from extproc.policy.types import Target
 from extproc.request import ParsedRequest, RequestHeaders, Task, parse_body, parse_headers
-from extproc.router import DESTINATION_HEADER, LB_METADATA_NAMESPACE, MODEL_HEADER, Decision, Router
+from extproc.router import Decision, Router
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 # Added by Envoy's route (response_headers_to_add: %UPSTREAM_HOST%): the endpoint that answered,
 # which differs from our primary when a retry walked the list.
-SERVED_HEADER = "x-gateway-destination-endpoint-served"
 _METHOD_BY_TASK = {Task.CHAT: "POST", Task.COMPLETION: "POST", Task.EMBEDDING: "POST", Task.MODELS: "GET"}
 
 # Answers that never change, built once.
@@ -168,9 +177,6 @@ class _StreamState:
     cache_status: str = ""
 
 
-TIER_HEADER = "x-llm-tier"
-
-
 def _ends_response(message: ep.ProcessingRequest, phase: str | None) -> bool:
     if phase == "response_headers":
         return bool(message.response_headers.end_of_stream)
@@ -298,7 +304,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             values = dict(_header_pairs(message.request_headers))
             destination = values.get(DESTINATION_HEADER, "")
             state.traceparent = values.get("traceparent", "")
-            request_id = values.get("x-request-id", "")
+            request_id = values.get(REQUEST_ID_HEADER, "")
             state.observer = ResponseObserver(
                 Observation(
                     endpoint=destination.split(",", 1)[0].strip(),
@@ -371,7 +377,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         if decision is None or (decision.limits is None and decision.cache is None):
             return response
 
-        def redecide(target: object) -> Decision:
+        def redecide(target: Target) -> Decision:
             self._release(state)
             again = self.router.decide(headers, parsed, detail=state.record is not None, force_target=target)
             state.endpoint = again.endpoints[0]

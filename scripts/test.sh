@@ -14,6 +14,7 @@ envoy --version
 ruff check extproc tests e2e
 ruff format --check extproc tests e2e
 mypy
+lint-imports
 set +e
 python -m pytest -q -p no:cacheprovider "$@"
 status=$?

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import numpy.typing as npt
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.config import ServerConfig
-from extproc.fleet.state import Endpoint, EndpointMetrics, FleetState, InFlight, build_snapshot
+from extproc.fleet.state import (
+    Endpoint,
+    EndpointMetrics,
+    FleetSnapshot,
+    FleetState,
+    InFlight,
+    IntArray,
+    build_snapshot,
+)
 from extproc.router import Router
-from extproc.scheduler.picking import LeastInFlightPicker
+from extproc.scheduler.picking import PickContext
 from extproc.server import ExternalProcessor
 
 
@@ -139,3 +149,25 @@ def pick_view(
         snapshot.waiting[rows],
         snapshot.running[rows],
     )
+
+
+class LeastInFlightPicker:
+    """A deterministic picker for server tests: least in-flight among ready candidates, ties
+    broken by scraped queue depth (the real scheduler adds jitter and affinity)."""
+
+    def pick(
+        self,
+        snapshot: FleetSnapshot,
+        candidates: IntArray,
+        inflight: npt.NDArray[np.int64],
+        ctx: PickContext,
+        count: int,
+    ) -> list[int]:
+        if candidates.size == 0:
+            return []
+        usable = candidates[~np.isnan(snapshot.ready_since[candidates])]
+        if usable.size == 0:
+            return []
+        load = inflight[usable] * 1000.0 + snapshot.waiting[usable] + snapshot.running[usable] * 1e-3
+        order = np.argsort(load, kind="stable")[:count]
+        return [int(r) for r in usable[order]]

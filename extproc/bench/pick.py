@@ -15,7 +15,8 @@ import numpy as np
 
 from extproc.bench.machine import command, machine
 from extproc.fleet.state import Endpoint, EndpointMetrics, build_snapshot
-from extproc.policy.compile import PolicyInput, load_policy
+from extproc.policy.compile import load_policy
+from extproc.policy.types import PolicyInput
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.scheduler import Scheduler
 

@@ -31,6 +31,7 @@ import numpy as np
 from extproc.bench.machine import command, machine
 from extproc.devstack.loadgen import DEFAULT_TRACE, read_trace
 from extproc.fleet.state import Endpoint, EndpointMetrics, FleetSnapshot, InFlight, build_snapshot
+from extproc.scheduler.config import SchedulerConfig
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.scheduler import Scheduler
 
@@ -91,8 +92,7 @@ class Simulation:
         self.router = router
         self.rng = np.random.default_rng(seed)
         self.inflight = InFlight()
-        self.scheduler = Scheduler()
-        self.scheduler.config.gpu_weights.update({"a100": 3.0, "t4": 1.0})
+        self.scheduler = Scheduler(SchedulerConfig().with_gpu_weights({"a100": 3.0, "t4": 1.0}))
         self.rows = np.arange(size, dtype=np.int64)
         self.next_rr = 0
         self.pick_cpu_ns: list[int] = []

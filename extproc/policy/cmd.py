@@ -10,8 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from extproc.errors import RoutingError
-from extproc.policy.compile import PolicyError, PolicyInput, load_policy
+from extproc.policy.compile import PolicyError, load_policy
 from extproc.policy.schema import Policy
+from extproc.policy.types import PolicyInput
 from extproc.request import TASK_BY_PATH, Task, parse_body
 
 

@@ -20,7 +20,20 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from extproc.headers import (
+    ENVOY_MAX_RETRIES_HEADER,
+    ENVOY_PER_TRY_TIMEOUT_MS_HEADER,
+    ENVOY_RETRY_ON_HEADER,
+    ENVOY_TIMEOUT_MS_HEADER,
+    MIRROR_CLUSTER_HEADER,
+    PRIORITY_HEADER,
+    RULE_HEADER,
+    TIER_HEADER,
+)
 from extproc.policy.schema import Action, Cache, Limits, Match, Policy, Range, StringMatch
+from extproc.policy.types import PolicyDecision, PolicyInput, Target
+from extproc.scheduler.config import SchedulerConfig
+from extproc.scheduler.framework import PluginError
 
 PRIORITY_VALUE = {"premium": 1, "standard": 0, "batch": -1}
 STREAM_DEFAULTS = (300.0, 0, None, None)  # timeout s, retries, per-try s, retry_on
@@ -28,42 +41,6 @@ UNARY_DEFAULTS = (120.0, 2, 60.0, "gateway-error,connect-failure,retriable-4xx")
 
 
 # -- inputs and outputs ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyInput:
-    path: str
-    method: str
-    headers: Mapping[str, str]
-    model: str
-    stream: bool
-    task: str
-    complexity: float = 0.0
-    prompt_tokens: int = 0
-    max_tokens: int | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    pool: str  # discovered pool name ("" = any pool serving the model)
-    model: str  # served model name
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyDecision:
-    rule: str
-    tenant: str | None
-    tier: str
-    priority: int
-    targets: tuple[Target, ...]
-    headers: tuple[tuple[str, str], ...]
-    reject: tuple[int, str] | None = None
-    mirror: Target | None = None
-    gpu_weights: Mapping[str, float] = field(default_factory=dict)
-    cache: Cache | None = None  # the matched rule's response-cache settings (else the default's)
-    limits: Limits | None = None  # the tenant's plan limits (else tenants.default_limits)
-    downgrade: Target | None = None  # limits.downgrade_to, resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +300,10 @@ class CompiledPolicy:
         self.version = version
         self.source = source
         self._pool_target = {p.name: p.endpoint_pool or p.name for p in policy.pools}
-        self._gpu_weights = {p.endpoint_pool or p.name: dict(p.gpu_weights or {}) for p in policy.pools}
+        # The scheduler this policy asks for: its `scheduler:` section, with the pools' GPU-class
+        # weights laid over it. Built whole on every load, so a reload drops what it no longer says.
+        pool_gpu_weights = {k: v for p in policy.pools for k, v in (p.gpu_weights or {}).items()}
+        self.scheduler = SchedulerConfig.from_dict(policy.scheduler or {}).with_gpu_weights(pool_gpu_weights)
         self._clusters = {p.endpoint_pool or p.name: p.envoy_cluster or "" for p in policy.pools}
         served: dict[str, str] = {}
         for pool in policy.pools:
@@ -461,9 +441,9 @@ class CompiledPolicy:
         priority_name = action.priority or self._default.priority or context.tier
         priority = PRIORITY_VALUE.get(priority_name, 0)
         headers = [
-            ("x-llm-tier", context.tier),
-            ("x-llm-priority", priority_name),
-            ("x-llm-rule", action.name),
+            (TIER_HEADER, context.tier),
+            (PRIORITY_HEADER, priority_name),
+            (RULE_HEADER, action.name),
         ]
         if action.reject is not None:
             return PolicyDecision(
@@ -499,19 +479,18 @@ class CompiledPolicy:
         chosen_retries = action.retries or (None if inp.stream else self._default.retries)
         if chosen_retries is not None:
             retries, per_try, retry_on = chosen_retries[0], chosen_retries[1] or per_try, chosen_retries[2]
-        headers.append(("x-envoy-upstream-rq-timeout-ms", str(int(timeout * 1000))))
-        headers.append(("x-envoy-max-retries", str(retries)))
+        headers.append((ENVOY_TIMEOUT_MS_HEADER, str(int(timeout * 1000))))
+        headers.append((ENVOY_MAX_RETRIES_HEADER, str(retries)))
         if retries and retry_on:
-            headers.append(("x-envoy-retry-on", retry_on))
+            headers.append((ENVOY_RETRY_ON_HEADER, retry_on))
         if retries and per_try:
-            headers.append(("x-envoy-upstream-rq-per-try-timeout-ms", str(int(per_try * 1000))))
+            headers.append((ENVOY_PER_TRY_TIMEOUT_MS_HEADER, str(int(per_try * 1000))))
         mirror = None
         if action.mirror is not None:
             percent, target, cluster = action.mirror
             if random.random() * 100 < percent:
                 mirror = target
-                headers.append(("x-llm-mirror-cluster", cluster))
-        weights = self._gpu_weights.get(primary.pool, {}) if primary is not None else {}
+                headers.append((MIRROR_CLUSTER_HEADER, cluster))
         limits = self._limits(context.tenant)
         cache = action.cache if action.cache is not None else self._default.cache
         return PolicyDecision(
@@ -523,7 +502,6 @@ class CompiledPolicy:
             tuple(headers),
             None,
             mirror,
-            weights,
             cache if cache is not None and cache.enabled else None,
             limits,
             self.resolve(limits.downgrade_to) if limits is not None and limits.downgrade_to else None,
@@ -672,6 +650,14 @@ def _semantic_issues(policy: Policy, where: Callable[[Sequence[Any]], tuple[str,
             catch_all = catch_all or rule.name
         check_action(("rules", i), rule)
     check_action(("default",), policy.default)
+    if policy.scheduler is not None:
+        try:
+            SchedulerConfig.from_dict(policy.scheduler)
+        except PluginError as error:
+            # The message starts with the dotted field path; the line comes from its first key.
+            path, _, message = str(error).partition(": ")
+            loc = tuple(int(k) if k.isdigit() else k for k in re.split(r"[.\[\]]+", path) if k)
+            add(loc, message)
     return issues
 
 

@@ -7,9 +7,11 @@ map to tiers, and an ordered list of rules (first match wins) ending in an expli
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from extproc.headers import DEFAULT_SESSION_HEADER, DEFAULT_TENANT_HEADER
 
 Priority = Literal["premium", "standard", "batch"]
 Task = Literal["chat", "completion", "embedding"]
@@ -103,7 +105,9 @@ class SplitArm(Strict):
 
 
 class Split(Strict):
-    key: str | None = Field(default="x-user-id", description="header whose value keeps a user on one arm")
+    key: str | None = Field(
+        default=DEFAULT_SESSION_HEADER, description="header whose value keeps a user on one arm"
+    )
     targets: list[SplitArm] = Field(min_length=2)
 
     @model_validator(mode="after")
@@ -219,7 +223,7 @@ class Plan(Strict):
 
 
 class Tenants(Strict):
-    header: str = "x-tenant-id"
+    header: str = DEFAULT_TENANT_HEADER
     claim: str | None = Field(
         default=None, description="JWT claim in jwt_authn metadata, preferred over header"
     )
@@ -237,3 +241,6 @@ class Policy(Strict):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     default: Action
+    scheduler: dict[str, Any] | None = Field(
+        default=None, description="scheduler plugins, weights and parameters (docs/scheduler.md)"
+    )

@@ -43,24 +43,3 @@ class EndpointPicker(Protocol):
     ) -> list[int]:
         """Rows of ``snapshot``, best first, distinct, at most ``count``; [] when none can serve."""
         ...
-
-
-class LeastInFlightPicker:
-    """Least in-flight among healthy, ready candidates; ties broken by scraped queue depth."""
-
-    def pick(
-        self,
-        snapshot: FleetSnapshot,
-        candidates: IntArray,
-        inflight: npt.NDArray[np.int64],
-        ctx: PickContext,
-        count: int,
-    ) -> list[int]:
-        if candidates.size == 0:
-            return []
-        usable = candidates[~np.isnan(snapshot.ready_since[candidates])]
-        if usable.size == 0:
-            return []
-        load = inflight[usable] * 1000.0 + snapshot.waiting[usable] + snapshot.running[usable] * 1e-3
-        order = np.argsort(load, kind="stable")[:count]
-        return [int(r) for r in usable[order]]

@@ -1,186 +1,26 @@
-"""The scheduler framework: filters remove candidates, scorers rate them, the picker orders them.
+"""The scheduler: filters remove candidates, scorers rate them, the picker orders them.
 
-Plugins are small classes registered by name (see ``REGISTRY``); each works on a
-:class:`PickView` holding numpy arrays over the candidate rows, so a pick among 1,000
+Plugins (``filters/``, ``scorers/``, built from ``registry.PLUGINS`` with their own parameters)
+work on a :class:`PickView` holding numpy arrays over the candidate rows, so a pick among 1,000
 endpoints is a handful of vectorised operations. Plugins return raw values ("higher is
-better"); the framework, not the plugins, normalises each scorer to 0..1 and applies weights.
+better"); the scheduler, not the plugins, normalises each scorer to 0..1 and applies weights.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from extproc.errors import ErrorKind, RoutingError
-from extproc.fleet.state import BoolArray, FleetSnapshot, FloatArray, IntArray
+from extproc.fleet.state import FleetSnapshot, FloatArray, IntArray
+from extproc.scheduler.config import SchedulerConfig
+from extproc.scheduler.framework import Filter, PickView, PluginContext, Scorer, Sparse
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import PickContext
-
-
-@dataclass(slots=True)
-class PickView:
-    """One pick's inputs, restricted to the candidate rows (all arrays are per candidate)."""
-
-    snapshot: FleetSnapshot
-    rows: IntArray
-    inflight: npt.NDArray[np.float64]
-    ctx: PickContext
-    age_s: FloatArray
-    speed: FloatArray  # relative serving speed per candidate (GPU class weight)
-    waiting: FloatArray  # the snapshot's rows gathered once per candidate set, not per plugin
-    running: FloatArray
-
-    @property
-    def size(self) -> int:
-        return int(self.rows.size)
-
-    def queued(self) -> FloatArray:
-        """Requests waiting at each candidate: the scrape's count, or more if we sent more since.
-
-        Our in-flight count includes requests the server is already running, so it is compared
-        with waiting + running, never added to them.
-        """
-        result: FloatArray = np.maximum(self.waiting, self.inflight - self.running)
-        return result
-
-    def take(self, keep: BoolArray | None) -> PickView:
-        if keep is None or keep.all():  # the usual case: a filter that removes nothing copies nothing
-            return self
-        return PickView(
-            self.snapshot,
-            self.rows[keep],
-            self.inflight[keep],
-            self.ctx,
-            self.age_s[keep],
-            self.speed[keep],
-            self.waiting[keep],
-            self.running[keep],
-        )
-
-    def with_request(self, inflight: npt.NDArray[np.float64], ctx: PickContext) -> PickView:
-        return PickView(
-            self.snapshot, self.rows, inflight, ctx, self.age_s, self.speed, self.waiting, self.running
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Sparse:
-    """Scores for a few candidates (view positions), values in 0..1; every other candidate 0.
-
-    Affinity scorers prefer one or a handful of endpoints: this saves building, scanning and
-    rescaling a fleet-sized array that is almost all zeros.
-    """
-
-    positions: list[int]
-    values: list[float]
-
-
-class Filter(Protocol):
-    name: ClassVar[str]
-    # False when the result depends only on the fleet (snapshot, passive health, time), not on
-    # the request or our in-flight counts: the framework then reuses it across picks.
-    per_request: ClassVar[bool]
-    # True for a preference (fresh metrics, the caller's zone), False for a rule (ready, not
-    # ejected). What a soft filter removes can still fill the fallback list when the preferred
-    # candidates are fewer than the list's length: a short list leaves Envoy's retries to its
-    # fallback LB policy, which may pick the very endpoint that just failed.
-    soft: ClassVar[bool]
-
-    def keep(self, view: PickView) -> BoolArray | None:
-        """Mask over the view's candidates: True keeps the candidate; None keeps them all."""
-        ...
-
-
-class Scorer(Protocol):
-    name: ClassVar[str]
-    per_request: ClassVar[bool]  # as for Filter
-
-    def score(self, view: PickView) -> FloatArray | Sparse | None:
-        """Raw per-candidate values, higher is better; the framework normalises them.
-
-        None means "no preference" (every candidate equal), e.g. no session key; Sparse names
-        the few preferred candidates.
-        """
-        ...
-
-    def picked(self, view: PickView, chosen_rows: list[int]) -> None:
-        """Called after a pick, for scorers that learn from it (prefix affinity)."""
-        ...
-
-
-PluginFactory = Callable[["SchedulerConfig", OutlierDetector], Any]
-REGISTRY: dict[str, PluginFactory] = {}
-
-
-def register(name: str) -> Callable[[PluginFactory], PluginFactory]:
-    def add(factory: PluginFactory) -> PluginFactory:
-        if name in REGISTRY:
-            raise ValueError(f"plugin {name!r} registered twice")
-        REGISTRY[name] = factory
-        return factory
-
-    return add
-
-
-DEFAULT_FILTERS = ("ready", "outlier", "stale", "locality")
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "load": 3.0,
-    "queue": 1.0,
-    "kv_cache": 1.0,
-    "inflight": 1.0,
-    # Observed latency mixes endpoint speed with prompt and output length: a light signal.
-    "latency": 0.5,
-    "prefix": 2.0,
-    "session": 1.0,
-    "lora": 1.0,
-}
-
-
-@dataclass(slots=True)
-class SchedulerConfig:
-    filters: tuple[str, ...] = DEFAULT_FILTERS
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    # Relative speed per GPU class (A100 : T4 = 3 : 1); unknown classes get 1.
-    gpu_weights: dict[str, float] = field(
-        default_factory=lambda: {"h100": 5.0, "a100": 3.0, "l4": 1.5, "t4": 1.0}
-    )
-    stale_after_s: float = 1.0
-    slow_start_s: float = 10.0
-    # Saturation: every candidate above both thresholds. Batch is shed first; standard only
-    # beyond the severe factor; premium never.
-    queue_threshold: float = 8.0
-    kv_threshold: float = 0.9
-    severe_factor: float = 3.0
-    retry_after_s: float = 2.0
-    prefix_block_chars: int = 64
-    prefix_max_blocks: int = 64
-    prefix_capacity_blocks: int = 200_000
-    session_load_factor: float = 1.25
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> SchedulerConfig:
-        """Strict: unknown keys, unknown plugins and negative weights are errors that say which."""
-        _load_plugins()
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"scheduler: unknown settings {unknown}; known: {sorted(known)}")
-        settings: dict[str, Any] = {k: tuple(v) if k == "filters" else v for k, v in raw.items()}
-        if "weights" in settings:
-            settings["weights"] = {**DEFAULT_WEIGHTS, **settings["weights"]}
-        config = cls(**settings)
-        for name in (*config.filters, *config.weights):
-            if name not in REGISTRY:
-                raise ValueError(f"scheduler: unknown plugin {name!r}; known: {sorted(REGISTRY)}")
-        for name, weight in config.weights.items():
-            if not isinstance(weight, int | float) or weight < 0 or math.isnan(weight):
-                raise ValueError(f"scheduler.weights.{name}: must be a number >= 0, got {weight!r}")
-        return config
+from extproc.scheduler.registry import PLUGINS
 
 
 def _normalise(raw: FloatArray) -> FloatArray:
@@ -285,19 +125,22 @@ class Scheduler:
         *,
         prepared_ttl_s: float = PREPARED_TTL_S,
     ) -> None:
-        _load_plugins()
         self.config = config or SchedulerConfig()
         self.outliers = outliers or OutlierDetector()
-        filters: list[Filter] = [REGISTRY[name](self.config, self.outliers) for name in self.config.filters]
+        context = PluginContext(self.outliers)
+        filters: list[Filter] = [
+            PLUGINS[f.type].build(f.params, context, f"scheduler.filters.{f.type}")  # type: ignore[misc]
+            for f in self.config.filters
+        ]
         # Fleet-only filters are applied up front only while no request filter precedes them.
         leading = 0
         while leading < len(filters) and not filters[leading].per_request:
             leading += 1
         self.fleet_filters, self.request_filters = filters[:leading], filters[leading:]
         self.scorers: list[tuple[Scorer, float]] = [
-            (REGISTRY[name](self.config, self.outliers), weight)
-            for name, weight in self.config.weights.items()
-            if weight > 0
+            (PLUGINS[s.type].build(s.params, context, f"scheduler.scorers.{s.type}"), s.weight)  # type: ignore[misc]
+            for s in self.config.scorers
+            if s.weight > 0
         ]
         self.fleet_scorers = [(s, w) for s, w in self.scorers if not s.per_request]
         self.request_scorers = [(s, w) for s, w in self.scorers if s.per_request]
@@ -562,26 +405,3 @@ class _ZerosBySize(dict[int, npt.NDArray[np.int64]]):
 
 
 _NO_INFLIGHT_FOR = _ZerosBySize()
-
-_PLUGIN_MODULES = (
-    "extproc.scheduler.filters.ready",
-    "extproc.scheduler.filters.outlier",
-    "extproc.scheduler.filters.stale",
-    "extproc.scheduler.filters.locality",
-    "extproc.scheduler.scorers.load",
-    "extproc.scheduler.scorers.queue",
-    "extproc.scheduler.scorers.kv_cache",
-    "extproc.scheduler.scorers.inflight",
-    "extproc.scheduler.scorers.latency",
-    "extproc.scheduler.scorers.prefix",
-    "extproc.scheduler.scorers.session",
-    "extproc.scheduler.scorers.lora",
-)
-
-
-def _load_plugins() -> None:
-    """Import the built-in plugin modules once; each registers itself by name."""
-    import importlib
-
-    for module in _PLUGIN_MODULES:
-        importlib.import_module(module)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.policy.compile import CompiledPolicy, PolicyError, PolicyInput, Target, load_policy
+from extproc.policy.compile import CompiledPolicy, PolicyError, load_policy
+from extproc.policy.types import PolicyInput, Target
 
 POLICIES = Path(__file__).parents[2] / "policies"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from extproc.deploy import LOCAL_STACK_POLICY
-from extproc.policy.compile import CompiledPolicy, PolicyInput, Target, load_policy
+from extproc.policy.compile import CompiledPolicy, load_policy
+from extproc.policy.types import PolicyInput, Target
 
 POLICIES = Path(__file__).parents[2] / "policies"
 
@@ -76,7 +77,8 @@ def test_local_stack_premium_rewrites_to_the_large_model() -> None:
 
 
 def test_gpu_weighted_pool_carries_its_weights() -> None:
-    assert decide("gpu-weighted.yaml").gpu_weights == {"a100": 3, "t4": 1}
+    weights = policy("gpu-weighted.yaml").scheduler.gpu_weights
+    assert (weights["a100"], weights["t4"]) == (3, 1)
 
 
 @pytest.mark.parametrize(

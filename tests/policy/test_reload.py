@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from extproc.policy.compile import PolicyError, PolicyInput
+from extproc.policy.compile import PolicyError
 from extproc.policy.reload import PolicyReloader
+from extproc.policy.types import PolicyInput
 
 GOOD_A = "rules:\n  - {name: a, match: {stream: true}, timeout_s: 1}\ndefault: {}\n"
 GOOD_B = "rules:\n  - {name: b, match: {stream: true}, timeout_s: 2}\ndefault: {}\n"

@@ -44,14 +44,50 @@ def test_fallbacks_prefer_other_nodes_and_zones() -> None:
 
 
 def test_config_errors_are_precise() -> None:
-    with pytest.raises(ValueError, match=r"unknown settings \['weight'\]"):
-        SchedulerConfig.from_dict({"weight": {}})
-    with pytest.raises(ValueError, match="unknown plugin 'nope'"):
-        SchedulerConfig.from_dict({"weights": {"nope": 1}})
-    with pytest.raises(ValueError, match=r"scheduler.weights.queue: must be a number >= 0"):
-        SchedulerConfig.from_dict({"weights": {"queue": -1}})
-    config = SchedulerConfig.from_dict({"filters": ["ready"], "weights": {"prefix": 0}})
-    assert config.filters == ("ready",) and config.weights["prefix"] == 0 and config.weights["load"] > 0
+    with pytest.raises(ValueError, match=r"scheduler: unknown setting\(s\) \['weights'\]"):
+        SchedulerConfig.from_dict({"weights": {}})
+    with pytest.raises(ValueError, match=r"scheduler.scorers.nope: unknown scorer 'nope'"):
+        SchedulerConfig.from_dict({"scorers": {"nope": 1}})
+    with pytest.raises(ValueError, match=r"scheduler.filters\[0\]: unknown filter 'load'"):
+        SchedulerConfig.from_dict({"filters": ["load"]})
+    with pytest.raises(ValueError, match=r"scheduler.scorers.queue: must be >= 0"):
+        SchedulerConfig.from_dict({"scorers": {"queue": -1}})
+    with pytest.raises(ValueError, match=r"scheduler.scorers.prefix: unknown parameter\(s\) \['blocks'\]"):
+        SchedulerConfig.from_dict({"scorers": {"prefix": {"weight": 2, "blocks": 3}}})
+    with pytest.raises(ValueError, match=r"scheduler.scorers.prefix.block_chars: must be an integer"):
+        SchedulerConfig.from_dict({"scorers": {"prefix": {"block_chars": 1.5}}})
+    with pytest.raises(ValueError, match=r"scheduler.filters\[1\].max_age_s: must be a finite number >= 0"):
+        SchedulerConfig.from_dict({"filters": ["ready", {"type": "stale", "max_age_s": -1}]})
+    with pytest.raises(ValueError, match=r"scheduler.gpu_weights.a100: must be > 0"):
+        SchedulerConfig.from_dict({"gpu_weights": {"a100": 0}})
+    config = SchedulerConfig.from_dict({"filters": ["ready"], "scorers": {"prefix": 0}})
+    assert [f.type for f in config.filters] == ["ready"]
+    assert config.weights["prefix"] == 0 and config.weights["load"] > 0
+
+
+def test_each_plugin_gets_its_own_parameters() -> None:
+    config = SchedulerConfig.from_dict(
+        {
+            "filters": ["ready", {"type": "stale", "max_age_s": 7.5}],
+            "scorers": {"prefix": {"weight": 2.5, "block_chars": 16}, "session": {"load_factor": 2.0}},
+        }
+    )
+    scheduler = Scheduler(config)
+    stale = next(f for f in scheduler.fleet_filters if f.name == "stale")
+    assert stale.stale_after_s == 7.5  # type: ignore[attr-defined]
+    scorers = {s.name: (s, w) for s, w in scheduler.scorers}
+    assert scorers["prefix"][1] == 2.5 and scorers["prefix"][0].block_chars == 16  # type: ignore[attr-defined]
+    assert scorers["session"][0].load_factor == 2.0  # type: ignore[attr-defined]
+    assert scorers["load"][1] == 3.0  # scorers not named keep their default weight
+
+
+def test_new_gpu_weights_change_speeds_even_when_the_fleet_is_unchanged() -> None:
+    """A reload builds a new config; the speed cache keyed by fleet membership must not survive it."""
+    snap = fleet_snapshot(2, gpu=["a100", "t4"])
+    before = Scheduler(SchedulerConfig().with_gpu_weights({"a100": 3.0, "t4": 1.0}))
+    assert before._speed(snap).tolist() == [3.0, 1.0]
+    after = Scheduler(SchedulerConfig().with_gpu_weights({"a100": 10.0, "t4": 1.0}))
+    assert after._speed(snap).tolist() == [10.0, 1.0]
 
 
 def test_saturation_sheds_batch_first_then_standard_never_premium() -> None:

@@ -6,13 +6,13 @@ endpoints than the list has places, so a retry can leave the zone rather than th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from extproc.fleet.state import BoolArray, FleetSnapshot
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import PickView, PluginContext, PluginType
 
 
 class LocalityFilter:
@@ -47,6 +47,15 @@ class LocalityFilter:
         return mask
 
 
-@register(LocalityFilter.name)
-def _make(config: SchedulerConfig, _outliers: OutlierDetector) -> LocalityFilter:
-    return LocalityFilter(config.queue_threshold)
+@dataclass(frozen=True, slots=True)
+class Params:
+    spill_queue: float = (
+        8.0  # Leave the caller's zone once every local endpoint has this many requests queued.
+    )
+
+
+def make(params: Params, context: PluginContext) -> LocalityFilter:
+    return LocalityFilter(params.spill_queue)
+
+
+PLUGIN = PluginType(LocalityFilter.name, "filter", Params, make)

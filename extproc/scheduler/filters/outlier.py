@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from extproc.fleet.state import BoolArray
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
 
 
 class OutlierFilter:
@@ -22,6 +22,8 @@ class OutlierFilter:
         return result
 
 
-@register(OutlierFilter.name)
-def _make(_config: SchedulerConfig, outliers: OutlierDetector) -> OutlierFilter:
-    return OutlierFilter(outliers)
+def make(params: NoParams, context: PluginContext) -> OutlierFilter:
+    return OutlierFilter(context.outliers)
+
+
+PLUGIN = PluginType(OutlierFilter.name, "filter", NoParams, make)

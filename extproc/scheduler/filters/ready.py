@@ -11,8 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from extproc.fleet.state import BoolArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 
 class ReadyFilter:
@@ -25,6 +24,8 @@ class ReadyFilter:
         return ~np.isnan(snapshot.ready_since[view.rows]) & snapshot.healthy[view.rows]
 
 
-@register(ReadyFilter.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> ReadyFilter:
+def make(params: NoParams, context: PluginContext) -> ReadyFilter:
     return ReadyFilter()
+
+
+PLUGIN = PluginType(ReadyFilter.name, "filter", NoParams, make)

@@ -8,13 +8,13 @@ endpoints exist than the list has places, stale ones fill the fallbacks (after t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from extproc.fleet.state import BoolArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import PickView, PluginContext, PluginType
 
 
 class StaleFilter:
@@ -30,6 +30,13 @@ class StaleFilter:
         return fresh if fresh.any() else np.ones(view.size, dtype=np.bool_)
 
 
-@register(StaleFilter.name)
-def _make(config: SchedulerConfig, _outliers: OutlierDetector) -> StaleFilter:
-    return StaleFilter(config.stale_after_s)
+@dataclass(frozen=True, slots=True)
+class Params:
+    max_age_s: float = 1.0  # Endpoints whose last good scrape is older than this are demoted.
+
+
+def make(params: Params, context: PluginContext) -> StaleFilter:
+    return StaleFilter(params.max_age_s)
+
+
+PLUGIN = PluginType(StaleFilter.name, "filter", Params, make)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from extproc.fleet.state import FloatArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 
 class InFlightScorer:
@@ -25,6 +24,8 @@ class InFlightScorer:
         return None
 
 
-@register(InFlightScorer.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> InFlightScorer:
+def make(params: NoParams, context: PluginContext) -> InFlightScorer:
     return InFlightScorer()
+
+
+PLUGIN = PluginType(InFlightScorer.name, "scorer", NoParams, make)

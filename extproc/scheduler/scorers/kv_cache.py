@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from extproc.fleet.state import FloatArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 
 class KVCacheScorer:
@@ -21,6 +20,8 @@ class KVCacheScorer:
         return None
 
 
-@register(KVCacheScorer.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> KVCacheScorer:
+def make(params: NoParams, context: PluginContext) -> KVCacheScorer:
     return KVCacheScorer()
+
+
+PLUGIN = PluginType(KVCacheScorer.name, "scorer", NoParams, make)

@@ -13,8 +13,8 @@ from typing import ClassVar
 import numpy as np
 
 from extproc.fleet.state import FloatArray
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
 
 
 class LatencyScorer:
@@ -39,6 +39,8 @@ class LatencyScorer:
         return None
 
 
-@register(LatencyScorer.name)
-def _make(_config: SchedulerConfig, outliers: OutlierDetector) -> LatencyScorer:
-    return LatencyScorer(outliers)
+def make(params: NoParams, context: PluginContext) -> LatencyScorer:
+    return LatencyScorer(context.outliers)
+
+
+PLUGIN = PluginType(LatencyScorer.name, "scorer", NoParams, make)

@@ -19,8 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from extproc.fleet.state import FloatArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 RUNNING_WEIGHT = 0.25
 OWN_WORK = 0.5
@@ -39,6 +38,8 @@ class LoadScorer:
         return None
 
 
-@register(LoadScorer.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> LoadScorer:
+def make(params: NoParams, context: PluginContext) -> LoadScorer:
     return LoadScorer()
+
+
+PLUGIN = PluginType(LoadScorer.name, "scorer", NoParams, make)

@@ -11,8 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from extproc.fleet.state import FloatArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 
 class LoraScorer:
@@ -32,6 +31,8 @@ class LoraScorer:
         return None
 
 
-@register(LoraScorer.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> LoraScorer:
+def make(params: NoParams, context: PluginContext) -> LoraScorer:
     return LoraScorer()
+
+
+PLUGIN = PluginType(LoraScorer.name, "scorer", NoParams, make)

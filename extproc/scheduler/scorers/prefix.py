@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, Sparse, register
+from extproc.scheduler.framework import PickView, PluginContext, PluginType, Sparse
 
 
 def block_hashes(text: str, block_chars: int, max_blocks: int) -> list[int]:
@@ -74,6 +74,15 @@ class PrefixScorer:
             owner.popitem(last=False)
 
 
-@register(PrefixScorer.name)
-def _make(config: SchedulerConfig, _outliers: OutlierDetector) -> PrefixScorer:
-    return PrefixScorer(config.prefix_block_chars, config.prefix_max_blocks, config.prefix_capacity_blocks)
+@dataclass(frozen=True, slots=True)
+class Params:
+    block_chars: int = 64  # Characters per hashed prompt block.
+    max_blocks: int = 64  # Leading blocks considered per prompt.
+    capacity_blocks: int = 200_000  # Block hashes remembered (LRU) across the fleet.
+
+
+def make(params: Params, context: PluginContext) -> PrefixScorer:
+    return PrefixScorer(params.block_chars, params.max_blocks, params.capacity_blocks)
+
+
+PLUGIN = PluginType(PrefixScorer.name, "scorer", Params, make)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from extproc.fleet.state import FloatArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, register
+from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
 
 class QueueScorer:
@@ -21,6 +20,8 @@ class QueueScorer:
         return None
 
 
-@register(QueueScorer.name)
-def _make(_config: SchedulerConfig, _outliers: OutlierDetector) -> QueueScorer:
+def make(params: NoParams, context: PluginContext) -> QueueScorer:
     return QueueScorer()
+
+
+PLUGIN = PluginType(QueueScorer.name, "scorer", NoParams, make)

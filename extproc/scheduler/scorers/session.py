@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from extproc.fleet.state import FleetSnapshot, IntArray
-from extproc.scheduler.outlier import OutlierDetector
-from extproc.scheduler.scheduler import PickView, SchedulerConfig, Sparse, register
+from extproc.scheduler.framework import PickView, PluginContext, PluginType, Sparse
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _BEST_KEPT = 8  # ranked candidates remembered per key; beyond them the bound is rarely reached
@@ -95,6 +95,15 @@ class SessionScorer:
         return None
 
 
-@register(SessionScorer.name)
-def _make(config: SchedulerConfig, _outliers: OutlierDetector) -> SessionScorer:
-    return SessionScorer(config.session_load_factor)
+@dataclass(frozen=True, slots=True)
+class Params:
+    load_factor: float = (
+        1.25  # Leave a session's endpoint once its load exceeds this multiple of the best one's.
+    )
+
+
+def make(params: Params, context: PluginContext) -> SessionScorer:
+    return SessionScorer(params.load_factor)
+
+
+PLUGIN = PluginType(SessionScorer.name, "scorer", Params, make)

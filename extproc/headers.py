@@ -1,0 +1,45 @@
+"""Every header and metadata name llm-extproc reads or writes, in one place.
+
+The names Envoy's filters and the Gateway API Inference Extension depend on are part of the
+protocol: changing one here changes what the Envoy configs and Istio manifests must say.
+"""
+
+from __future__ import annotations
+
+# -- the decision, handed to Envoy (Gateway API Inference Extension protocol) ----------------
+# Ordered endpoint list "host:port,host:port": primary first, then the fallbacks Envoy's
+# retries walk. Sent as a request header (for logs and the simulator's echo) and as dynamic
+# metadata, which is the only source override_host reads.
+DESTINATION_HEADER = "x-gateway-destination-endpoint"
+LB_METADATA_NAMESPACE = "envoy.lb"
+# Set by Envoy on the response: the endpoint that actually served it.
+SERVED_HEADER = "x-gateway-destination-endpoint-served"
+
+# -- what we tell upstreams and clients about the decision ----------------------------------
+MODEL_HEADER = "x-llm-model"
+COMPLEXITY_HEADER = "x-llm-complexity"
+STREAM_HEADER = "x-llm-stream"
+TIER_HEADER = "x-llm-tier"
+PRIORITY_HEADER = "x-llm-priority"
+RULE_HEADER = "x-llm-rule"
+MIRROR_CLUSTER_HEADER = "x-llm-mirror-cluster"
+CACHE_HEADER = "x-llm-cache"
+
+# Client-sent headers with these prefixes are stripped before any decision: they carry routing.
+ROUTING_HEADER_PREFIXES = (DESTINATION_HEADER, "x-llm-")
+
+# -- Envoy's per-request route controls (set by policy; never accepted from clients) ---------
+ENVOY_TIMEOUT_MS_HEADER = "x-envoy-upstream-rq-timeout-ms"
+ENVOY_PER_TRY_TIMEOUT_MS_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
+ENVOY_MAX_RETRIES_HEADER = "x-envoy-max-retries"
+ENVOY_RETRY_ON_HEADER = "x-envoy-retry-on"
+
+# -- read from the request --------------------------------------------------------------------
+REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_SESSION_HEADER = "x-user-id"
+DEFAULT_TENANT_HEADER = "x-tenant-id"
+RETRY_AFTER_HEADER = "retry-after"
+
+
+def is_routing_header(name: str) -> bool:
+    return name.startswith(ROUTING_HEADER_PREFIXES)
