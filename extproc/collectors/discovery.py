@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +31,16 @@ class DiscoverySource(Protocol):
     name: str
 
     async def run(self, on_change: OnChange) -> None: ...
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port`` with IPv6 literals bracketed, as Envoy's override_host expects."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

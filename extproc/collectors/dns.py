@@ -10,7 +10,6 @@ answer is a real empty set and is reported as one.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,22 +20,12 @@ import dns.exception
 import dns.rdatatype
 import dns.resolver
 
-from extproc.collectors.discovery import EndpointTemplate, OnChange
+from extproc.collectors.discovery import EndpointTemplate, OnChange, format_address
 from extproc.fleet.state import Endpoint
 
 log = logging.getLogger(__name__)
 
 RecordType = Literal["A", "AAAA", "SRV"]
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port`` with IPv6 literals bracketed, as Envoy's override_host expects."""
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            return f"[{host}]:{port}"
-    except ValueError:
-        pass
-    return f"{host}:{port}"
 
 
 class DNSDiscovery:

@@ -21,8 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from extproc.collectors.discovery import EndpointTemplate, OnChange
-from extproc.collectors.dns import format_address
+from extproc.collectors.discovery import EndpointTemplate, OnChange, format_address
 from extproc.fleet.state import Endpoint
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from extproc.collectors.discovery import EndpointTemplate, build_discovery
-from extproc.collectors.dns import DNSDiscovery, format_address
+from extproc.collectors.discovery import EndpointTemplate, build_discovery, format_address
+from extproc.collectors.dns import DNSDiscovery
 from extproc.fleet.state import Endpoint
 
 

@@ -236,3 +236,18 @@ def test_config_errors() -> None:
     source = build_discovery({"type": "kubernetes", "service": "svc", "port": 8000, "models": ["m"]})
     assert isinstance(source, EndpointSliceDiscovery)
     assert source.state.services == {"svc": EndpointTemplate(models=("m",))}
+
+
+def test_k8s_discovery_imports_without_the_dns_extra() -> None:
+    """`pip install llm-extproc[k8s]` alone: nothing on the k8s path may import dnspython."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['dns'] = None\n"  # as if dnspython were not installed
+        "import extproc.collectors.k8s\n"
+        "from extproc.collectors.discovery import build_discovery\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
