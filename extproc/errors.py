@@ -33,6 +33,29 @@ class ErrorKind(Enum):
         return self.value[1]
 
 
+class ErrorShape(Enum):
+    """Whose error format the caller's API speaks."""
+
+    OPENAI = "openai"  # {"error": {"message", "type", "code"}}
+    ANTHROPIC = "anthropic"  # {"type": "error", "error": {"type", "message"}}
+
+
+# Anthropic's error types (docs.anthropic.com/en/api/errors), by our kind.
+_ANTHROPIC_TYPE = {
+    ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: "invalid_request_error",
+    ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.MODEL_NOT_FOUND: "not_found_error",
+    ErrorKind.METHOD_NOT_ALLOWED: "invalid_request_error",
+    ErrorKind.BODY_TOO_LARGE: "request_too_large",
+    ErrorKind.FORBIDDEN: "permission_error",
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
+    ErrorKind.OVERLOADED: "overloaded_error",
+    ErrorKind.NO_CAPACITY: "overloaded_error",
+    ErrorKind.REJECTED_BY_POLICY: "permission_error",
+}
+
+
 @dataclass(slots=True)
 class RoutingError(Exception):
     """Raised anywhere on the request path; the server turns it into an immediate response."""
@@ -50,18 +73,19 @@ class RoutingError(Exception):
     def status(self) -> int:
         return self.status_override or self.kind.status
 
-    def body(self) -> bytes:
-        """OpenAI-style error body: {"error": {"message", "type", "code"}}."""
-        return json.dumps(
-            {
+    def body(self, shape: ErrorShape = ErrorShape.OPENAI) -> bytes:
+        """The error body in the caller's API's own format."""
+        if shape is ErrorShape.ANTHROPIC:
+            error = {"type": "error", "error": {"type": _ANTHROPIC_TYPE[self.kind], "message": self.message}}
+        else:
+            error = {
                 "error": {
                     "message": self.message,
                     "type": self.kind.type,
                     "code": self.code or self.kind.name.lower(),
                 }
-            },
-            ensure_ascii=False,
-        ).encode()
+            }
+        return json.dumps(error, ensure_ascii=False).encode()
 
     def headers(self) -> list[tuple[str, str]]:
         headers = [("content-type", "application/json")]

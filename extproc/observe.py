@@ -13,6 +13,11 @@ What is measured per response:
   ``stream_options.include_usage`` is on, or the JSON body of a non-streaming response); when a
   stream carries no usage, completion tokens are the number of text events, which is exact
   for servers that send one token per event (vLLM's default) and an undercount otherwise.
+
+Each API's own stream format is understood: OpenAI chat/completions chunks (``choices[].delta``),
+Responses API typed events (``response.output_text.delta``; usage in ``response.completed``),
+Anthropic Messages events (``content_block_delta``; input tokens in ``message_start``, output
+tokens in ``message_delta``). A Responses API answer's id is kept, for session affinity.
 """
 
 from __future__ import annotations
@@ -50,10 +55,25 @@ class Observation:
     time_per_output_token_s: float = math.nan
     duration_s: float = math.nan
     usage: Usage | None = None
+    response_id: str = ""  # a Responses API answer's id (resp_...)
+
+
+# Typed stream events that carry generated tokens (Responses API, Anthropic Messages).
+_TEXT_EVENT_TYPES = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.function_call_arguments.delta",
+        "content_block_delta",
+    }
+)
 
 
 def _text_of(event: dict[str, Any]) -> bool:
-    """True when an OpenAI chunk carries generated text (chat delta or completion text)."""
+    """True when a stream event carries generated text, in any API's stream format."""
+    kind = event.get("type")
+    if isinstance(kind, str):
+        return kind in _TEXT_EVENT_TYPES and bool(event.get("delta"))
     choices = event.get("choices")
     if not isinstance(choices, list):
         return False
@@ -68,18 +88,43 @@ def _text_of(event: dict[str, Any]) -> bool:
     return False
 
 
-def _usage_of(payload: Any) -> Usage | None:
+def _count(usage: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _usage_of(payload: Any, before: Usage | None = None) -> Usage | None:
+    """Usage from a body or stream event: top level (OpenAI, Anthropic bodies and
+    ``message_delta``), or inside ``response`` (Responses events) or ``message`` (Anthropic
+    ``message_start``). OpenAI names prompt/completion tokens, the others input/output tokens.
+    A count the event lacks keeps its value from ``before`` (message_delta has no input count)."""
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
     if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return Usage(
-        prompt_tokens=prompt if isinstance(prompt, int) else None,
-        completion_tokens=completion if isinstance(completion, int) else None,
-        from_usage=True,
-    )
+        inner = payload.get("response", payload.get("message"))
+        usage = inner.get("usage") if isinstance(inner, dict) else None
+        if not isinstance(usage, dict):
+            return None
+    prompt = _count(usage, "prompt_tokens", "input_tokens")
+    completion = _count(usage, "completion_tokens", "output_tokens")
+    if before is not None and before.from_usage:
+        prompt = before.prompt_tokens if prompt is None else prompt
+        completion = before.completion_tokens if completion is None else completion
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, from_usage=True)
+
+
+def _response_id_of(payload: dict[str, Any]) -> str:
+    """The id of a Responses API answer: the body itself, or the ``response`` of an event."""
+    response = payload if payload.get("object") == "response" else payload.get("response")
+    if isinstance(response, dict) and response.get("object") == "response":
+        found = response.get("id")
+        if isinstance(found, str):
+            return found
+    return ""
 
 
 class ResponseObserver:
@@ -169,9 +214,11 @@ class ResponseObserver:
             if self._text_events == 1:
                 self._first_text = now
             self._last_text = now
-        usage = _usage_of(parsed)
+        usage = _usage_of(parsed, self.observation.usage)
         if usage is not None:
             self.observation.usage = usage
+        if not self.observation.response_id:
+            self.observation.response_id = _response_id_of(parsed)
 
     def finish(self) -> Observation:
         observation = self.observation
@@ -191,6 +238,9 @@ class ResponseObserver:
                 observation.usage = Usage(completion_tokens=self._text_events)
         elif self._tail and not self._overflow:
             with contextlib.suppress(ValueError):
-                observation.usage = _usage_of(json.loads(self._tail))
+                body = json.loads(self._tail)
+                observation.usage = _usage_of(body)
+                if isinstance(body, dict):
+                    observation.response_id = _response_id_of(body)
             self._tail = b""
         return observation

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from extproc.observability.metrics import Metrics
 from extproc.policy.compile import CompiledPolicy
 from extproc.policy.schema import Cache, Limits
 from extproc.policy.types import PolicyDecision, PolicyInput, Target
-from extproc.request import ParsedRequest, RequestHeaders
+from extproc.request import STREAM_OPTIONS_TASKS, ParsedRequest, RequestHeaders
 from extproc.scheduler.picking import EndpointPicker, PickContext
 
 PRIORITY_NAMES = {1: "premium", 0: "standard", -1: "batch"}
@@ -50,6 +51,33 @@ class Decision:
     body: bytes | None = None  # replacement request body, when the served model differs
 
 
+class ResponseHomes:
+    """Which endpoint stored each Responses-API response, so a follow-up that names it with
+    ``previous_response_id`` goes where that state lives (vLLM keeps it in the server's memory).
+
+    Learned from the observed responses (extproc.observe reads their ids); bounded, oldest
+    forgotten first. Per process: with ``serve --workers N`` a follow-up may reach a worker
+    that did not observe the first response, and is then routed like any other request."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._homes: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, response_id: str, endpoint: str) -> None:
+        if not endpoint:
+            return
+        self._homes[response_id] = endpoint
+        self._homes.move_to_end(response_id)
+        if len(self._homes) > self.capacity:
+            self._homes.popitem(last=False)
+
+    def home_of(self, response_id: str) -> str | None:
+        return self._homes.get(response_id)
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+
 class Router:
     def __init__(
         self,
@@ -69,6 +97,7 @@ class Router:
         self.policy = policy
         self.complexity = complexity
         self.responses_observed = 0
+        self.response_homes = ResponseHomes()
         self.retried_away = 0  # responses served by a fallback because the primary's try failed
         self.metrics: Metrics | None = None
         # Passive health / latency feedback (the scheduler's health tracker), if any.
@@ -188,7 +217,7 @@ class Router:
             targets = (force_target,) if force_target is not None else verdict.targets
             extra_headers = verdict.headers
             decision.cache, decision.limits, decision.downgrade = (
-                verdict.cache,
+                verdict.cache if request.cacheable else None,
                 verdict.limits,
                 verdict.downgrade,
             )
@@ -227,6 +256,8 @@ class Router:
             if rows:
                 decision.model, decision.pool = target.model, target.pool
                 decision.model_fallback = index > 0
+                if request.previous_response_id is not None:
+                    rows = self._home_first(snapshot, candidates, rows, request.previous_response_id)
                 break
         if not rows:
             if shed is not None:
@@ -256,17 +287,28 @@ class Router:
         rewrite: dict[str, Any] = {}
         if decision.model != request.model:
             rewrite["model"] = decision.model
-        if request.stream and self.config.inject_stream_usage:
+        if request.stream and self.config.inject_stream_usage and request.task in STREAM_OPTIONS_TASKS:
             options = request.body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage")):
                 rewrite["stream_options"] = {
                     **(options if isinstance(options, dict) else {}),
                     "include_usage": True,
                 }
-        if rewrite:
+        if rewrite and request.rewritable:
             decision.body = json.dumps({**request.body, **rewrite}, ensure_ascii=False).encode()
             set_headers.append(("content-length", str(len(decision.body))))
         return decision
+
+    def _home_first(
+        self, snapshot: FleetSnapshot, candidates: IntArray, rows: list[int], response_id: str
+    ) -> list[int]:
+        """The endpoint holding ``response_id`` first, whatever its load: no other has the state.
+        The picked list stays behind it for Envoy's retries should that endpoint be gone."""
+        home = self.response_homes.home_of(response_id)
+        row = snapshot.index.get(home) if home is not None else None
+        if row is None or row not in candidates:
+            return rows
+        return [row, *(r for r in rows if r != row)][: max(len(rows), 1)]
 
     def observe_response(
         self, endpoint: str, status: int, started: float, timed: bool = True, primary: str = ""

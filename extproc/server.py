@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extproc.admission import Capacity, Lease, answer_headers
 from extproc.config import ServerConfig
-from extproc.errors import ErrorKind, RoutingError
+from extproc.errors import ErrorKind, ErrorShape, RoutingError
 from extproc.fleet.state import FleetSnapshot, FleetState
 from extproc.headers import (
     CACHE_HEADER,
@@ -40,7 +40,14 @@ from extproc.headers import (
 from extproc.observability.telemetry import RouteRecord, Telemetry
 from extproc.observe import Observation, ResponseObserver
 from extproc.policy.types import Target
-from extproc.request import ParsedRequest, RequestHeaders, Task, parse_body, parse_headers
+from extproc.request import (
+    MULTIPART_TASKS,
+    ParsedRequest,
+    RequestHeaders,
+    Task,
+    parse_body,
+    parse_headers,
+)
 from extproc.router import Decision, Router
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 # Added by Envoy's route (response_headers_to_add: %UPSTREAM_HOST%): the endpoint that answered,
 # which differs from our primary when a retry walked the list.
-_METHOD_BY_TASK = {Task.CHAT: "POST", Task.COMPLETION: "POST", Task.EMBEDDING: "POST", Task.MODELS: "GET"}
+_METHOD_BY_TASK = {task: "GET" if task is Task.MODELS else "POST" for task in Task}
 
 # Answers that never change, built once.
 _CONTINUE_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
@@ -129,8 +136,10 @@ def _with_response_header(name: str, value: str) -> ep.ProcessingResponse:
     )
 
 
-def error_response(error: RoutingError) -> ep.ProcessingResponse:
-    return immediate(error.status, error.body(), error.headers())
+def error_response(error: RoutingError, task: Task | None = None) -> ep.ProcessingResponse:
+    """The error in the shape of the caller's API: Anthropic's for /v1/messages, OpenAI's otherwise."""
+    shape = ErrorShape.ANTHROPIC if task is Task.MESSAGES else ErrorShape.OPENAI
+    return immediate(error.status, error.body(shape), error.headers())
 
 
 def decision_response(decision: Decision) -> ep.ProcessingResponse:
@@ -353,6 +362,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _observation_done(self, observer: ResponseObserver, state: _StreamState) -> None:
         observation = observer.finish()
+        if observation.response_id and 200 <= observation.status < 300:
+            self.router.response_homes.remember(observation.response_id, observation.endpoint)
         if self.telemetry is None and self.capacity is None:
             return
         if self.telemetry is not None:
@@ -388,7 +399,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except RoutingError as error:
             self._release(state)
             self._failed(state, state.record, headers, parsed, error)
-            return error_response(error)
+            return error_response(error, parsed.task)
         state.lease = admission.lease
         if admission.answer is not None:
             self._release(state)  # the upstream never sees this request
@@ -430,8 +441,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             if message.end_of_stream:
                 raise RoutingError(ErrorKind.INVALID_REQUEST, "request body is empty; expected a JSON object")
         except RoutingError as error:
-            return error_response(error)
-        state.skip_response = self._observer_reports_responses()
+            return error_response(error, headers.task)
+        # A multipart upload's route asks Envoy for the body's head only (BUFFERED_PARTIAL): a
+        # mode override from us would set BUFFERED again, so those keep the response phase.
+        state.skip_response = task not in MULTIPART_TASKS and self._observer_reports_responses()
         return _strip(headers.spoofed, state.skip_response)
 
     def on_response_headers(self, message: ep.HttpHeaders, state: _StreamState) -> None:
@@ -460,8 +473,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def on_request_body(self, message: ep.HttpBody, state: _StreamState) -> ep.ProcessingResponse:
         headers = state.headers
-        if headers is None or headers.task is None:
-            return _CONTINUE_BODY  # headers phase already answered
+        if headers is None or headers.task is None or state.parsed is not None:
+            # Headers phase already answered, or routed on the head of a partially buffered body.
+            return _CONTINUE_BODY
         telemetry = self.telemetry
         record: RouteRecord | None = None
         if telemetry is not None and telemetry.active:
@@ -475,11 +489,17 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     started_unix_ns=time.time_ns(),
                 )
         try:
-            parsed = parse_body(headers.task, headers.content_type, message.body, self.config.max_body_bytes)
+            parsed = parse_body(
+                headers.task,
+                headers.content_type,
+                message.body,
+                self.config.max_body_bytes,
+                complete=message.end_of_stream or headers.task not in MULTIPART_TASKS,
+            )
         except RoutingError as error:
             self.router.record_error(headers.task.value, "", error)
             self._failed(state, record, headers, None, error)
-            return error_response(error)
+            return error_response(error, headers.task)
         state.parsed = parsed
         try:
             # records its own outcome in metrics
@@ -487,7 +507,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except RoutingError as error:
             state.error = error
             self._failed(state, record, headers, parsed, error)
-            return error_response(error)
+            return error_response(error, parsed.task)
         state.decision = decision
         state.endpoint = decision.endpoints[0]
         state.started = self.router.clock()

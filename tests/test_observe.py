@@ -112,3 +112,101 @@ def test_garbage_and_oversized_bodies_are_ignored_not_fatal() -> None:
     stream.on_headers(200, "text/event-stream")
     stream.on_body(b"data: {not json}\n\ndata: [1, 2]\n\n: comment\n\n")
     assert stream.finish().usage is None
+
+
+def event(name: str, payload: dict[str, object]) -> bytes:
+    return f"event: {name}\ndata: ".encode() + json.dumps(payload).encode() + b"\n\n"
+
+
+def watch(raw: bytes, content_type: str, clock: Clock, split: int = 17) -> Observation:
+    watched = observer(clock)
+    watched.on_headers(200, content_type)
+    for start in range(0, len(raw), split):
+        clock.now += 0.01
+        watched.on_body(raw[start : start + split])
+    return watched.finish()
+
+
+RESPONSE = {"id": "resp_abc", "object": "response", "status": "in_progress", "output": []}
+RESPONSES_STREAM = (
+    event("response.created", {"type": "response.created", "sequence_number": 0, "response": RESPONSE})
+    + event("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hel"})
+    + event("response.output_text.delta", {"type": "response.output_text.delta", "delta": "lo"})
+    + event("response.output_text.done", {"type": "response.output_text.done", "text": "Hello"})
+    + event(
+        "response.completed",
+        {
+            "type": "response.completed",
+            "response": {**RESPONSE, "status": "completed", "usage": {"input_tokens": 7, "output_tokens": 2}},
+        },
+    )
+)
+MESSAGES_STREAM = (
+    event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {"id": "msg_1", "usage": {"input_tokens": 12, "output_tokens": 0}},
+        },
+    )
+    + event(
+        "content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+    )
+    + event(
+        "content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "a"}}
+    )
+    + event("ping", {"type": "ping"})
+    + event(
+        "content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "b"}}
+    )
+    + event(
+        "content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "c"}}
+    )
+    + event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    + event("message_delta", {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 3}})
+    + event("message_stop", {"type": "message_stop"})
+)
+
+
+def test_responses_stream_usage_ttft_and_response_id() -> None:
+    clock = Clock()
+    result = watch(RESPONSES_STREAM, "text/event-stream", clock)
+    assert result.usage is not None and result.usage.from_usage
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (7, 2)
+    assert result.response_id == "resp_abc"
+    # The first text delta, not response.created, is the first token.
+    assert 0 < result.ttft_s < result.duration_s
+
+
+def test_anthropic_stream_takes_input_from_message_start_and_output_from_message_delta() -> None:
+    clock = Clock()
+    result = watch(MESSAGES_STREAM, "text/event-stream", clock, split=5)
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (12, 3)
+    assert result.response_id == ""
+    assert not math.isnan(result.time_per_output_token_s)
+
+
+def test_responses_and_messages_json_bodies_give_usage() -> None:
+    responses = watch(
+        json.dumps({**RESPONSE, "usage": {"input_tokens": 5, "output_tokens": 4}}).encode(),
+        "application/json",
+        Clock(),
+    )
+    assert responses.usage is not None and (
+        responses.usage.prompt_tokens,
+        responses.usage.completion_tokens,
+    ) == (5, 4)
+    assert responses.response_id == "resp_abc"
+    message = watch(
+        json.dumps(
+            {"id": "msg_1", "type": "message", "usage": {"input_tokens": 3, "output_tokens": 8}}
+        ).encode(),
+        "application/json",
+        Clock(),
+    )
+    assert message.usage is not None and (message.usage.prompt_tokens, message.usage.completion_tokens) == (
+        3,
+        8,
+    )
+    assert message.response_id == ""

@@ -380,3 +380,103 @@ async def test_streams_we_have_finished_are_closed_by_us_not_left_for_envoy_to_r
 
 async def _collect(call: grpc.aio.StreamStreamCall) -> list[str | None]:
     return [reply.WhichOneof("response") async for reply in call]
+
+
+def _with_content_type(message: ep.ProcessingRequest, content_type: str) -> ep.ProcessingRequest:
+    for header in message.request_headers.headers.headers:
+        if header.key == "content-type":
+            header.raw_value = content_type.encode()
+    return message
+
+
+def test_messages_errors_are_anthropic_shaped_and_openai_paths_keep_theirs() -> None:
+    processor, _ = make_processor(FLEET)
+    body = {"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    _, second, _ = run_request(processor, headers_message("/v1/messages"), body_message(body))
+    status, payload = immediate_json(second)
+    assert status == 404
+    assert payload["type"] == "error" and payload["error"]["type"] == "not_found_error"  # type: ignore[index]
+    _, bad, _ = run_request(processor, headers_message("/v1/messages"), body_message(b"{"))
+    assert immediate_json(bad)[1]["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    first, _, _ = run_request(processor, headers_message("/v1/messages", "GET"))
+    assert immediate_json(first)[0] == 405 and immediate_json(first)[1]["type"] == "error"
+    _, openai_style, _ = run_request(
+        processor, headers_message("/v1/responses"), body_message({"model": "nope", "input": "x"})
+    )
+    assert immediate_json(openai_style)[1]["error"]["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_every_new_api_is_routed_like_chat() -> None:
+    processor, _ = make_processor(FLEET)
+    for path, body in [
+        ("/v1/responses", {"model": "llama-3-8b", "input": "hi", "stream": True}),
+        (
+            "/v1/messages",
+            {"model": "llama-3-8b", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        ("/v1/rerank", {"model": "llama-3-8b", "query": "q", "documents": ["a"]}),
+        ("/v1/score", {"model": "llama-3-8b", "text_1": "a", "text_2": "b"}),
+        ("/tokenize", {"model": "llama-3-8b", "prompt": "a"}),
+        ("/detokenize", {"model": "llama-3-8b", "tokens": [1]}),
+    ]:
+        processor_with_usage, _ = make_processor(FLEET, config=ServerConfig(inject_stream_usage=True))
+        _, second, _ = run_request(processor_with_usage, headers_message(path), body_message(body))
+        assert set(set_headers(second)["x-gateway-destination-endpoint"].split(",")) <= set(FLEET), path
+        # stream_options is a chat/completions field: other APIs' bodies pass untouched.
+        assert not second.request_body.response.body_mutation.body, path
+    del processor
+
+
+def test_multipart_upload_is_routed_on_the_head_of_its_body() -> None:
+    processor, _ = make_processor(FLEET, models=("whisper",), config=ServerConfig(max_body_bytes=1024))
+    boundary = "xyz"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    ).encode() + b"\x00" * 600
+    headers = _with_content_type(
+        headers_message("/v1/audio/transcriptions"), f"multipart/form-data; boundary={boundary}"
+    )
+    state = _StreamState()
+    first = processor.on_request_headers(headers.request_headers, state)
+    # No mode override: it would turn the route's BUFFERED_PARTIAL back into BUFFERED.
+    assert first.WhichOneof("response") == "request_headers" and not first.HasField("mode_override")
+    partial = ep.ProcessingRequest(request_body=ep.HttpBody(body=head, end_of_stream=False))
+    second = processor.on_request_body(partial.request_body, state)
+    assert set_headers(second)["x-llm-model"] == "whisper"
+    assert not second.request_body.response.body_mutation.body  # the form is never re-serialised
+    # Should Envoy send more of the body, it passes: the request is already routed.
+    more = ep.ProcessingRequest(request_body=ep.HttpBody(body=b"\x00" * 600, end_of_stream=True))
+    assert processor.on_request_body(more.request_body, state) == ep.ProcessingResponse(
+        request_body=ep.BodyResponse()
+    )
+
+
+def test_previous_response_id_goes_to_the_endpoint_that_stored_it() -> None:
+    processor, _ = make_processor(FLEET)
+    home = FLEET[2]
+    observed = _StreamState()
+    processor.on_observed(_observed(("x-gateway-destination-endpoint", home)), observed)
+    body = json.dumps(
+        {"id": "resp_42", "object": "response", "usage": {"input_tokens": 1, "output_tokens": 1}}
+    )
+    response_headers = _observed((":status", "200"), ("content-type", "application/json"), response=True)
+    response_headers.response_headers.end_of_stream = False
+    processor.on_observed(response_headers, observed)
+    assert processor.router.response_homes.home_of("resp_42") is None  # not until the body is seen
+    done = ep.ProcessingRequest(
+        observability_mode=True, response_body=ep.HttpBody(body=body.encode(), end_of_stream=True)
+    )
+    assert processor.on_observed(done, observed)
+    assert processor.router.response_homes.home_of("resp_42") == home
+    follow_up = {"model": "llama-3-8b", "input": "and then?", "previous_response_id": "resp_42"}
+    for _ in range(6):  # the home stays first however loaded it gets (nothing is released)
+        _, second, _ = run_request(processor, headers_message("/v1/responses"), body_message(follow_up))
+        endpoints = set_headers(second)["x-gateway-destination-endpoint"].split(",")
+        assert endpoints[0] == home and len(endpoints) == len(set(endpoints)) == 3
+    unknown = {**follow_up, "previous_response_id": "resp_unknown"}
+    primaries = set()
+    for _ in range(4):
+        _, second, _ = run_request(processor, headers_message("/v1/responses"), body_message(unknown))
+        primaries.add(set_headers(second)["x-gateway-destination-endpoint"].split(",")[0])
+    assert len(primaries) > 1  # an unknown id is routed by load like any request

@@ -13,7 +13,18 @@ from extproc.errors import RoutingError
 from extproc.policy.compile import PolicyError, load_policy
 from extproc.policy.schema import Policy
 from extproc.policy.types import PolicyInput
-from extproc.request import TASK_BY_PATH, Task, parse_body
+from extproc.request import MULTIPART_TASKS, TASK_BY_PATH, Task, parse_body
+
+_FORM_BOUNDARY = "llm-extproc-explain"
+
+
+def _as_form(fields: object) -> bytes:
+    """A JSON object's fields as the multipart/form-data body an audio upload would send."""
+    parts = []
+    for name, value in fields.items() if isinstance(fields, dict) else ():
+        text = value if isinstance(value, str) else json.dumps(value)
+        parts.append(f'--{_FORM_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{text}\r\n')
+    return ("".join(parts) + f"--{_FORM_BOUNDARY}--\r\n").encode()
 
 
 def validate_main(argv: Sequence[str]) -> int:
@@ -60,9 +71,13 @@ def explain_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--body",
         default='{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}',
-        help="request JSON, or @file",
+        help="request JSON, or @file; for audio paths, the form fields as a JSON object",
     )
-    parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument(
+        "--path",
+        default="/v1/chat/completions",
+        help=f"the request path; routed APIs: {', '.join(sorted(TASK_BY_PATH))}",
+    )
     parser.add_argument("--method", default="POST")
     parser.add_argument("--complexity", type=float, help="override the computed complexity score")
     parser.add_argument("--json", action="store_true")
@@ -73,9 +88,16 @@ def explain_main(argv: Sequence[str]) -> int:
         print(error, file=sys.stderr)
         return 1
     raw = Path(args.body[1:]).read_bytes() if args.body.startswith("@") else args.body.encode()
-    task = TASK_BY_PATH.get(args.path, Task.CHAT)
+    task = TASK_BY_PATH.get(args.path.split("?", 1)[0], Task.CHAT)
+    content_type = "application/json"
     try:
-        request = parse_body(task, "application/json", raw, 64 * 1024 * 1024)
+        if task in MULTIPART_TASKS:
+            raw = _as_form(json.loads(raw))
+            content_type = f"multipart/form-data; boundary={_FORM_BOUNDARY}"
+        request = parse_body(task, content_type, raw, 64 * 1024 * 1024)
+    except ValueError as error:
+        print(f"request: --body is not JSON: {error}", file=sys.stderr)
+        return 1
     except RoutingError as error:
         print(f"request: {error.message}", file=sys.stderr)
         return 1

@@ -14,7 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from extproc.headers import DEFAULT_SESSION_HEADER, DEFAULT_TENANT_HEADER
 
 Priority = Literal["premium", "standard", "batch"]
-Task = Literal["chat", "completion", "embedding"]
+# The API a request speaks: extproc.request.Task's values (tests/policy checks they agree).
+Task = Literal[
+    "chat",
+    "completion",
+    "embedding",
+    "responses",
+    "messages",
+    "rerank",
+    "score",
+    "tokenize",
+    "detokenize",
+    "transcription",
+    "translation",
+]
 
 
 class Strict(BaseModel):
