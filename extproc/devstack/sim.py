@@ -30,6 +30,8 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from extproc.devstack.sim_apis import add_api_routes
+
 # Per GPU class: relative slowness (1.0 = A100-class). A T4 has ~1/5 of an A100's FP16
 # throughput and ~1/5 of its memory bandwidth; ~3x is what vLLM users see for small models.
 GPU_SPEED: dict[str, float] = {"h100": 0.6, "a100": 1.0, "l4": 2.0, "t4": 3.0}
@@ -322,6 +324,7 @@ class SimEndpoint:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
+        add_api_routes(app, self)  # Responses, Messages, rerank, score, tokenize, audio
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_post("/sim/control", self.control)
@@ -353,6 +356,12 @@ class SimEndpoint:
     async def restart(self) -> None:
         self.engine = Engine(self.spec, self.time_scale, self.metrics)
         await self.start()
+
+    def generate(self, rid: str, model: str, text: str, max_tokens: int) -> _Request:
+        """Queue a generation on this endpoint's engine (the other APIs' handlers use it)."""
+        job = _Request(rid, model, estimate_tokens(text), max_tokens, prompt_blocks(text), time.monotonic())
+        self.engine.submit(job)
+        return job
 
     def _headers(self, request: web.Request, rid: str) -> dict[str, str]:
         return {
