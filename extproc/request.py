@@ -352,9 +352,12 @@ def parse_body(
     """Parse and check a request body. Raises RoutingError with the status the client should see.
 
     ``complete=False``: ``raw`` is only the head of a longer body (multipart uploads)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if task in MULTIPART_TASKS and not complete:
+        # The head of an upload: read no more of it than the limit, whatever Envoy buffered.
+        return _parse_form(task, content_type, media_type, raw[:max_bytes], complete, max_bytes)
     if len(raw) > max_bytes:
         raise _too_large(len(raw), max_bytes)
-    media_type = content_type.split(";", 1)[0].strip().lower()
     if task in MULTIPART_TASKS:
         return _parse_form(task, content_type, media_type, raw, complete, max_bytes)
     if media_type != "application/json":

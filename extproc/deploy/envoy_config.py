@@ -57,6 +57,7 @@ def render(
         "extproc_port": ports.extproc_port,
         "extproc_host": ports.extproc_host,
         "buffer_limit_bytes": max_body_bytes * 2,
+        "max_body_bytes": max_body_bytes,
         "message_timeout": message_timeout,
         "lb_endpoints": lb_endpoints(addresses),
         "shadow_endpoints": lb_endpoints(shadow),

@@ -110,6 +110,8 @@ class StackConfig:
     log_dir: str | None = None
     # The observability-mode filter (token usage, TTFT, response status for passive health).
     observe: bool = True
+    # ext_proc's body limit, and so Envoy's buffer limits (the listener's, the audio route's).
+    max_body_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def on_free_ports(cls, **fields: Any) -> StackConfig:
@@ -177,6 +179,7 @@ class LocalStack:
     def start_extproc(self) -> None:
         argv = [sys.executable, "-m", "extproc.cli", "serve", "--port", str(self.extproc_port)]
         argv += ["--fleet", str(self.fleet_file), "--metrics-port", str(self.config.metrics_port)]
+        argv += ["--max-body-bytes", str(self.config.max_body_bytes)]
         if self.config.policy:
             argv += ["--policy", self.config.policy]
         no_observer = [] if self.config.observe else ["--no-observer"]
@@ -203,6 +206,7 @@ class LocalStack:
             ),
             template=Path(self.config.envoy_template) if self.config.envoy_template else None,
             message_timeout=self.config.message_timeout,
+            max_body_bytes=self.config.max_body_bytes,
             shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
             observe=self.config.observe,
         )
