@@ -11,7 +11,6 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import openai
