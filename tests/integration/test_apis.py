@@ -264,3 +264,49 @@ def test_json_apis_keep_the_body_limit(apis_stack: LocalStack) -> None:
     assert status == 413 and json.loads(reply)["error"]["type"] == "request_too_large"
     status, _, reply = post(apis_stack, "/v1/messages", huge)
     assert status == 413 and json.loads(reply)["type"] == "error"
+
+
+async def test_envoy_hands_ext_proc_only_the_head_of_an_upload() -> None:
+    """A recording ext_proc in place of the stack's: what Envoy sends of a 2 MiB upload."""
+    import io
+
+    import aiohttp
+
+    from extproc.config import ServerConfig
+    from extproc.server import HealthGate, build_grpc_server
+    from tests.helpers import make_processor
+
+    limit, upload = 64 * 1024, 2 << 20
+    local = started_stack(max_body_bytes=limit)
+    try:
+        local.stop_extproc()
+        processor, fleet = make_processor([e["address"] for e in local.fleet], models=("llama-3-8b",))
+        processor.config.max_body_bytes = limit
+        bodies: list[tuple[int, bool]] = []
+        decide = processor.on_request_body
+
+        def recording(message, state):  # type: ignore[no-untyped-def]
+            bodies.append((len(message.body), message.end_of_stream))
+            return decide(message, state)
+
+        processor.on_request_body = recording  # type: ignore[method-assign]
+        config = ServerConfig(port=local.extproc_port, max_body_bytes=limit)
+        server = build_grpc_server(config, processor, HealthGate(fleet))
+        await server.start()
+        try:
+            form = aiohttp.FormData()
+            form.add_field("model", "llama-3-8b")
+            form.add_field("file", io.BytesIO(b"\x01" * upload), filename="a.wav", content_type="audio/wav")
+            url = f"http://127.0.0.1:{local.listen_port}/v1/audio/transcriptions"
+            async with aiohttp.ClientSession() as session, session.post(url, data=form) as reply:
+                assert reply.status == 200, await reply.text()
+                assert reply.headers["x-sim-audio-bytes"] == str(upload)
+                assert reply.headers["x-sim-destination"]  # routed by our decision
+            # One message, not the end of the body: Envoy waited for the limit, then for our
+            # answer; it held the limit plus what its last socket read brought, never the file.
+            assert len(bodies) == 1 and not bodies[0][1], bodies
+            assert limit <= bodies[0][0] < upload // 4, bodies
+        finally:
+            await server.stop(None)
+    finally:
+        local.stop()
