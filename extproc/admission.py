@@ -125,7 +125,11 @@ class Capacity:
         cache: Cache | None = decision.cache
         if cache is not None and self.cache is not None:
             entry_key = cache_key(
-                decision.tenant, decision.model, request.body, force=cache.cache_nondeterministic
+                decision.tenant,
+                decision.model,
+                request.body,
+                force=cache.cache_nondeterministic,
+                api=request.task.value,
             )
             if entry_key is not None:
                 entry = await self.cache.get(entry_key)
@@ -145,6 +149,7 @@ class Capacity:
         if (
             self.cache is None
             or verdict is None
+            or not request.cacheable  # stateful (Responses) or an upload: no stored answer fits
             or error.kind not in (ErrorKind.NO_CAPACITY, ErrorKind.OVERLOADED)
         ):
             return None
@@ -152,7 +157,13 @@ class Capacity:
         if cache is None or not cache.serve_stale_on_failure:
             return None
         for target in verdict.targets:
-            key = cache_key(verdict.tenant, target.model, request.body, force=cache.cache_nondeterministic)
+            key = cache_key(
+                verdict.tenant,
+                target.model,
+                request.body,
+                force=cache.cache_nondeterministic,
+                api=request.task.value,
+            )
             if key is None:
                 return None
             entry = await self.cache.get(key, stale_s=cache.stale_ttl_s)

@@ -61,6 +61,22 @@ OUTPUT_FIELDS = (
     "guided_regex",
     "guided_choice",
     "guided_grammar",
+    # Responses API, Anthropic Messages, rerank/score, tokenize/detokenize
+    "instructions",
+    "max_output_tokens",
+    "text",
+    "reasoning",
+    "system",
+    "stop_sequences",
+    "thinking",
+    "query",
+    "documents",
+    "top_n",
+    "return_documents",
+    "text_1",
+    "text_2",
+    "tokens",
+    "add_special_tokens",
 )
 
 
@@ -75,14 +91,19 @@ def deterministic(body: Mapping[str, Any]) -> bool:
     return isinstance(temperature, int | float) and temperature == 0
 
 
-def cache_key(tenant: str | None, model: str, body: Mapping[str, Any], force: bool = False) -> str | None:
-    """The entry's key, or None when the request should not be cached (``force``: cache anyway)."""
+def cache_key(
+    tenant: str | None, model: str, body: Mapping[str, Any], force: bool = False, api: str = ""
+) -> str | None:
+    """The entry's key, or None when the request should not be cached (``force``: cache anyway).
+
+    ``api`` (the request's task) is part of the key: the same fields mean different answers on
+    different paths (a completion and a tokenize of one prompt)."""
     if not force and not deterministic(body):
         return None
     material = {name: body[name] for name in OUTPUT_FIELDS if name in body}
     material["stream"] = bool(material.get("stream", False))
     canonical = json.dumps(
-        [tenant or "", model, material], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        [tenant or "", model, api, material], sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.blake2b(canonical.encode(), digest_size=20).hexdigest()
 

@@ -80,3 +80,21 @@ async def test_eviction_is_bounded_in_bytes_least_recently_used_first() -> None:
 def test_entries_round_trip_through_bytes(body: bytes) -> None:
     original = CachedResponse(200, "text/event-stream", body, 1.5, 9.5)
     assert CachedResponse.from_bytes(original.to_bytes()) == original
+
+
+def test_key_separates_apis_and_their_prompt_fields() -> None:
+    prompt = {"prompt": "abc", "temperature": 0}
+    assert cache_key("t", "m", prompt, api="completion") != cache_key("t", "m", prompt, api="tokenize")
+    messages = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0}
+    # Anthropic's system prompt and the Responses API's instructions change the answer.
+    assert cache_key("t", "m", {**messages, "system": "a"}, api="messages") != cache_key(
+        "t", "m", {**messages, "system": "b"}, api="messages"
+    )
+    responses = {"input": "hi", "temperature": 0}
+    assert cache_key("t", "m", {**responses, "instructions": "a"}, api="responses") != cache_key(
+        "t", "m", responses, api="responses"
+    )
+    rerank = {"query": "q", "documents": ["a"], "seed": 1}
+    assert cache_key("t", "m", rerank, api="rerank") != cache_key(
+        "t", "m", {**rerank, "documents": ["b"]}, api="rerank"
+    )

@@ -41,3 +41,32 @@ def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "Policy" and "rules" in schema["properties"]
+
+
+def test_explain_accepts_every_routed_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "apis.yaml"
+    policy.write_text(
+        "rules:\n"
+        "  - {name: agents, match: {task: [responses, messages]}, priority: premium}\n"
+        "  - {name: audio, match: {task: [transcription]}, timeout_s: 300}\n"
+        "default: {}\n"
+    )
+    cases = [
+        ("/v1/responses", '{"model": "m", "input": "hi"}', "agents"),
+        (
+            "/v1/messages",
+            '{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}',
+            "agents",
+        ),
+        ("/v1/rerank", '{"model": "m", "query": "q", "documents": ["a"]}', "default"),
+        ("/tokenize", '{"model": "m", "prompt": "a"}', "default"),
+        # Audio paths take the form's fields as a JSON object.
+        ("/v1/audio/transcriptions", '{"model": "whisper", "prompt": "names"}', "audio"),
+    ]
+    for path, body, rule in cases:
+        assert main(["explain", "--policy", str(policy), "--path", path, "--body", body, "--json"]) == 0, path
+        assert json.loads(capsys.readouterr().out)["decision"]["rule"] == rule, path
+    assert (
+        main(["explain", "--policy", str(policy), "--path", "/v1/messages", "--body", '{"model": "m"}']) == 1
+    )
+    assert "max_tokens" in capsys.readouterr().err
