@@ -92,6 +92,25 @@ def _text_of(content: object) -> str:
     return ""
 
 
+def _items_text(items: object) -> str:
+    """A Responses ``input``: a string, or items (messages with content, tool outputs, strings)."""
+    if not isinstance(items, list):
+        return _text_of(items)
+    return "\n".join(
+        _text_of(item.get("content", item.get("output"))) if isinstance(item, dict) else _text_of(item)
+        for item in items
+    )
+
+
+def _budget(value: object, default: int) -> int | None:
+    """An output-token budget, or None when vLLM would refuse it (over the context length)."""
+    if value is None or value == 0:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_MODEL_LEN:
+        return None
+    return value
+
+
 def _token_ids(text: str) -> list[int]:
     """Deterministic fake token ids, ~4 characters each (the simulator's token estimate)."""
     return [zlib.crc32(text[i : i + 4].encode()) % 32_000 for i in range(0, max(len(text), 1), 4)]
@@ -162,19 +181,14 @@ class SimApis:
         previous = body.get("previous_response_id")
         history = ""
         if previous is not None:
-            if previous not in self.responses:
+            if not isinstance(previous, str) or previous not in self.responses:
                 # vLLM keeps responses in its own memory: another replica has never heard of it.
                 return _openai_error(404, f"Response with id '{previous}' not found.")
             history = self.responses[previous]
-        items = body.get("input", "")
-        text = "\n".join(
-            [
-                str(body.get("instructions") or ""),
-                history,
-                items if isinstance(items, str) else _text_of([_text_of(i.get("content")) for i in items]),
-            ]
-        )
-        max_tokens = int(body.get("max_output_tokens") or self.server.spec.default_max_tokens)
+        text = "\n".join([str(body.get("instructions") or ""), history, _items_text(body.get("input", ""))])
+        max_tokens = _budget(body.get("max_output_tokens"), self.server.spec.default_max_tokens)
+        if max_tokens is None:
+            return _openai_error(400, f"max_output_tokens must be between 1 and {MAX_MODEL_LEN}")
         rid = f"resp_{uuid.uuid4().hex[:24]}"
         job = self.server.generate(rid, str(model), text, max_tokens)
         headers = self.server._headers(request, rid)
@@ -284,13 +298,22 @@ class SimApis:
         model = body.get("model")
         if not self._serves(model):
             return _anthropic_error(404, f"model: {model}", "not_found_error")
-        if not isinstance(body.get("max_tokens"), int):
-            return _anthropic_error(400, "max_tokens: Field required")
+        max_tokens = _budget(body.get("max_tokens"), 0)
+        if not max_tokens:
+            return _anthropic_error(400, f"max_tokens: must be between 1 and {MAX_MODEL_LEN}")
+        messages = body.get("messages")
         text = "\n".join(
-            [_text_of(body.get("system")), *(_text_of(m.get("content")) for m in body.get("messages", []))]
+            [
+                _text_of(body.get("system")),
+                *(
+                    _text_of(m.get("content"))
+                    for m in (messages if isinstance(messages, list) else [])
+                    if isinstance(m, dict)
+                ),
+            ]
         )
         rid = f"msg_{uuid.uuid4().hex[:24]}"
-        job = self.server.generate(rid, str(model), text, int(body["max_tokens"]))
+        job = self.server.generate(rid, str(model), text, max_tokens)
         headers = {
             **self.server._headers(request, rid),
             # Echoed for tests: Anthropic's headers reach the upstream like Authorization does.
@@ -360,7 +383,9 @@ class SimApis:
             pass
         scores = [self._relevance(query, doc) for doc in documents]
         order = sorted(range(len(documents)), key=lambda i: -scores[i])
-        top_n = body.get("top_n") or len(documents)
+        top_n = body.get("top_n")
+        if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n <= 0:
+            top_n = len(documents)
         results = [
             {"index": i, "document": {"text": documents[i]}, "relevance_score": scores[i]}
             for i in order[:top_n]
@@ -428,8 +453,9 @@ class SimApis:
             return _openai_error(400, "invalid JSON body")
         if not self._serves(body.get("model")):
             return _openai_error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-        if "messages" in body:
-            text = "\n".join(_text_of(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            text = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
         else:
             text = body.get("prompt", "") if isinstance(body.get("prompt"), str) else ""
         tokens = _token_ids(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -130,3 +131,22 @@ async def test_transcription_multipart_plain_and_streamed(fleet: SimFleet) -> No
         raw = await reply.read()
     events = [line for line in raw.split(b"\n\n") if line]
     assert events[-1] == b"data: [DONE]" and b'"usage"' in events[-2] and b"transcription.chunk" in events[0]
+
+
+async def test_output_budgets_beyond_the_context_are_refused_like_vllm(fleet: SimFleet) -> None:
+    base = f"http://{fleet.endpoints[0].address}"
+    async with aiohttp.ClientSession() as session:
+        for path, body in [
+            (
+                "/v1/responses",
+                {"model": "llama-3-8b", "input": ["a", {"content": "b"}], "max_output_tokens": 10**9},
+            ),
+            (
+                "/v1/messages",
+                {"model": "llama-3-8b", "max_tokens": 10**9, "messages": [{"role": "user", "content": "x"}]},
+            ),
+            ("/v1/messages", {"model": "llama-3-8b", "messages": [{"role": "user", "content": "x"}]}),
+        ]:
+            async with session.post(base + path, json=body) as reply:
+                assert reply.status == 400, path
+                assert "max_" in json.dumps(await reply.json())
