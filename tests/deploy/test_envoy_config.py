@@ -47,8 +47,10 @@ def test_retries_past_our_list_never_go_back_to_a_host_that_failed() -> None:
     (it has no active requests), so the route must exclude hosts already tried."""
     config = yaml.safe_load(render(["127.0.0.1:8001"], EnvoyPorts()))
     chain = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    (route,) = chain["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    retry = route["route"]["retry_policy"]
-    predicates = [p["name"] for p in retry["retry_host_predicate"]]
-    assert predicates == ["envoy.retry_host_predicates.previous_hosts"]
-    assert retry["host_selection_retry_max_attempts"] >= 3
+    routes = chain["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["match"]["prefix"] for r in routes] == ["/v1/audio/", "/"]  # uploads, everything else
+    for route in routes:
+        retry = route["route"]["retry_policy"]
+        predicates = [p["name"] for p in retry["retry_host_predicate"]]
+        assert predicates == ["envoy.retry_host_predicates.previous_hosts"]
+        assert retry["host_selection_retry_max_attempts"] >= 3
