@@ -111,6 +111,8 @@ def _usage_of(payload: Any, before: Usage | None = None) -> Usage | None:
             return None
     prompt = _count(usage, "prompt_tokens", "input_tokens")
     completion = _count(usage, "completion_tokens", "output_tokens")
+    if prompt is None and completion is None:
+        prompt = _count(usage, "total_tokens")  # rerank: nothing generated, all of it is input
     if before is not None and before.from_usage:
         prompt = before.prompt_tokens if prompt is None else prompt
         completion = before.completion_tokens if completion is None else completion

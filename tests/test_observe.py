@@ -210,3 +210,15 @@ def test_responses_and_messages_json_bodies_give_usage() -> None:
         8,
     )
     assert message.response_id == ""
+
+
+def test_rerank_usage_has_only_a_total_which_is_all_input() -> None:
+    result = watch(
+        json.dumps({"id": "rerank-1", "usage": {"total_tokens": 9}, "results": []}).encode(),
+        "application/json",
+        Clock(),
+    )
+    assert result.usage is not None and (result.usage.prompt_tokens, result.usage.completion_tokens) == (
+        9,
+        None,
+    )
