@@ -27,6 +27,7 @@ class Task(Enum):
     MODELS = "models"
     RESPONSES = "responses"  # OpenAI Responses API
     MESSAGES = "messages"  # Anthropic Messages API
+    COUNT_TOKENS = "count_tokens"  # Anthropic Messages token counting (coding agents call it often)
     RERANK = "rerank"
     SCORE = "score"
     TOKENIZE = "tokenize"
@@ -43,6 +44,7 @@ TASK_BY_PATH: dict[str, Task] = {
     "/v1/models": Task.MODELS,
     "/v1/responses": Task.RESPONSES,
     "/v1/messages": Task.MESSAGES,
+    "/v1/messages/count_tokens": Task.COUNT_TOKENS,
     "/v1/rerank": Task.RERANK,
     "/v2/rerank": Task.RERANK,
     "/rerank": Task.RERANK,
@@ -56,6 +58,8 @@ TASK_BY_PATH: dict[str, Task] = {
 # Bodies are multipart/form-data (an audio file and form fields), not JSON. Envoy hands us only
 # the head of such a body (BUFFERED_PARTIAL, extproc/deploy/envoy/local.yaml).
 MULTIPART_TASKS = frozenset({Task.TRANSCRIPTION, Task.TRANSLATION})
+# Anthropic's APIs: errors in Anthropic's shape.
+ANTHROPIC_TASKS = frozenset({Task.MESSAGES, Task.COUNT_TOKENS})
 # Whose streams carry usage only when asked to with stream_options.include_usage.
 STREAM_OPTIONS_TASKS = frozenset({Task.CHAT, Task.COMPLETION})
 # Answers that depend on server-side state (a stored response) or on an uploaded file: never
@@ -268,18 +272,24 @@ def _responses(body: dict[str, Any]) -> _Prompt:
     return prompt
 
 
-def _messages(body: dict[str, Any]) -> _Prompt:
-    """Anthropic Messages: ``system`` (string or text blocks) and ``messages`` with content blocks."""
+def _count_tokens(body: dict[str, Any]) -> _Prompt:
+    """Anthropic token counting: a Messages body without ``max_tokens``."""
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         raise _bad("'system' must be a string or an array of text blocks")
-    if "max_tokens" not in body:
-        raise _bad("'max_tokens' is required", "missing_max_tokens")
     prompt = _chat_messages(body.get("messages"))
     system_text = _content_text(system)
     if system_text:
         prompt.text = system_text + "\n" + prompt.text if prompt.text else system_text
     prompt.has_system = prompt.has_system or bool(system)
+    return prompt
+
+
+def _messages(body: dict[str, Any]) -> _Prompt:
+    """Anthropic Messages: ``system`` (string or text blocks) and ``messages`` with content blocks."""
+    if "max_tokens" not in body:
+        raise _bad("'max_tokens' is required", "missing_max_tokens")
+    prompt = _count_tokens(body)
     prompt.max_tokens = body["max_tokens"]
     return prompt
 
@@ -339,6 +349,7 @@ _JSON_BODIES = {
     Task.EMBEDDING: _embedding,
     Task.RESPONSES: _responses,
     Task.MESSAGES: _messages,
+    Task.COUNT_TOKENS: _count_tokens,
     Task.RERANK: _rerank,
     Task.SCORE: _score,
     Task.TOKENIZE: _tokenize,
@@ -385,7 +396,7 @@ def parse_body(
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean")
     user = body.get("user")
-    if user is None and task is Task.MESSAGES:
+    if user is None and task in ANTHROPIC_TASKS:
         metadata = body.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if user is not None and not isinstance(user, str):

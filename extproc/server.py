@@ -41,6 +41,7 @@ from extproc.observability.telemetry import RouteRecord, Telemetry
 from extproc.observe import Observation, ResponseObserver
 from extproc.policy.types import Target
 from extproc.request import (
+    ANTHROPIC_TASKS,
     MULTIPART_TASKS,
     ParsedRequest,
     RequestHeaders,
@@ -137,8 +138,8 @@ def _with_response_header(name: str, value: str) -> ep.ProcessingResponse:
 
 
 def error_response(error: RoutingError, task: Task | None = None) -> ep.ProcessingResponse:
-    """The error in the shape of the caller's API: Anthropic's for /v1/messages, OpenAI's otherwise."""
-    shape = ErrorShape.ANTHROPIC if task is Task.MESSAGES else ErrorShape.OPENAI
+    """The error in the shape of the caller's API: Anthropic's for /v1/messages*, OpenAI's otherwise."""
+    shape = ErrorShape.ANTHROPIC if task in ANTHROPIC_TASKS else ErrorShape.OPENAI
     return immediate(error.status, error.body(shape), error.headers())
 
 

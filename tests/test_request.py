@@ -181,6 +181,7 @@ def test_every_vllm_api_path_maps_to_its_task() -> None:
     for path, task in {
         "/v1/responses": Task.RESPONSES,
         "/v1/messages": Task.MESSAGES,
+        "/v1/messages/count_tokens": Task.COUNT_TOKENS,
         "/v1/rerank": Task.RERANK,
         "/rerank": Task.RERANK,
         "/v1/score": Task.SCORE,
@@ -239,6 +240,11 @@ def test_anthropic_messages_system_blocks_and_required_max_tokens() -> None:
     with pytest.raises(RoutingError) as info:
         parse(Task.MESSAGES, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert info.value.code == "missing_max_tokens"
+    # Token counting takes the same body without max_tokens.
+    counted = parse(
+        Task.COUNT_TOKENS, {"model": "m", "system": "s", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert (counted.text, counted.max_tokens, counted.has_system_prompt) == ("s\nx", None, True)
 
 
 def test_rerank_score_tokenize_detokenize_bodies() -> None:

@@ -398,6 +398,8 @@ def test_messages_errors_are_anthropic_shaped_and_openai_paths_keep_theirs() -> 
     assert payload["type"] == "error" and payload["error"]["type"] == "not_found_error"  # type: ignore[index]
     _, bad, _ = run_request(processor, headers_message("/v1/messages"), body_message(b"{"))
     assert immediate_json(bad)[1]["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    _, counting, _ = run_request(processor, headers_message("/v1/messages/count_tokens"), body_message(body))
+    assert immediate_json(counting)[1]["type"] == "error"
     first, _, _ = run_request(processor, headers_message("/v1/messages", "GET"))
     assert immediate_json(first)[0] == 405 and immediate_json(first)[1]["type"] == "error"
     _, openai_style, _ = run_request(

@@ -127,6 +127,7 @@ class SimApis:
         return [
             ("/v1/responses", self.responses_create),
             ("/v1/messages", self.messages_create),
+            ("/v1/messages/count_tokens", self.count_tokens),
             ("/v1/rerank", self.rerank),
             ("/v2/rerank", self.rerank),
             ("/rerank", self.rerank),
@@ -301,17 +302,7 @@ class SimApis:
         max_tokens = _budget(body.get("max_tokens"), 0)
         if not max_tokens:
             return _anthropic_error(400, f"max_tokens: must be between 1 and {MAX_MODEL_LEN}")
-        messages = body.get("messages")
-        text = "\n".join(
-            [
-                _text_of(body.get("system")),
-                *(
-                    _text_of(m.get("content"))
-                    for m in (messages if isinstance(messages, list) else [])
-                    if isinstance(m, dict)
-                ),
-            ]
-        )
+        text = self._messages_text(body)
         rid = f"msg_{uuid.uuid4().hex[:24]}"
         job = self.server.generate(rid, str(model), text, max_tokens)
         headers = {
@@ -359,6 +350,35 @@ class SimApis:
         await stream.write(_sse({"type": "message_stop"}, "message_stop"))
         await stream.write_eof()
         return stream
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        return await self._tracked(self._count_tokens, request)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """Tokenizer work only, as in vLLM: ``{"input_tokens": N}``."""
+        body = await self._json(request)
+        if body is None:
+            return _anthropic_error(400, "invalid JSON body")
+        model = body.get("model")
+        if not self._serves(model):
+            return _anthropic_error(404, f"model: {model}", "not_found_error")
+        text = self._messages_text(body)
+        reply = {"input_tokens": len(_token_ids(text)) if text else 0}
+        return web.json_response(reply, headers=self.server._headers(request, uuid.uuid4().hex))
+
+    @staticmethod
+    def _messages_text(body: dict[str, Any]) -> str:
+        messages = body.get("messages")
+        return "\n".join(
+            [
+                _text_of(body.get("system")),
+                *(
+                    _text_of(m.get("content"))
+                    for m in (messages if isinstance(messages, list) else [])
+                    if isinstance(m, dict)
+                ),
+            ]
+        )
 
     # -- pooling: rerank and score (one prefill, no decode) --------------------------------------
 

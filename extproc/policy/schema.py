@@ -21,6 +21,7 @@ Task = Literal[
     "embedding",
     "responses",
     "messages",
+    "count_tokens",
     "rerank",
     "score",
     "tokenize",

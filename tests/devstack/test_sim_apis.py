@@ -77,6 +77,10 @@ async def test_anthropic_messages_plain_and_streamed(fleet: SimFleet) -> None:
             chunks = [text async for text in stream.text_stream]
             final = await stream.get_final_message()
         assert len(chunks) == 3 and final.usage.output_tokens == 3
+        counted = await client.messages.count_tokens(
+            model="llama-3-8b", system="abcd", messages=[{"role": "user", "content": "efgh"}]
+        )
+        assert counted.input_tokens == 3  # "abcd\nefgh": 9 characters, ~4 per token
         with pytest.raises(anthropic.NotFoundError) as missing:
             await client.messages.create(
                 model="nope", max_tokens=1, messages=[{"role": "user", "content": "x"}]

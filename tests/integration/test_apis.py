@@ -40,7 +40,11 @@ POLICY = {
     ],
     "rules": [
         # Agents (Responses and Messages clients) get premium priority, pooling work a short timeout.
-        {"name": "agents", "match": {"task": ["responses", "messages"]}, "priority": "premium"},
+        {
+            "name": "agents",
+            "match": {"task": ["responses", "messages", "count_tokens"]},
+            "priority": "premium",
+        },
         {"name": "pooling", "match": {"task": ["rerank", "score", "tokenize", "detokenize"]}, "timeout_s": 7},
         {"name": "audio", "match": {"task": ["transcription", "translation"]}, "timeout_s": 120},
     ],
@@ -183,6 +187,12 @@ def test_anthropic_messages_plain_and_streamed_with_anthropic_headers_and_usage(
     # Input tokens from message_start, output tokens from message_delta.
     assert wait_for_output_tokens(apis_stack, before + 10) == before + 10
     assert metric_sum(apis_stack, "llm_extproc_requests_total", task="messages", outcome="routed") == 2
+    # Coding agents count tokens before sending: routed like the rest, answered in Anthropic's shape.
+    counted = client.messages.count_tokens(
+        model="llama-3-8b", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert counted.input_tokens > 0
+    assert metric_sum(apis_stack, "llm_extproc_requests_total", task="count_tokens", outcome="routed") == 1
 
 
 def test_anthropic_clients_get_errors_in_anthropic_shape(apis_stack: LocalStack) -> None:

@@ -37,6 +37,7 @@ PATHS = [
     "/v1/chat/completions?x=1",
     "/v1/responses",
     "/v1/messages",
+    "/v1/messages/count_tokens",
     "/v1/rerank",
     "/v1/score",
     "/tokenize",
@@ -152,7 +153,7 @@ def test_ext_proc_messages_never_crash_or_5xx(
     for header in headers.request_headers.headers.headers:
         if header.key == "content-type":
             header.raw_value = content_type.encode()
-    anthropic = path == "/v1/messages"
+    anthropic = path.startswith("/v1/messages")
     check_answer(processor.on_request_headers(headers.request_headers, state), anthropic)
     check_answer(processor.on_request_body(body_message(body).request_body, state), anthropic)
 
