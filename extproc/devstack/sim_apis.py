@@ -3,7 +3,8 @@ tokenize/detokenize and audio transcription/translation, streaming included.
 
 Shapes follow vLLM's OpenAI-compatible server (vllm/entrypoints/openai: serving_responses,
 serving_transcription, score/rerank, tokenize) and its Anthropic endpoint
-(vllm/entrypoints/anthropic/serving.py) as of vLLM 0.11-0.12; docs/apis.md lists the fields.
+(vllm/entrypoints/anthropic/serving.py) on vLLM's main branch as of November 2026;
+docs/apis.md lists the fields.
 Generation goes through the endpoint's engine, so these requests load it (and are slowed by
 it) exactly like chat completions. Registered by extproc.devstack.sim; never imported by the
 request path.
