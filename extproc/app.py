@@ -148,6 +148,16 @@ class App:
                     "Responses served by a fallback endpoint after the primary's try failed.",
                     lambda: float(self.router.retried_away),
                 ),
+                # Responses API: answers whose endpoint was remembered, and follow-ups
+                # (previous_response_id) sent to the endpoint that stored their response.
+                "llm_extproc_response_homes_learned": (
+                    "Responses API answers whose serving endpoint was remembered.",
+                    lambda: float(self.router.response_homes.learned),
+                ),
+                "llm_extproc_response_homes_pinned": (
+                    "Follow-ups routed to the endpoint that stored their previous response.",
+                    lambda: float(self.router.response_homes.pinned),
+                ),
                 "llm_extproc_stream_errors": (
                     "ext_proc gRPC streams that failed.",
                     lambda: float(self.processor.stream_errors),

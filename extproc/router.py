@@ -62,10 +62,13 @@ class ResponseHomes:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._homes: OrderedDict[str, str] = OrderedDict()
+        self.learned = 0  # ids remembered, ever
+        self.pinned = 0  # follow-ups sent to their previous response's endpoint
 
     def remember(self, response_id: str, endpoint: str) -> None:
         if not endpoint:
             return
+        self.learned += 1
         self._homes[response_id] = endpoint
         self._homes.move_to_end(response_id)
         if len(self._homes) > self.capacity:
@@ -308,6 +311,7 @@ class Router:
         row = snapshot.index.get(home) if home is not None else None
         if row is None or row not in candidates:
             return rows
+        self.response_homes.pinned += 1
         return [row, *(r for r in rows if r != row)][: max(len(rows), 1)]
 
     def observe_response(

@@ -144,14 +144,25 @@ def test_openai_responses_plain_and_streamed_routed_by_policy_with_usage_in_metr
 
 def test_responses_follow_ups_go_to_the_endpoint_that_stored_the_response(apis_stack: LocalStack) -> None:
     client = openai_client(apis_stack)
+
+    def learned() -> float:
+        return metric_sum(apis_stack, "llm_extproc_response_homes_learned_total")
+
+    def wait_until_learned(count: float) -> None:
+        """The observer reports an answer (and its id) just after it passed: wait, bounded."""
+        deadline = time.monotonic() + 10
+        while learned() < count:
+            assert time.monotonic() < deadline, "the observer never reported the response"
+            time.sleep(0.02)
+
+    base = learned()
     raw = client.responses.with_raw_response.create(
         model="llama-3-8b", input="remember 7", max_output_tokens=2
     )
-    first = raw.parse()
     home = raw.headers["x-gateway-destination-endpoint-served"]
-    time.sleep(0.3)  # the observer learns the id once the response has passed
-    previous = first.id
-    for _ in range(6):
+    previous = raw.parse().id
+    wait_until_learned(base + 1)
+    for turn in range(6):
         # The simulator, like vLLM, answers 404 for a response id it did not store: every
         # follow-up succeeding means every one reached the home endpoint.
         follow = client.responses.with_raw_response.create(
@@ -159,6 +170,8 @@ def test_responses_follow_ups_go_to_the_endpoint_that_stored_the_response(apis_s
         )
         assert follow.headers["x-gateway-destination-endpoint-served"] == home
         previous = follow.parse().id
+        wait_until_learned(base + 2 + turn)
+    assert metric_sum(apis_stack, "llm_extproc_response_homes_pinned_total") == 6
 
 
 def test_anthropic_messages_plain_and_streamed_with_anthropic_headers_and_usage(
