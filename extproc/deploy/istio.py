@@ -74,9 +74,29 @@ def _local_envoy() -> dict[str, Any]:
     return config
 
 
+def _local_hcm() -> dict[str, Any]:
+    hcm: dict[str, Any] = _local_envoy()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    return hcm
+
+
+# The VirtualService route for audio uploads, by name: the EnvoyFilter gives it the local
+# stack's per-route ext_proc override (BUFFERED_PARTIAL: routed on the form's head, the file
+# streams on). A gateway's own VirtualService gets it by naming its audio route the same.
+AUDIO_ROUTE = "audio"
+AUDIO_PREFIX = "/v1/audio/"
+
+
+def audio_route_override() -> dict[str, Any]:
+    """The local stack's typed_per_filter_config of its audio route."""
+    routes = _local_hcm()["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    audio = next(r for r in routes if r["match"].get("prefix") == AUDIO_PREFIX)
+    override: dict[str, Any] = copy.deepcopy(audio["typed_per_filter_config"])
+    return override
+
+
 def envoy_http_filters(s: IstioSettings) -> list[dict[str, Any]]:
     """The local stack's HTTP filters before the router, pointed at Istio's ext_proc cluster."""
-    hcm = _local_envoy()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm = _local_hcm()
     filters = [f for f in hcm["typed_config"]["http_filters"] if f["name"] != "envoy.filters.http.router"]
     filters = copy.deepcopy(filters)
     for item in filters:
@@ -118,6 +138,16 @@ def envoy_filter(s: IstioSettings, context: str) -> dict[str, Any]:
         }
         for item in envoy_http_filters(s)
     ]
+    route_match: dict[str, Any] = {"vhost": {"route": {"name": AUDIO_ROUTE}}}
+    if sidecar:
+        route_match["portNumber"] = s.port
+    patches.append(
+        {
+            "applyTo": "HTTP_ROUTE",
+            "match": {"context": context, "routeConfiguration": route_match},
+            "patch": {"operation": "MERGE", "value": {"typed_per_filter_config": audio_route_override()}},
+        }
+    )
     patches.append(
         {
             "applyTo": "CLUSTER",
@@ -358,6 +388,18 @@ def traffic_objects(s: IstioSettings) -> list[dict[str, Any]]:
             "spec": {
                 "hosts": [host],
                 "http": [
+                    {
+                        # Audio uploads: the EnvoyFilter's route patch (matched by this name) has
+                        # ext_proc read only the head of the multipart body; the file streams on.
+                        "name": AUDIO_ROUTE,
+                        "match": [{"uri": {"prefix": AUDIO_PREFIX}}],
+                        "route": [
+                            {"destination": {**destination, "subset": "stable"}, "weight": 90},
+                            {"destination": {**destination, "subset": "canary"}, "weight": 10},
+                        ],
+                        "timeout": "300s",
+                        "retries": {"attempts": 1, "retryOn": "connect-failure,refused-stream"},
+                    },
                     {
                         # ext_proc sets x-llm-stream (client-sent x-llm-* are stripped first) and
                         # clears the route cache, so this match sees the body's "stream" flag.

@@ -139,6 +139,21 @@ def apply_envoy_filter(config: dict[str, Any], envoy_filter: dict[str, Any], con
                         target = listener_match["filterChain"]["filter"]["subFilter"]["name"]
                         http_filters.insert(names.index(target), copy.deepcopy(value))
                         applied += 1
+        elif patch["applyTo"] == "HTTP_ROUTE":
+            assert operation == "MERGE"
+            route_match = match["routeConfiguration"]
+            for listener in config["static_resources"]["listeners"]:
+                port = listener["address"]["socket_address"]["port_value"]
+                if "portNumber" in route_match and route_match["portNumber"] != port:
+                    continue
+                for chain in listener["filter_chains"]:
+                    for network_filter in chain["filters"]:
+                        route_config = network_filter["typed_config"]["route_config"]
+                        for host in route_config["virtual_hosts"]:
+                            for route in host["routes"]:
+                                if route.get("name") == route_match["vhost"]["route"]["name"]:
+                                    route.update(copy.deepcopy(value))
+                                    applied += 1
         elif patch["applyTo"] == "CLUSTER":
             assert operation == "MERGE"
             name = f"outbound|{match['cluster']['portNumber']}||{match['cluster']['service']}"
@@ -185,8 +200,27 @@ def test_envoy_filter_patches_make_a_config_the_real_envoy_accepts(
         "llm-observe",
         "envoy.filters.http.router",
     ]
+    # Audio uploads: the VirtualService's "audio" route gets the local stack's BUFFERED_PARTIAL.
+    routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]["virtual_hosts"][0]["routes"]
+    audio = next(r for r in routes if r.get("name") == "audio")
+    override = audio["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]
+    assert override["processing_mode"]["request_body_mode"] == "BUFFERED_PARTIAL"
+    assert "typed_per_filter_config" not in routes[-1]  # every other route keeps BUFFERED
     result = envoy_validate(config, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_audio_route_is_named_for_the_envoy_filter_and_comes_first() -> None:
+    service = next(o for o in shipped() if o["kind"] == "VirtualService")
+    first = service["spec"]["http"][0]
+    assert first["name"] == "audio" and first["match"] == [{"uri": {"prefix": "/v1/audio/"}}]
+    for envoy_filter in filters().values():
+        route_patches = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "HTTP_ROUTE"]
+        assert [p["match"]["routeConfiguration"]["vhost"]["route"]["name"] for p in route_patches] == [
+            "audio"
+        ]
 
 
 @pytest.mark.parametrize(
