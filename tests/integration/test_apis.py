@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anthropic
 import openai
@@ -87,18 +87,36 @@ def metric_sum(stack: LocalStack, name: str, **labels: str) -> float:
     return total
 
 
-def output_tokens(stack: LocalStack) -> float:
-    return metric_sum(stack, "gen_ai_client_token_usage_sum", gen_ai_token_type="output")
+def output_tokens(stack: LocalStack, **labels: str) -> float:
+    return metric_sum(stack, "gen_ai_client_token_usage_sum", gen_ai_token_type="output", **labels)
+
+
+def wait_for_metric(read: Callable[[], float], expected: float) -> float:
+    """The observer reports after the response ended: wait (bounded) for its numbers."""
+    deadline = time.monotonic() + 10
+    seen = read()
+    while seen < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen = read()
+    return seen
 
 
 def wait_for_output_tokens(stack: LocalStack, expected: float) -> float:
-    """The observer reports after the response ended: wait (bounded) for its numbers."""
-    deadline = time.monotonic() + 10
-    seen = output_tokens(stack)
-    while seen < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        seen = output_tokens(stack)
-    return seen
+    return wait_for_metric(lambda: output_tokens(stack), expected)
+
+
+def ttft_count(stack: LocalStack) -> float:
+    return metric_sum(stack, "gen_ai_server_time_to_first_token_seconds_count")
+
+
+def form(fields: dict[str, str], audio: bytes, boundary: str = "b0und") -> tuple[str, bytes]:
+    """A multipart/form-data upload: the fields first, then the audio file."""
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'.encode()
+    return f"multipart/form-data; boundary={boundary}", body + audio + f"\r\n--{boundary}--\r\n".encode()
 
 
 def openai_client(stack: LocalStack) -> openai.OpenAI:
@@ -179,6 +197,7 @@ def test_anthropic_messages_plain_and_streamed_with_anthropic_headers_and_usage(
 ) -> None:
     client = anthropic_client(apis_stack)
     before = output_tokens(apis_stack)
+    ttft_before = ttft_count(apis_stack)
     raw = client.messages.with_raw_response.create(
         model="llama-3-8b",
         max_tokens=4,
@@ -197,8 +216,10 @@ def test_anthropic_messages_plain_and_streamed_with_anthropic_headers_and_usage(
         text = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(text) == 6 and final.usage.output_tokens == 6
-    # Input tokens from message_start, output tokens from message_delta.
+    # Input tokens from message_start, output tokens from message_delta, TTFT from the first
+    # content_block_delta (only the streamed request has one).
     assert wait_for_output_tokens(apis_stack, before + 10) == before + 10
+    assert wait_for_metric(lambda: ttft_count(apis_stack), ttft_before + 1) == ttft_before + 1
     assert metric_sum(apis_stack, "llm_extproc_requests_total", task="messages", outcome="routed") == 2
     # Coding agents count tokens before sending: routed like the rest, answered in Anthropic's shape.
     counted = client.messages.count_tokens(
@@ -252,6 +273,31 @@ def test_transcription_upload_larger_than_the_body_limit_is_routed_by_its_model_
     assert raw.headers["x-sim-audio-bytes"] == str(len(audio))
     assert raw.headers["x-sim-model"] == "whisper-large-v3"
     assert metric_sum(apis_stack, "llm_extproc_requests_total", task="transcription", pool="audio") == 1
+    # Translations take the same form (the SDK has deprecated its client for them: raw HTTP).
+    content_type, body = form({"model": "whisper-large-v3"}, audio)
+    status, headers, reply = post(apis_stack, "/v1/audio/translations", body, {"content-type": content_type})
+    assert status == 200 and json.loads(reply)["text"].startswith("tok0")
+    assert headers["x-gateway-destination-endpoint-served"] in audio_pool
+    assert metric_sum(apis_stack, "llm_extproc_requests_total", task="translation", pool="audio") == 1
+
+
+def test_streamed_transcription_reports_its_usage(apis_stack: LocalStack) -> None:
+    fields = {"model": "whisper-large-v3", "stream": "true", "stream_include_usage": "true"}
+    content_type, body = form(fields, b"\x00" * 64_000)
+    before = output_tokens(apis_stack, gen_ai_response_model="whisper-large-v3")
+    status, headers, reply = post(
+        apis_stack,
+        "/v1/audio/transcriptions",
+        body,
+        {"content-type": content_type},
+    )
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert reply.count(b"transcription.chunk") == 32 + 2  # a chunk per token, the finish and usage chunks
+    # The final usage chunk's completion tokens (the simulator's default budget) reach the metrics.
+    seen = wait_for_metric(
+        lambda: output_tokens(apis_stack, gen_ai_response_model="whisper-large-v3"), before + 32
+    )
+    assert seen == before + 32
 
 
 def test_transcription_with_the_model_after_a_large_file_gets_a_clear_400(apis_stack: LocalStack) -> None:
