@@ -105,6 +105,22 @@ def parse_headers(pairs: list[tuple[str, str]]) -> RequestHeaders:
     return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class FormHead:
+    """The head of a multipart body as Envoy handed it to us, and where the ``model`` field's
+    value sits in it: enough to rename the model (aliases, fallbacks) without the file."""
+
+    raw: bytes
+    model_start: int
+    model_end: int
+    # The whole body, not just its head. Only a whole body is renamed: Envoy 1.40 drops bytes
+    # that arrive while we decide when a BUFFERED_PARTIAL head is replaced (measured).
+    complete: bool = True
+
+    def with_model(self, model: str) -> bytes:
+        return self.raw[: self.model_start] + model.encode() + self.raw[self.model_end :]
+
+
 @dataclass(slots=True)
 class ParsedRequest:
     """What routing needs from an OpenAI-style request body."""
@@ -120,6 +136,7 @@ class ParsedRequest:
     has_system_prompt: bool = False
     # Responses API: the stored response this one continues; routed to the endpoint holding it.
     previous_response_id: str | None = None
+    form: FormHead | None = None  # multipart uploads
 
     @property
     def cacheable(self) -> bool:
@@ -486,4 +503,22 @@ def _parse_form(
         body={},
         text=fields.get("prompt", ""),
         stream=stream in ("true", "1"),
+        form=_form_head(raw, boundary, model, complete),
     )
+
+
+def _form_head(raw: bytes, boundary: str, model: str, complete: bool) -> FormHead | None:
+    """Where the parsed ``model`` value sits in the raw head: after the headers of the part named
+    model, up to the next boundary. None if it cannot be found exactly (then it is not renamed)."""
+    value = model.encode()
+    delimiter = b"\r\n--" + boundary.encode()
+    at = 0
+    while (at := raw.find(b'name="model"', at)) >= 0:
+        line_start = raw.rfind(b"\n", 0, at) + 1
+        if raw[line_start : line_start + 20].lower() == b"content-disposition:":
+            start = raw.find(b"\r\n\r\n", at) + 4
+            end = raw.find(delimiter, start)
+            if start >= 4 and end >= 0 and raw[start:end] == value:
+                return FormHead(raw, start, end, complete)
+        at += 1
+    return None

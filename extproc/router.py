@@ -273,6 +273,15 @@ class Router:
                 "no_healthy_endpoint",
                 retry_after_s=1.0,
             )
+        form = request.form
+        if form is not None and not form.complete and decision.model != request.model:
+            raise RoutingError(
+                ErrorKind.INVALID_REQUEST,
+                f"this upload is larger than {self.config.max_body_bytes} bytes, so it streams past "
+                f"us and its model cannot be renamed from {request.model!r} to {decision.model!r} "
+                f"(a policy alias or fallback): send the served model name {decision.model!r}",
+                "model_rename_needs_small_upload",
+            )
         decision.scores = ctx.scores
         decision.endpoints = endpoints = [snapshot.endpoints[r].address for r in rows]
         self.inflight.add(snapshot, endpoints[0], +1)
@@ -299,6 +308,10 @@ class Router:
                 }
         if rewrite and request.rewritable:
             decision.body = json.dumps({**request.body, **rewrite}, ensure_ascii=False).encode()
+            set_headers.append(("content-length", str(len(decision.body))))
+        elif form is not None and decision.model != request.model:
+            # A whole (small) upload: rename the model field in place.
+            decision.body = form.with_model(decision.model)
             set_headers.append(("content-length", str(len(decision.body))))
         return decision
 

@@ -329,3 +329,17 @@ def test_policy_task_names_are_the_routed_apis() -> None:
     from extproc.policy.schema import Task as PolicyTask
 
     assert set(typing.get_args(PolicyTask)) == {t.value for t in Task} - {"models"}
+
+
+def test_form_head_locates_the_model_value_for_renaming() -> None:
+    content_type, raw = form(
+        [("language", "en"), ("model", "whisper"), ("file", b'name="model"\r\n\r\nwhisper')]
+    )
+    req = parse_body(Task.TRANSCRIPTION, content_type, raw, LIMIT)
+    assert req.form is not None and req.form.complete
+    renamed = req.form.with_model("whisper-large-v3")
+    again = parse_body(Task.TRANSCRIPTION, content_type, renamed, LIMIT)
+    assert again.model == "whisper-large-v3"
+    assert renamed.endswith(raw[raw.index(b'--b0und\r\nContent-Disposition: form-data; name="file"') :])
+    head = parse_body(Task.TRANSCRIPTION, content_type, raw[:150], LIMIT, complete=False)
+    assert head.form is not None and not head.form.complete

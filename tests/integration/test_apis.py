@@ -38,6 +38,8 @@ POLICY = {
         {"name": "slow", "models": ["llama-3-8b"]},
         {"name": "audio", "models": ["whisper-large-v3"]},
     ],
+    # An alias: uploads name it, the body Envoy holds is rewritten to the served model.
+    "models": {"whisper": {"model": "whisper-large-v3", "pool": "audio"}},
     "rules": [
         # Agents (Responses and Messages clients) get premium priority, pooling work a short timeout.
         {
@@ -279,6 +281,27 @@ def test_transcription_upload_larger_than_the_body_limit_is_routed_by_its_model_
     assert status == 200 and json.loads(reply)["text"].startswith("tok0")
     assert headers["x-gateway-destination-endpoint-served"] in audio_pool
     assert metric_sum(apis_stack, "llm_extproc_requests_total", task="translation", pool="audio") == 1
+
+
+def test_an_upload_naming_an_alias_is_renamed_when_small_and_refused_clearly_when_streamed(
+    apis_stack: LocalStack,
+) -> None:
+    # A small upload, whole in what Envoy hands ext_proc: "whisper" is renamed in the body (the
+    # simulator, like vLLM, answers 404 for a model it does not serve).
+    content_type, body = form({"model": "whisper", "language": "en"}, b"\x00" * 1000)
+    status, headers, reply = post(
+        apis_stack, "/v1/audio/transcriptions", body, {"content-type": content_type}
+    )
+    assert status == 200, reply[:200]
+    assert headers["x-sim-model"] == "whisper-large-v3" and headers["x-sim-audio-bytes"] == "1000"
+    # Over the body limit the file streams past ext_proc, and Envoy cannot safely replace the
+    # head of a stream: a clear 400 naming the model to send instead of a 404 from the server.
+    big = bytes(range(256)) * (3 * BODY_LIMIT // 256)
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(apis_stack).audio.transcriptions.create(
+            model="whisper", file=("a.wav", big, "audio/wav")
+        )
+    assert "'whisper-large-v3'" in refused.value.message
 
 
 def test_streamed_transcription_reports_its_usage(apis_stack: LocalStack) -> None:
