@@ -281,6 +281,7 @@ class _CompiledAction:
     checks: tuple[tuple[str, Predicate], ...]
     route: Target | None  # None: the requested model
     route_ref: str  # the model name the rule gave (alias or served), for the fallbacks map
+    route_pool: str | None  # `route: {pool: P}` without a model: the requested model, on pool P
     split: tuple[tuple[int, Target, str], ...]  # cumulative weight (1..100) -> target, its name
     split_key: str | None
     mirror: tuple[float, Target, str] | None  # percent, target, envoy cluster
@@ -360,6 +361,7 @@ class CompiledPolicy:
             checks=_compile_match(match),
             route=route,
             route_ref=route_ref,
+            route_pool=action.route.pool if action.route is not None and route is None else None,
             split=tuple(split),
             split_key=action.split.key.lower() if action.split and action.split.key else None,
             mirror=mirror,
@@ -458,6 +460,8 @@ class CompiledPolicy:
             primary, ref = next((t, r) for limit, t, r in action.split if bucket <= limit)
         elif action.route is not None:
             primary, ref = action.route, action.route_ref
+        elif action.route_pool is not None:
+            primary, ref = self.resolve(inp.model, action.route_pool), inp.model
         elif inp.model in self.policy.models or inp.model in self._served or not self._served:
             primary, ref = self.resolve(inp.model), inp.model
         else:

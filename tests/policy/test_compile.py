@@ -252,3 +252,23 @@ def test_limits_errors_point_at_the_line(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as raised:
         write(tmp_path, empty)
     assert "at least one of requests_per_minute" in str(raised.value)
+
+
+def test_a_route_naming_only_a_pool_serves_the_requested_model_on_that_pool(tmp_path: Path) -> None:
+    policy = write(
+        tmp_path,
+        """
+pools:
+  - {name: fast, models: [m]}
+  - {name: slow, models: [m]}
+rules:
+  - name: batchy
+    match: {headers: {x-kind: {exact: batch}}}
+    route: {pool: slow}
+    priority: batch
+default: {}
+""",
+    )
+    decision = policy.evaluate(inp(headers={"x-kind": "batch"}))
+    assert decision.targets == (Target("slow", "m"),) and decision.priority == -1
+    assert policy.evaluate(inp()).targets == (Target("", "m"),)  # the default: any pool serving m
