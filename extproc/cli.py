@@ -143,7 +143,8 @@ def _passthrough(target: str) -> Callable[[list[str]], int]:
 PASSTHROUGH = {
     "sim": ("extproc.devstack.sim", "run the simulated vLLM fleet"),
     "loadgen": ("extproc.devstack.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
-    "complexity": ("extproc.complexity.cli", "score prompts (JSON lines on stdin) or --eval a labelled file"),
+    "complexity": ("extproc.complexity.cli", "score prompts (JSON lines on stdin), --eval or --explain"),
+    "complexity-train": ("extproc.complexity.train", "fit both complexity heads and write the model"),
     "validate": ("extproc.policy.cmd:validate_main", "validate policy files"),
     "explain": ("extproc.policy.cmd:explain_main", "show how a policy routes a request"),
     "schema": ("extproc.policy.cmd:schema_main", "print the policy JSON Schema"),

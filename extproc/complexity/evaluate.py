@@ -6,6 +6,7 @@ strong model and sweep the share sent from 0 to 1.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,3 +59,49 @@ def read_labelled(path: Path) -> list[dict[str, Any]]:
             if line.strip():
                 rows.append(json.loads(line))
     return rows
+
+
+def ranks(values: Sequence[float] | FloatArray) -> FloatArray:
+    """Ranks from 1, ties sharing their average rank."""
+    data = np.asarray(values, dtype=np.float64)
+    order = np.argsort(data, kind="stable")
+    ordered = data[order]
+    # the start and end index of each run of equal values
+    starts = np.concatenate([[0], np.nonzero(np.diff(ordered))[0] + 1])
+    ends = np.concatenate([starts[1:], [len(data)]])
+    average = (starts + ends + 1) / 2.0
+    result = np.empty(len(data))
+    result[order] = np.repeat(average, ends - starts)
+    return result
+
+
+def spearman(a: Sequence[float] | FloatArray, b: Sequence[float] | FloatArray) -> float:
+    """Spearman's rank correlation (nan when either side is constant or has under 2 values)."""
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def graded_report(
+    scores: Sequence[float] | FloatArray, levels: Sequence[int], languages: Sequence[str]
+) -> dict[str, Any]:
+    """Spearman overall and per language, and the median score of each level (should rise)."""
+    score = np.asarray(scores, dtype=np.float64)
+    level = np.asarray(levels)
+    lang = np.asarray(languages)
+    medians = {int(v): float(np.median(score[level == v])) for v in sorted(set(level.tolist()))}
+    values = list(medians.values())
+    return {
+        "rows": len(score),
+        "spearman": spearman(score, level),
+        "spearman_by_language": {
+            str(g): {"rows": int(np.sum(lang == g)), "spearman": spearman(score[lang == g], level[lang == g])}
+            for g in sorted(set(lang.tolist()))
+        },
+        "median_by_level": medians,
+        "medians_monotone": all(b >= a for a, b in itertools.pairwise(values)),
+        "level_band_accuracy": float(np.mean(np.clip(np.floor(score * 4 + 0.5) + 1, 1, 5) == level)),
+    }

@@ -1,25 +1,26 @@
-"""Prompt complexity: how much a prompt needs the strong model, as a score in [0, 1].
+"""The lexical head: how much a prompt gains from the strong model, from its words (``strong_gain``).
 
-Ridge regression on TF-IDF word 1-2grams (trained with scikit-learn by `extproc.complexity.train`,
-run here with numpy only). Tokens are ASCII words/numbers and single non-ASCII characters (so
-Chinese and other scripts without spaces still yield features). The ridge output is calibrated to
-its percentile among held-out (cross-validated) training scores, so a policy's
-`complexity > 0.7` means "harder than 70 % of the calibration prompts". No I/O after the model
-file is loaded once.
+Ridge regression on TF-IDF word 1-2grams (trained with scikit-learn by `extproc.complexity.train`
+on prompts labelled with whether a weak and a strong model answered correctly; run here with numpy
+only). Tokens are ASCII words/numbers and single non-ASCII characters (so Chinese and other scripts
+without spaces still yield features). The ridge output is calibrated to its percentile among
+held-out (cross-validated) training scores, so `strong_gain > 0.7` means "more to gain than 70 % of
+the calibration prompts". No I/O after the model file is loaded once.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-MODEL_PATH = Path(__file__).with_name("model.npz")
 # Bounded work for huge prompts: the start (instructions, question) and the end (the ask).
 HEAD_CHARS = 4096
 TAIL_CHARS = 1024
@@ -66,13 +67,13 @@ def ngrams(toks: list[bytes], order: int) -> list[bytes]:
 
 
 @dataclass(frozen=True)
-class ComplexityExplanation:
+class LexicalExplanation:
     score: float
     raw: float
     features: list[tuple[str, float]]  # (n-gram or "bias", contribution to the raw score), largest first
 
 
-class ComplexityModel:
+class LexicalModel:
     """raw(text) = intercept + Σ weight[j]·x[j], x = L2-normalised (1 + log count)·idf over n-grams.
 
     The n-gram of column j is identified by `keys[j]` (ascending): token ids t1..tn (1-based
@@ -106,30 +107,36 @@ class ComplexityModel:
         self._levels = np.linspace(0.0, 1.0, len(quantiles))
 
     @classmethod
-    def load(cls, path: Path = MODEL_PATH) -> ComplexityModel:
+    def from_arrays(cls, data: Mapping[str, npt.NDArray[Any]], prefix: str = "") -> LexicalModel:
+        vocab = bytes(data[prefix + "vocab"]).split(b"\n") if data[prefix + "vocab"].size else []
+        return cls(
+            vocab,
+            data[prefix + "keys"].astype(np.int64),
+            data[prefix + "idf"].astype(np.float64),
+            data[prefix + "weights"].astype(np.float64),
+            float(data[prefix + "intercept"]),
+            int(data[prefix + "order"]),
+            data[prefix + "quantiles"].astype(np.float64),
+        )
+
+    def arrays(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            prefix + "vocab": np.frombuffer(b"\n".join(self.vocab), dtype=np.uint8),
+            prefix + "keys": self.keys,
+            prefix + "idf": self.idf,
+            prefix + "weights": self.weights,
+            prefix + "intercept": np.array(self.intercept, dtype=np.float64),
+            prefix + "order": np.array(self.order, dtype=np.int64),
+            prefix + "quantiles": self.quantiles,
+        }
+
+    @classmethod
+    def load(cls, path: Path, prefix: str = "") -> LexicalModel:
         with np.load(path, allow_pickle=False) as data:
-            vocab = bytes(data["vocab"]).split(b"\n") if data["vocab"].size else []
-            return cls(
-                vocab,
-                data["keys"].astype(np.int64),
-                data["idf"].astype(np.float64),
-                data["weights"].astype(np.float64),
-                float(data["intercept"]),
-                int(data["order"]),
-                data["quantiles"].astype(np.float64),
-            )
+            return cls.from_arrays(data, prefix)
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(
-            path,
-            vocab=np.frombuffer(b"\n".join(self.vocab), dtype=np.uint8),
-            keys=self.keys,
-            idf=self.idf,
-            weights=self.weights,
-            intercept=np.float64(self.intercept),
-            order=np.int64(self.order),
-            quantiles=self.quantiles,
-        )
+        np.savez_compressed(path, **self.arrays())
 
     def key(self, ngram: bytes) -> int | None:
         """The key of an n-gram (None if one of its tokens is not in the vocabulary)."""
@@ -151,15 +158,24 @@ class ComplexityModel:
             parts.append(self.vocab[token_id - 1])
         return NGRAM_SEP.join(reversed(parts))
 
+    def token_id_array(self, toks: list[bytes]) -> npt.NDArray[np.int64]:
+        return np.fromiter(map(self.token_ids.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
+
     def columns(self, text: str) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
         """The model's columns present in the text, and their TF-IDF values (not yet normalised)."""
-        toks = tokens(prepare(text))
-        if not toks:
+        return self.columns_of_ids(self.token_id_array(tokens(prepare(text))))
+
+    def columns_of_ids(
+        self, ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """As `columns`, from the text's token ids (0 or anything past the vocabulary: unknown)."""
+        if not ids.size:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        ids = np.fromiter(map(self.token_ids.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
+        if ids.max() >= self._v:
+            ids = np.where(ids < self._v, ids, 0)
         parts = [ids]
         packed = ids
-        for n in range(2, min(self.order, len(toks)) + 1):
+        for n in range(2, min(self.order, len(ids)) + 1):
             packed = packed[:-1] * self._v + ids[n - 1 :]
             parts.append(packed + self._offsets[n - 1])
         found, counts = np.unique(np.concatenate(parts) if len(parts) > 1 else ids, return_counts=True)
@@ -171,7 +187,12 @@ class ComplexityModel:
         return cols, (1.0 + np.log(counts[hit])) * self.idf[cols]
 
     def raw(self, text: str) -> float:
-        cols, values = self.columns(text)
+        return self.raw_of_columns(*self.columns(text))
+
+    def raw_of_ids(self, ids: npt.NDArray[np.int64]) -> float:
+        return self.raw_of_columns(*self.columns_of_ids(ids))
+
+    def raw_of_columns(self, cols: npt.NDArray[np.intp], values: npt.NDArray[np.float64]) -> float:
         if not cols.size:
             return self.intercept
         return float(values @ self.weights[cols]) / math.sqrt(float(values @ values)) + self.intercept
@@ -182,7 +203,7 @@ class ComplexityModel:
     def score(self, text: str) -> float:
         return self.calibrate(self.raw(text))
 
-    def explain(self, text: str, top: int = 8) -> ComplexityExplanation:
+    def explain(self, text: str, top: int = 8) -> LexicalExplanation:
         cols, values = self.columns(text)
         contributions = [("bias", self.intercept)]
         if cols.size:
@@ -193,23 +214,4 @@ class ComplexityModel:
             ]
         raw = math.fsum(v for _, v in contributions)
         contributions.sort(key=lambda item: -abs(item[1]))
-        return ComplexityExplanation(self.calibrate(raw), raw, contributions[:top])
-
-
-_MODEL: ComplexityModel | None = None
-
-
-def model() -> ComplexityModel:
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = ComplexityModel.load()
-    return _MODEL
-
-
-def score(text: str) -> float:
-    """Complexity in [0, 1]: higher means the prompt more likely needs the strong model."""
-    return model().score(text)
-
-
-def explain(text: str, top: int = 8) -> ComplexityExplanation:
-    return model().explain(text, top)
+        return LexicalExplanation(self.calibrate(raw), raw, contributions[:top])

@@ -1,15 +1,21 @@
-"""Train and evaluate the complexity model on labelled prompts (needs scikit-learn).
+"""Fit both complexity heads and write the model file (needs scikit-learn for the lexical head).
 
-    python -m extproc.complexity.train --data ../shared/data/routing/dev.jsonl \
-        --out extproc/complexity/model.npz --report docs/bench/complexity_cv.json
+    python -m extproc.complexity.train [--graded graded.jsonl] [--routing routing.jsonl] \
+        [--out extproc/complexity/model.npz] [--report report.json]
 
-Input: JSON lines with `prompt`, `weak_correct`, `strong_correct` (did the cheap and the
-expensive model answer correctly). The target is the gain from the strong model,
-strong_correct - weak_correct (every row kept, ties are 0), learned by ridge regression on
-TF-IDF word 1-2grams. The tokenizer is `extproc.complexity.scorer.tokens`, the one used at run time,
-and the exported model reproduces the scikit-learn predictions with numpy only.
-Cross-validation splits by prompt hash; the vocabulary, idf and weights are fit on the training
-folds only, and the calibration quantiles come from held-out scores only.
+- The difficulty head (``complexity``) learns the rubric level (1-5) of graded prompts: JSON lines
+  with `level` and either `messages` (OpenAI chat messages, the last one the user's request) or
+  `prompt` (plain text); `lang` is optional (per-language figures). Default: the graded train set
+  shipped in the package. Ridge regression over the named features of
+  `extproc.complexity.features`; the penalty is chosen by cross-validated Spearman correlation on
+  this file alone, and the calibration to levels comes from held-out predictions.
+- The gain head (``strong_gain``) learns strong_correct - weak_correct from labelled routing data:
+  JSON lines with `prompt`, `weak_correct`, `strong_correct` (did the cheap and the expensive model
+  answer correctly). Ridge regression on TF-IDF word 1-2grams; the tokenizer is
+  `extproc.complexity.lexical.tokens`, the one used at run time, and the exported model reproduces
+  the scikit-learn predictions with numpy only. Without --routing the current model's gain head is
+  kept (the difficulty head is refitted either way: it takes the gain head's output as a feature).
+Cross-validation splits by prompt hash, so a rerun on the same files writes the same model.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from extproc.complexity.evaluate import apgr, read_labelled
-from extproc.complexity.scorer import ComplexityModel, ngrams, prepare, tokens
+from extproc.complexity.evaluate import apgr, graded_report, read_labelled, spearman
+from extproc.complexity.features import FeatureExtractor, Prompt
+from extproc.complexity.lexical import LexicalModel, ngrams, prepare, tokens
+from extproc.complexity.scorer import MODEL_PATH, ComplexityModel, DifficultyHead
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -74,11 +84,11 @@ class Fitted:
     def predict(self, prompts: Sequence[str]) -> FloatArray:
         return self.predict_documents(documents(prompts, self.order))
 
-    def export(self, quantiles: FloatArray) -> ComplexityModel:
+    def export(self, quantiles: FloatArray) -> LexicalModel:
         """The numpy run-time model: columns re-ordered by n-gram key, same idf and weights."""
         columns: dict[bytes, int] = self.vectorizer.vocabulary_
         vocab = sorted({t for gram in columns for t in gram.split(b" ")})
-        model = ComplexityModel(
+        model = LexicalModel(
             vocab, np.zeros(0, np.int64), np.zeros(0), np.zeros(0), 0.0, self.order, quantiles
         )
         grams = list(columns)
@@ -86,7 +96,7 @@ class Fitted:
         source = np.array([columns[g] for g in grams], dtype=np.intp)
         by_key = np.argsort(keys)
         source = source[by_key]
-        return ComplexityModel(
+        return LexicalModel(
             vocab,
             keys[by_key],
             np.asarray(self.vectorizer.idf_, dtype=np.float64)[source],
@@ -179,48 +189,176 @@ def calibration_check(held_out: FloatArray, fold: npt.NDArray[np.intp]) -> dict[
     return {f"{t:.1f}": float(np.mean(scores > t)) for t in np.linspace(0.1, 0.9, 9)}
 
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/routing/dev.jsonl"
+DATA = resources.files("extproc.complexity") / "data"
+GRADED_TRAIN = DATA / "graded_train.jsonl"
+GRADED_TEST = DATA / "graded_test.jsonl"
+DEFAULT_ROUTING = Path(__file__).resolve().parents[3] / "shared/data/routing/dev.jsonl"
+DIFFICULTY_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0)  # ridge penalties tried, on standardised features
+DIFFICULTY_FOLDS = 5
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m extproc.complexity.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--out", default=str(Path(__file__).with_name("model.npz")))
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--report", help="write the cross-validated results here (JSON)")
-    args = parser.parse_args(argv)
-    sklearn()  # fail early and clearly
-    rows = read_labelled(Path(args.data))
-    metrics, held_out = cross_validate(rows, args.folds)
-    print(f"model: {json.dumps(metrics)}")
+def read_rows(source: Path | Traversable) -> list[dict[str, Any]]:
+    with source.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def graded_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if isinstance(r.get("level"), int) and 1 <= r["level"] <= 5]
+
+
+def labelled_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r for r in rows if "weak_correct" in r and "strong_correct" in r and isinstance(r.get("prompt"), str)
+    ]
+
+
+def row_key(row: dict[str, Any]) -> bytes:
+    """What a row's fold is derived from: its id, else its text."""
+    key = row.get("id")
+    if key is None:
+        key = json.dumps(row.get("messages") or row.get("prompt"), ensure_ascii=False, sort_keys=True)
+    return str(key).encode()
+
+
+def difficulty_matrix(rows: Sequence[dict[str, Any]], gain: LexicalModel) -> tuple[FloatArray, list[str]]:
+    """Each graded row's difficulty features, as the run-time model computes them."""
+    extractor = FeatureExtractor(gain.token_ids)
+    features = []
+    for row in rows:
+        prompt = Prompt.from_row(row)
+        features.append(extractor.vector(prompt, gain.raw(prompt.full_text)))
+    return np.array(features).reshape(len(rows), len(extractor.names)), list(extractor.names)
+
+
+def fit_ridge(features: FloatArray, target: FloatArray, alpha: float) -> tuple[FloatArray, float]:
+    """Ridge on standardised features (constant features get no weight), in raw feature units."""
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, np.inf)
+    z = (features - mean) / scale
+    centre = float(target.mean())
+    coef = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (target - centre))
+    weights = coef / scale
+    return weights, centre - float(mean @ weights)
+
+
+def difficulty_cv(
+    features: FloatArray, levels: FloatArray, fold: npt.NDArray[np.intp], alpha: float
+) -> FloatArray:
+    held_out = np.zeros(len(levels))
+    for f in np.unique(fold):
+        train = fold != f
+        weights, intercept = fit_ridge(features[train], levels[train], alpha)
+        held_out[~train] = features[~train] @ weights + intercept
+    return held_out
+
+
+def fit_difficulty(
+    rows: Sequence[dict[str, Any]], gain: LexicalModel, k: int = DIFFICULTY_FOLDS
+) -> tuple[DifficultyHead, dict[str, Any]]:
+    features, names = difficulty_matrix(rows, gain)
+    levels = np.array([float(r["level"]) for r in rows])
+    fold = np.array([zlib.crc32(row_key(r)) % k for r in rows], dtype=np.intp)
+    by_alpha = {alpha: difficulty_cv(features, levels, fold, alpha) for alpha in DIFFICULTY_ALPHAS}
+    cv = {alpha: spearman(held_out, levels) for alpha, held_out in by_alpha.items()}
+    alpha = max(DIFFICULTY_ALPHAS, key=lambda a: (cv[a], a))
+    held_out = by_alpha[alpha]
+    # Undo the ridge's shrinkage: the held-out predictions, fitted back onto the levels.
+    a, b = np.polyfit(held_out, levels, 1)
+    weights, intercept = fit_ridge(features, levels, alpha)
+    head = DifficultyHead(tuple(names), weights, intercept, features.mean(axis=0), (float(a), float(b)))
+    calibrated = np.array([level_score(head, raw) for raw in held_out])
+    report = {
+        "rows": len(rows),
+        "alpha": alpha,
+        "cv_spearman_by_alpha": {str(k_): v for k_, v in cv.items()},
+        "cross_validated": graded_report(calibrated, [int(r["level"]) for r in rows], [r.get("lang", "") for r in rows]),
+    }
+    return head, report
+
+
+def level_score(head: DifficultyHead, raw: float) -> float:
+    from extproc.complexity.scorer import level_to_score
+
+    return level_to_score(head.level(raw))
+
+
+def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, dict[str, Any]]:
+    metrics, held_out = cross_validate(rows, k)
     report: dict[str, Any] = {
         "model": metrics,
         "settings": {
             "features": f"TF-IDF word 1-{ORDER}grams, min_df={MIN_DF}, sublinear tf, L2 norm",
             "ridge_alpha": ALPHA,
         },
-        "baselines": baselines(rows, args.folds),
+        "baselines": baselines(rows, k),
         "rows": len(rows),
     }
-    for name, values in report["baselines"].items():
-        print(f"{name}: {json.dumps(values)}")
     # Final model on everything; calibration from held-out scores so thresholds mean traffic shares.
     final = fit(documents([r["prompt"] for r in rows]), gains(rows))
     model = final.export(np.quantile(held_out, np.linspace(0.0, 1.0, LEVELS)))
+    report["calibration"] = {"share_above_threshold_held_out": calibration_check(held_out, folds(rows, k))}
+    return model, report
+
+
+def train(
+    graded: Sequence[dict[str, Any]],
+    routing: Sequence[dict[str, Any]] | None,
+    base: ComplexityModel | None = None,
+    k: int = 5,
+) -> tuple[ComplexityModel, dict[str, Any]]:
+    """Both heads: the gain head from `routing` (or `base`'s), then the difficulty head."""
+    report: dict[str, Any] = {}
+    if routing:
+        gain, report["strong_gain"] = fit_gain(routing, k)
+    elif base is not None:
+        gain = base.gain
+    else:
+        raise ValueError("no labelled routing rows and no model to take the strong_gain head from")
+    difficulty, report["complexity"] = fit_difficulty(graded, gain)
+    return ComplexityModel(difficulty, gain), report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-extproc complexity-train",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[4:]) if __doc__ else None,
+    )
+    parser.add_argument("--graded", help="graded prompts (level 1-5); default: the shipped graded train set")
+    parser.add_argument(
+        "--routing",
+        help=f"labelled routing prompts (weak_correct/strong_correct); default {DEFAULT_ROUTING} if present, "
+        "'none' keeps the current strong_gain head",
+    )
+    parser.add_argument("--out", default=str(MODEL_PATH))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--report", help="write the cross-validated results here (JSON)")
+    args = parser.parse_args(argv)
+    graded = graded_rows(read_rows(Path(args.graded) if args.graded else GRADED_TRAIN))
+    if not graded:
+        parser.error("no graded rows (JSON lines with 'level' 1-5 and 'messages' or 'prompt')")
+    routing_path = args.routing or (str(DEFAULT_ROUTING) if DEFAULT_ROUTING.exists() else "none")
+    routing = None
+    if routing_path != "none":
+        sklearn()  # fail early and clearly
+        routing = labelled_rows(read_labelled(Path(routing_path)))
+    base = ComplexityModel.load(MODEL_PATH) if routing is None else None
+    model, report = train(graded, routing, base, args.folds)
+    report["inputs"] = {"graded": args.graded or "package:graded_train.jsonl", "routing": routing_path}
     model.save(Path(args.out))
-    in_sample = np.array([model.score(r["prompt"]) for r in rows])
-    report["calibration"] = {
-        "share_above_threshold_held_out": calibration_check(held_out, folds(rows, args.folds)),
-        "share_above_threshold_in_sample": {
-            f"{t:.1f}": float(np.mean(in_sample > t)) for t in np.linspace(0.1, 0.9, 9)
-        },
-    }
+    cv = report["complexity"]["cross_validated"]
+    print(
+        f"complexity: {len(graded)} graded rows, alpha {report['complexity']['alpha']}, CV Spearman {cv['spearman']:.3f}"
+    )
+    for lang, values in cv["spearman_by_language"].items():
+        print(f"  {lang}: {values['rows']} rows, Spearman {values['spearman']:.3f}")
+    if "strong_gain" in report:
+        print(f"strong_gain: {json.dumps(report['strong_gain']['model'])}")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=1))
-    size = Path(args.out).stat().st_size
-    print(f"wrote {args.out} ({size} bytes, {len(model.keys)} n-grams, {len(model.vocab)} tokens)")
+    print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes)")
     return 0
 
 

@@ -1,0 +1,304 @@
+"""Difficulty features that work in any script: structure, size, math, code and multilingual cues.
+
+A request is a `Prompt`: the final user message (what is being asked now), the earlier turns, the
+system prompt, and the number of user turns, built from a chat request the way the request path
+builds its `text` (extproc.request). Features are computed on the final message; the earlier turns
+and the system prompt count by size only. Every feature has a name, so a score can be explained
+("proof cue +0.20", "length +0.15").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc.complexity.cues import CUES
+from extproc.complexity.lexical import encode, prepare, tokens
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+# A cue term is matched by its first MAX_CUE_TOKENS tokens (a stem for words split per character).
+MAX_CUE_TOKENS = 4
+# The "ask": the first and last tokens of the final message, where the instruction usually is.
+ASK_HEAD_TOKENS = 64
+ASK_TAIL_TOKENS = 32
+
+_NUMBERED_ITEM = re.compile(r"\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]")
+_REQUESTED_SIZE = re.compile(
+    r"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?)"
+)
+_CODE_CHARS = "{};=<>[]()_#"
+_MATH_CHARS = "+-*/^=≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·"  # noqa: RUF001
+_DIGITS = "0123456789"
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A request as the difficulty features see it."""
+
+    final: str  # the last user message (or the whole text when there is no structure)
+    context: str = ""  # earlier user and assistant turns
+    system: str = ""  # system / developer prompts
+    turns: int = 1  # user messages, the final one included
+    text: str | None = None  # all message texts joined as the request path does; None = final
+
+    @property
+    def full_text(self) -> str:
+        return self.final if self.text is None else self.text
+
+    @classmethod
+    def from_text(cls, text: str) -> Prompt:
+        return cls(final=text)
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Any]) -> Prompt:
+        """From OpenAI chat messages; `full_text` equals extproc.request's `text` for them."""
+        texts: list[str] = []
+        system: list[str] = []
+        earlier: list[str] = []
+        final = ""
+        turns = 0
+        last_user = max(
+            (i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role") == "user"),
+            default=-1,
+        )
+        for i, message in enumerate(messages):
+            if not isinstance(message, Mapping):
+                continue
+            role = message.get("role")
+            text = content_text(message.get("content"))
+            if role == "user":
+                turns += 1
+            if text:
+                texts.append(text)
+            if i == last_user:
+                final = text
+            elif role in ("system", "developer"):
+                system.append(text)
+            elif text:
+                earlier.append(text)
+        if last_user < 0 and earlier:  # no user message: the last message is the ask
+            final = earlier.pop()
+        joined = "\n".join(texts)
+        return cls(
+            final=final,
+            context="\n".join(earlier),
+            system="\n".join(t for t in system if t),
+            turns=max(turns, 1),
+            text=None if joined == final else joined,
+        )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Prompt:
+        """A data row: `messages` (chat) or `prompt` (plain text)."""
+        messages = row.get("messages")
+        if isinstance(messages, list) and messages:
+            return cls.from_messages(messages)
+        prompt = row.get("prompt", "")
+        return cls.from_text(prompt if isinstance(prompt, str) else "")
+
+
+def content_text(content: object) -> str:
+    """Text of a message's content: a string, or the text parts of a multimodal array
+    (the same rule as extproc.request)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return ""
+
+
+def estimate_tokens(text: str) -> float:
+    """Tokens a typical BPE tokenizer would use: ~4 bytes per English token, ~1 per CJK character."""
+    if text.isascii():
+        return len(text) / 4.0
+    return len(encode(text)) / 3.0
+
+
+def cue_terms(terms: Iterable[str]) -> list[tuple[bytes, ...]]:
+    """Each term as the token tuple it is matched by (English words with their inflections)."""
+    out: set[tuple[bytes, ...]] = set()
+    for term in terms:
+        toks = tuple(tokens(prepare(term))[:MAX_CUE_TOKENS])
+        if not toks:
+            continue
+        out.add(toks)
+        if len(toks) == 1 and term.isascii() and term.isalpha() and len(term) > 2:
+            stem = term[:-1] if term.endswith("e") else term
+            out.update((encode(form),) for form in (term + "s", term + "es", term + "ed", stem + "ing"))
+            if term.endswith("e"):
+                out.add((encode(term + "d"),))
+    return sorted(out)
+
+
+STRUCTURE = [
+    "length",
+    "length²",
+    "lines",
+    "ask length",
+    "pasted text",
+    "code blocks",
+    "code-like characters",
+    "math notation",
+    "LaTeX",
+    "digit density",
+    "questions",
+    "list items",
+    "requested output size",
+    "CJK share",
+    "earlier turns",
+    "conversation length",
+    "system prompt length",
+]
+
+
+class FeatureExtractor:
+    """Maps a prompt's tokens to named features. Immutable after construction."""
+
+    def __init__(self, token_index: dict[bytes, int] | None = None) -> None:
+        """``token_index``: a token → id map (ids from 1) to extend and share with the lexical head."""
+        self.groups = list(CUES)
+        self.token_index: dict[bytes, int] = dict(token_index or {})
+        terms = {g: cue_terms(CUES[g]) for g in self.groups}
+        for group_terms in terms.values():
+            for term in group_terms:
+                for tok in term:
+                    if tok not in self.token_index:
+                        self.token_index[tok] = len(self.token_index) + 1
+        self.base = max(self.token_index.values(), default=0) + 1
+        if MAX_CUE_TOKENS * self.base**MAX_CUE_TOKENS >= 2**63:
+            raise ValueError("token index too large for 64-bit cue keys")
+        # unigram cues: a group per token id (-1: none); longer cues: sorted packed keys
+        self.unigram_group = np.full(self.base, -1, dtype=np.int64)
+        keys: dict[int, int] = {}
+        for g, name in enumerate(self.groups):
+            for term in terms[name]:
+                ids = [self.token_index[t] for t in term]
+                if len(ids) == 1:
+                    self.unigram_group[ids[0]] = g
+                else:
+                    keys.setdefault(self._pack(ids), g)
+        ordered = sorted(keys)
+        self.ngram_keys = np.array(ordered, dtype=np.int64)
+        self.ngram_group = np.array([keys[k] for k in ordered], dtype=np.int64)
+        self.names = (
+            STRUCTURE
+            + [f"{g} cue" for g in self.groups]
+            + [f"{g} cue in the ask" for g in self.groups]
+            + ["lexical strong-model gain"]
+        )
+
+    def _pack(self, ids: Sequence[int]) -> int:
+        value = 0
+        for i in ids:
+            value = value * self.base + i
+        return value + (len(ids) - 1) * int(self.base**MAX_CUE_TOKENS)
+
+    def ids(self, toks: list[bytes]) -> IntArray:
+        return np.fromiter(map(self.token_index.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
+
+    def cue_counts(self, ids: IntArray) -> tuple[FloatArray, FloatArray]:
+        """Per cue group: matches in the whole message, and in its ask (first and last tokens)."""
+        n = len(ids)
+        groups = len(self.groups)
+        if n == 0:
+            return np.zeros(groups), np.zeros(groups)
+        base = self.base
+        unigram = self.unigram_group[ids]
+        hit_positions = [np.nonzero(unigram >= 0)[0]]
+        hit_groups = [unigram[hit_positions[0]]]
+        if self.ngram_keys.size and n > 1:
+            packed = ids
+            for length in range(2, min(MAX_CUE_TOKENS, n) + 1):
+                packed = packed[:-1] * base + ids[length - 1 :]
+                keys = packed + (length - 1) * base**MAX_CUE_TOKENS
+                where = np.minimum(np.searchsorted(self.ngram_keys, keys), len(self.ngram_keys) - 1)
+                hit = np.nonzero(self.ngram_keys[where] == keys)[0]
+                if hit.size:
+                    hit_positions.append(hit)
+                    hit_groups.append(self.ngram_group[where[hit]])
+        positions = np.concatenate(hit_positions)
+        found = np.concatenate(hit_groups)
+        in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
+        return (
+            np.bincount(found, minlength=groups).astype(np.float64),
+            np.bincount(found[in_ask], minlength=groups).astype(np.float64),
+        )
+
+    def structure(self, prompt: Prompt, prepared: str, toks: list[bytes]) -> list[float]:
+        text = prepared
+        chars = max(len(text), 1)
+        length = math.log1p(estimate_tokens(text))
+        paragraph = text.find("\n\n")
+        ask = text if paragraph < 0 else text[:paragraph]
+        pasted = "" if paragraph < 0 else text[paragraph:]
+        code_chars = sum(text.count(c) for c in _CODE_CHARS)
+        math_chars = 0 if text.isascii() and "^" not in text else sum(text.count(c) for c in _MATH_CHARS)
+        digits = sum(text.count(d) for d in _DIGITS)
+        size = 0.0
+        if digits:
+            for number in _REQUESTED_SIZE.findall(text):
+                try:
+                    size = max(size, float(number.replace(",", "")))
+                except ValueError:
+                    continue
+        non_ascii = 0 if text.isascii() else sum(1 for t in toks if t[0] >= 0x80)
+        return [
+            length,
+            length * length,
+            math.log1p(text.count("\n")),
+            math.log1p(estimate_tokens(ask)),
+            math.log1p(estimate_tokens(pasted)),
+            min(text.count("```") / 2.0, 4.0),
+            10.0 * code_chars / chars,
+            10.0 * math_chars / chars if math_chars else 0.0,
+            math.log1p(text.count("\\")),
+            10.0 * digits / chars,
+            math.log1p(text.count("?") + text.count("\uff1f")),
+            math.log1p(
+                len(_NUMBERED_ITEM.findall(text))
+                + text.count("\n- ")
+                + text.count("\n* ")
+                + text.count("\n•")
+            ),
+            math.log1p(min(size, 100_000.0)),
+            non_ascii / max(len(toks), 1),
+            math.log1p(max(prompt.turns - 1, 0)),
+            math.log1p(estimate_tokens(prompt.context)) if prompt.context else 0.0,
+            math.log1p(estimate_tokens(prompt.system)) if prompt.system else 0.0,
+        ]
+
+    def vector(self, prompt: Prompt, lexical_raw: float = 0.0) -> FloatArray:
+        prepared = prepare(prompt.final)
+        toks = tokens(prepared)
+        return self.vector_from(prompt, prepared, toks, self.ids(toks), lexical_raw)
+
+    def vector_from(
+        self, prompt: Prompt, prepared: str, toks: list[bytes], ids: IntArray, lexical_raw: float
+    ) -> FloatArray:
+        whole, ask = self.cue_counts(ids)
+        out = np.empty(len(self.names))
+        structure = self.structure(prompt, prepared, toks)
+        s = len(structure)
+        g = len(self.groups)
+        out[:s] = structure
+        out[s : s + g] = np.log1p(whole)
+        out[s + g : s + 2 * g] = np.log1p(ask)
+        out[-1] = lexical_raw
+        return out
