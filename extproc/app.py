@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from extproc.admission import Capacity
 from extproc.capacity.cache import MemoryCache, RedisCache, ResponseStore
 from extproc.capacity.limits import Limiter, MemoryLimiter, RedisLimiter
+from extproc.complexity.scorer import ComplexityModel
 from extproc.config import ServerConfig
 from extproc.fleet.state import FleetState, InFlight
 from extproc.observability.decision_log import DecisionLog, DecisionLogConfig
@@ -41,14 +42,14 @@ class Collector(Protocol):
 CollectorFactory = Callable[[FleetState], Collector]
 
 
-def complexity_scorer() -> Callable[[str], float] | None:
-    """The shipped complexity model, loaded once at start-up (not on the request path)."""
+def complexity_scorer() -> ComplexityModel | None:
+    """The shipped complexity model (both heads), loaded once at start-up (not on the request path)."""
     from extproc import complexity
 
     if not complexity.MODEL_PATH.exists():
         log.warning("no complexity model at %s: complexity is 0 for every request", complexity.MODEL_PATH)
         return None
-    return complexity.model().score
+    return complexity.model()
 
 
 def build_capacity(config: ServerConfig, metrics: Metrics) -> Capacity:

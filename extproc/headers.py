@@ -18,6 +18,7 @@ SERVED_HEADER = "x-gateway-destination-endpoint-served"
 # -- what we tell upstreams and clients about the decision ----------------------------------
 MODEL_HEADER = "x-llm-model"
 COMPLEXITY_HEADER = "x-llm-complexity"
+STRONG_GAIN_HEADER = "x-llm-strong-gain"
 STREAM_HEADER = "x-llm-stream"
 TIER_HEADER = "x-llm-tier"
 PRIORITY_HEADER = "x-llm-priority"

@@ -11,14 +11,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from extproc.complexity.scorer import Scores
 from extproc.config import ServerConfig
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import FleetSnapshot, FleetState, InFlight, IntArray
-from extproc.headers import COMPLEXITY_HEADER, DESTINATION_HEADER, MODEL_HEADER, STREAM_HEADER
+from extproc.headers import (
+    COMPLEXITY_HEADER,
+    DESTINATION_HEADER,
+    MODEL_HEADER,
+    STREAM_HEADER,
+    STRONG_GAIN_HEADER,
+)
 from extproc.observability.metrics import Metrics
 from extproc.policy.compile import CompiledPolicy
 from extproc.policy.schema import Cache, Limits
@@ -27,6 +34,15 @@ from extproc.request import STREAM_OPTIONS_TASKS, ParsedRequest, RequestHeaders
 from extproc.scheduler.picking import EndpointPicker, PickContext
 
 PRIORITY_NAMES = {1: "premium", 0: "standard", -1: "batch"}
+NO_SCORES = Scores(0.0, 0.0)
+
+
+class ComplexityScorer(Protocol):
+    """extproc.complexity.ComplexityModel, as the router uses it."""
+
+    def score_request(self, request: ParsedRequest) -> Scores: ...
+
+    def top_features(self, request: ParsedRequest, top: int = 3) -> list[str]: ...
 
 
 @dataclass(slots=True)
@@ -40,6 +56,8 @@ class Decision:
     priority: int = 0
     pool: str = ""
     complexity: float = 0.0
+    strong_gain: float = 0.0
+    complexity_features: list[str] | None = None  # the top contributions, when asked for
     model_fallback: bool = False  # served by a later target of the policy's fallback chain
     scores: list[float] | None = None  # the chosen endpoints' scores, when asked for
     decision_s: float = 0.0
@@ -90,7 +108,7 @@ class Router:
         inflight: InFlight,
         clock: Callable[[], float] = time.monotonic,
         policy: Callable[[], CompiledPolicy | None] = lambda: None,
-        complexity: Callable[[str], float] | None = None,
+        complexity: ComplexityScorer | None = None,
     ) -> None:
         self.config = config
         self.fleet = fleet
@@ -128,7 +146,7 @@ class Router:
         return rows
 
     def _evaluate_policy(
-        self, policy: CompiledPolicy, headers: RequestHeaders, request: ParsedRequest, complexity: float
+        self, policy: CompiledPolicy, headers: RequestHeaders, request: ParsedRequest, scores: Scores
     ) -> PolicyDecision:
         return policy.evaluate(
             PolicyInput(
@@ -138,7 +156,8 @@ class Router:
                 model=request.model,
                 stream=request.stream,
                 task=request.task.value,
-                complexity=complexity,
+                complexity=scores.complexity,
+                strong_gain=scores.strong_gain,
                 prompt_tokens=request.estimated_prompt_tokens,
                 max_tokens=request.max_tokens,
                 metadata=headers.metadata,
@@ -188,8 +207,8 @@ class Router:
         policy = self.policy()
         if policy is None:
             return None
-        complexity = self.complexity(request.text) if self.complexity is not None else 0.0
-        return self._evaluate_policy(policy, headers, request, complexity)
+        scores = self.complexity.score_request(request) if self.complexity is not None else NO_SCORES
+        return self._evaluate_policy(policy, headers, request, scores)
 
     def _decide(
         self,
@@ -199,17 +218,23 @@ class Router:
         force_target: Target | None = None,
     ) -> Decision:
         snapshot = self.fleet.snapshot
-        complexity = self.complexity(request.text) if self.complexity is not None else 0.0
+        scores = self.complexity.score_request(request) if self.complexity is not None else NO_SCORES
         policy = self.policy()
         decision = Decision(
-            endpoints=[], model=request.model, requested_model=request.model, complexity=complexity
+            endpoints=[],
+            model=request.model,
+            requested_model=request.model,
+            complexity=scores.complexity,
+            strong_gain=scores.strong_gain,
         )
+        if detail and self.complexity is not None:
+            decision.complexity_features = self.complexity.top_features(request)
         targets: tuple[Target, ...]
         extra_headers: tuple[tuple[str, str], ...] = ()
         if policy is None:
             targets = (Target("", request.model),)  # the requested model, wherever it is served
         else:
-            verdict = self._evaluate_policy(policy, headers, request, complexity)
+            verdict = self._evaluate_policy(policy, headers, request, scores)
             decision.rule, decision.tier, decision.tenant = verdict.rule, verdict.tier, verdict.tenant
             decision.priority = verdict.priority
             if verdict.reject is not None:
@@ -294,7 +319,8 @@ class Router:
             # Lets a route (e.g. Istio's streaming VirtualService route) match on the body's flag.
             set_headers.append((STREAM_HEADER, "true"))
         if self.complexity is not None:
-            set_headers.append((COMPLEXITY_HEADER, f"{complexity:.3f}"))
+            set_headers.append((COMPLEXITY_HEADER, f"{scores.complexity:.3f}"))
+            set_headers.append((STRONG_GAIN_HEADER, f"{scores.strong_gain:.3f}"))
         set_headers.extend(extra_headers)
         rewrite: dict[str, Any] = {}
         if decision.model != request.model:

@@ -523,6 +523,8 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         record.model_requested, record.model_served = decision.requested_model, decision.model
         record.pool, record.endpoints, record.scores = decision.pool, decision.endpoints, decision.scores
         record.complexity = round(decision.complexity, 4)
+        record.strong_gain = round(decision.strong_gain, 4)
+        record.complexity_features = decision.complexity_features
         record.decision_us = decision.decision_s * 1e6
         record.outcome = "fallback_model" if decision.model_fallback else "routed"
         if self.config.decision_log_include_prompt:

@@ -1,6 +1,14 @@
-"""Complexity scorer speed (µs per 2 KB prompt, one core, in-process) and cross-validated quality.
+"""Complexity scorer: quality on the graded test set and on routing data, and µs per 2 KB prompt.
 
-python -m extproc.bench.complexity [--json docs/bench/complexity.json]
+python -m extproc.bench.complexity [--json docs/bench/complexity.json] [--routing dev.jsonl]
+
+- graded test set (written apart from the train set, never used for fitting or choosing anything):
+  Spearman between `complexity` and the rubric level, overall and per language; median score per
+  level; the same for two baselines (prompt length, and `strong_gain`, the previous shipped score);
+- routing data: 5-fold CV APGR of `strong_gain` (refitted per fold) and APGR of `complexity`
+  alone (never trained on routing data), with the strong-model shares for 50 % / 80 % of the gap;
+- speed: both heads together on 2 KB prompts (English from the routing data, and Chinese from the
+  graded train set), one core, in-process: median and p99 over repeats.
 """
 
 from __future__ import annotations
@@ -10,50 +18,123 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from extproc import complexity
 from extproc.bench.machine import command, machine
-from extproc.complexity.evaluate import read_labelled
-from extproc.complexity.train import DEFAULT_DATA, cross_validate
+from extproc.complexity.cli import evaluate
+from extproc.complexity.evaluate import apgr, graded_report, read_labelled
+from extproc.complexity.features import Prompt
+from extproc.complexity.train import (
+    DEFAULT_ROUTING,
+    GRADED_TEST,
+    GRADED_TRAIN,
+    cross_validate,
+    labelled_rows,
+    read_rows,
+)
+
+PROMPT_BYTES = 2048
+
+
+def two_kb_prompts(texts: list[str], count: int) -> list[str]:
+    """Prompts of exactly 2 KB of UTF-8 (whole characters), each stitched from several texts."""
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        text = texts[i % len(texts)]
+        step = 1
+        while len(text.encode()) < PROMPT_BYTES:
+            text += "\n" + texts[(i + step * 7) % len(texts)]
+            step += 1
+        out.append(text.encode()[:PROMPT_BYTES].decode("utf-8", "ignore"))
+        i += 1
+    return out
+
+
+def timing(model: complexity.ComplexityModel, prompts: list[str], repeats: int) -> dict[str, Any]:
+    runs = []
+    samples: list[float] = []
+    for _ in range(repeats):
+        run = []
+        for text in prompts:
+            started = time.perf_counter_ns()
+            model.scores(Prompt.from_text(text))
+            run.append((time.perf_counter_ns() - started) / 1000)
+        runs.append(statistics.median(run))
+        samples += run
+    samples.sort()
+    return {
+        "prompts": len(prompts),
+        "repeats": repeats,
+        "p50_us": statistics.median(samples),
+        "p99_us": samples[int(len(samples) * 0.99)],
+        "p50_us_per_repeat": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m extproc.bench.complexity", description=__doc__.splitlines()[0]
+        prog="python -m extproc.bench.complexity", description=__doc__.splitlines()[0] if __doc__ else None
     )
     parser.add_argument("--json", default="docs/bench/complexity.json")
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--routing", default=str(DEFAULT_ROUTING))
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    rows = read_labelled(Path(args.data))
     model = complexity.model()
-    prompts: list[str] = []
-    for r in rows:
-        text = r["prompt"]
-        while len(text) < 2048:
-            text += "\n" + rows[len(prompts) * 7 % len(rows)]["prompt"]
-        prompts.append(text[:2048])
-    samples = []
-    for text in prompts[:3000]:
-        started = time.perf_counter_ns()
-        model.score(text)
-        samples.append((time.perf_counter_ns() - started) / 1000)
-    samples.sort()
-    speed = {
-        "prompt_bytes": 2048,
-        "p50_us": statistics.median(samples),
-        "p99_us": samples[int(len(samples) * 0.99)],
+    results: dict[str, Any] = {}
+
+    test = read_rows(GRADED_TEST)
+    graded = evaluate(model, test)["graded"]
+    prompts = [Prompt.from_row(r) for r in test]
+    levels = [r["level"] for r in test]
+    langs = [r.get("lang", "") for r in test]
+    results["graded_test"] = {
+        "complexity": graded,
+        "baseline_prompt_length": graded_report([len(p.full_text) for p in prompts], levels, langs),
+        "baseline_strong_gain": graded_report([model.scores(p).strong_gain for p in prompts], levels, langs),
     }
-    quality, _ = cross_validate(rows, k=5)
-    print(f"2 KB prompt: median {speed['p50_us']:.1f} µs, p99 {speed['p99_us']:.1f} µs")
-    print(
-        f"5-fold CV APGR {quality['apgr']:.3f}; strong share for 50 % of the gap {quality['strong_share_for_50pct_gap']:.2f}, "
-        f"80 % {quality['strong_share_for_80pct_gap']:.2f}; cost saved at 95 % strong quality "
-        f"{quality['cost_saved_at_95pct_strong_quality']:.2f}"
-    )
-    Path(args.json).write_text(
-        json.dumps(
-            {"command": command(), "machine": machine(), "results": {"speed": speed, "cv": quality}}, indent=1
+    print(f"graded test ({graded['rows']} rows): Spearman {graded['spearman']:.3f}")
+    for lang, values in graded["spearman_by_language"].items():
+        print(f"  {lang}: {values['rows']} rows, Spearman {values['spearman']:.3f}")
+    medians = ", ".join(f"{k}: {v:.3f}" for k, v in graded["median_by_level"].items())
+    print(f"  medians by level {medians} (monotone: {graded['medians_monotone']})")
+    for name in ("baseline_prompt_length", "baseline_strong_gain"):
+        print(f"  {name}: Spearman {results['graded_test'][name]['spearman']:.3f}")
+
+    routing_path = Path(args.routing)
+    routing: list[dict[str, Any]] = []
+    if routing_path.exists():
+        routing = labelled_rows(read_labelled(routing_path))
+        cv, _ = cross_validate(routing, k=5)
+        weak = [r["weak_correct"] for r in routing]
+        strong = [r["strong_correct"] for r in routing]
+        alone = apgr([model.score(r["prompt"]) for r in routing], weak, strong)
+        results["routing"] = {"rows": len(routing), "strong_gain_cv5": cv, "complexity_alone": alone}
+        for name, values in (("strong_gain (5-fold CV)", cv), ("complexity alone", alone)):
+            print(
+                f"routing {name}: APGR {values['apgr']:.3f}; strong share for 50 % of the gap "
+                f"{values['strong_share_for_50pct_gap']:.2f}, 80 % {values['strong_share_for_80pct_gap']:.2f}"
+            )
+
+    train = read_rows(GRADED_TRAIN)
+    chinese = [Prompt.from_row(r).final for r in train if r.get("lang") == "zh"]
+    english = [r["prompt"] for r in routing] or [
+        Prompt.from_row(r).final for r in train if r.get("lang") == "en"
+    ]
+    model.scores(Prompt.from_text("warm up"))
+    results["speed"] = {
+        "prompt_bytes": PROMPT_BYTES,
+        "english": timing(model, two_kb_prompts(english, 1000), args.repeats),
+        "chinese": timing(model, two_kb_prompts(chinese, 1000), args.repeats),
+    }
+    for name in ("english", "chinese"):
+        speed = results["speed"][name]
+        print(
+            f"2 KB {name} prompt, both heads: median {speed['p50_us']:.1f} µs, p99 {speed['p99_us']:.1f} µs"
         )
+    Path(args.json).write_text(
+        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1) + "\n"
     )
     return 0
 

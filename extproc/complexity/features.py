@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from extproc.complexity.cues import CUES
 from extproc.complexity.lexical import encode, prepare, tokens
+from extproc.request import ParsedRequest, Task
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -95,6 +96,17 @@ class Prompt:
             turns=max(turns, 1),
             text=None if joined == final else joined,
         )
+
+    @classmethod
+    def from_request(cls, request: ParsedRequest) -> Prompt:
+        """A parsed request: chat messages keep their structure; `full_text` is `request.text`."""
+        messages = request.body.get("messages") if request.task is Task.CHAT else None
+        if isinstance(messages, list) and messages:
+            prompt = cls.from_messages(messages)
+            if prompt.full_text != request.text:  # never expected: both follow the same rule
+                return cls(prompt.final, prompt.context, prompt.system, prompt.turns, request.text)
+            return prompt
+        return cls.from_text(request.text)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Prompt:
@@ -198,10 +210,7 @@ class FeatureExtractor:
         self.ngram_keys = np.array(ordered, dtype=np.int64)
         self.ngram_group = np.array([keys[k] for k in ordered], dtype=np.int64)
         self.names = (
-            STRUCTURE
-            + [f"{g} cue" for g in self.groups]
-            + [f"{g} cue in the ask" for g in self.groups]
-            + ["lexical strong-model gain"]
+            STRUCTURE + [f"{g} cue" for g in self.groups] + [f"{g} cue in the ask" for g in self.groups]
         )
 
     def _pack(self, ids: Sequence[int]) -> int:
@@ -284,14 +293,12 @@ class FeatureExtractor:
             math.log1p(estimate_tokens(prompt.system)) if prompt.system else 0.0,
         ]
 
-    def vector(self, prompt: Prompt, lexical_raw: float = 0.0) -> FloatArray:
+    def vector(self, prompt: Prompt) -> FloatArray:
         prepared = prepare(prompt.final)
         toks = tokens(prepared)
-        return self.vector_from(prompt, prepared, toks, self.ids(toks), lexical_raw)
+        return self.vector_from(prompt, prepared, toks, self.ids(toks))
 
-    def vector_from(
-        self, prompt: Prompt, prepared: str, toks: list[bytes], ids: IntArray, lexical_raw: float
-    ) -> FloatArray:
+    def vector_from(self, prompt: Prompt, prepared: str, toks: list[bytes], ids: IntArray) -> FloatArray:
         whole, ask = self.cue_counts(ids)
         out = np.empty(len(self.names))
         structure = self.structure(prompt, prepared, toks)
@@ -300,5 +307,4 @@ class FeatureExtractor:
         out[:s] = structure
         out[s : s + g] = np.log1p(whole)
         out[s + g : s + 2 * g] = np.log1p(ask)
-        out[-1] = lexical_raw
         return out

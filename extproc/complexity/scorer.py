@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from extproc.complexity.features import FeatureExtractor, Prompt
 from extproc.complexity.lexical import LexicalModel, prepare, tokens
+from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
 LEVELS = (1, 2, 3, 4, 5)
@@ -31,6 +32,7 @@ LEVELS = (1, 2, 3, 4, 5)
 EDGE = 0.04
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 def level_to_score(level: float) -> float:
@@ -49,18 +51,104 @@ def score_to_level(score: float) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Trees:
+    """Gradient-boosted regression trees, each padded to a complete binary tree of `depth` in heap
+    order (node i has children 2i+1 and 2i+2; a split goes right when feature > threshold)."""
+
+    feature: IntArray  # (trees, internal nodes)
+    threshold: FloatArray  # (trees, internal nodes); +inf pads a leaf that ended early
+    value: FloatArray  # (trees, all nodes): the mean residual of each node (leaves: the prediction)
+    init: float
+    rate: float
+
+    @property
+    def depth(self) -> int:
+        return int(self.feature.shape[1] + 1).bit_length() - 1
+
+    def _leaves(self, features: FloatArray) -> tuple[IntArray, IntArray]:
+        """Per tree, the heap index of the leaf reached, and of the nodes on the way (trees by depth)."""
+        # the trees were fitted on float32 features: compare exactly as scikit-learn does
+        x = features.astype(np.float32).astype(np.float64)
+        trees, internal = self.feature.shape
+        base = np.arange(trees) * internal
+        node = np.zeros(trees, dtype=np.int64)
+        path = np.empty((trees, self.depth), dtype=np.int64)
+        flat_feature = self.feature.ravel()
+        flat_threshold = self.threshold.ravel()
+        for level in range(self.depth):
+            path[:, level] = node
+            at = base + node
+            node = 2 * node + 1 + (x[flat_feature[at]] > flat_threshold[at])
+        return node, path
+
+    def predict(self, features: FloatArray) -> float:
+        leaves, _ = self._leaves(features)
+        values = self.value[np.arange(len(leaves)), leaves]
+        return self.init + self.rate * float(values.sum())
+
+    def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
+        """Each feature's share of the prediction (the value change at the splits on it, summed
+        over trees) and the baseline (the roots); they add up to `predict`."""
+        leaves, path = self._leaves(features)
+        rows = np.arange(len(leaves))[:, None]
+        children = np.concatenate([path[:, 1:], leaves[:, None]], axis=1)
+        deltas = self.value[rows, children] - self.value[rows, path]
+        split = self.feature[rows, path]
+        per_feature = np.bincount(split.ravel(), weights=deltas.ravel(), minlength=len(features)).astype(
+            np.float64
+        )
+        baseline = self.init + self.rate * float(self.value[:, 0].sum())
+        return self.rate * per_feature, baseline
+
+    def arrays(self, prefix: str) -> dict[str, Any]:
+        return {
+            prefix + "feature": self.feature,
+            prefix + "threshold": self.threshold,
+            prefix + "value": self.value,
+            prefix + "init": np.array(self.init),
+            prefix + "rate": np.array(self.rate),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: Any, prefix: str) -> Trees:
+        return cls(
+            data[prefix + "feature"].astype(np.int64),
+            data[prefix + "threshold"].astype(np.float64),
+            data[prefix + "value"].astype(np.float64),
+            float(data[prefix + "init"]),
+            float(data[prefix + "rate"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DifficultyHead:
-    """level = intercept + weights · features; calibrated with the held-out fit level ≈ a·raw + b."""
+    """raw = blend · ridge + (1 - blend) · trees, both predicting the level from the same named
+    features; the calibrated level is a·raw + b (fitted on held-out predictions)."""
 
     names: tuple[str, ...]
-    weights: FloatArray
+    weights: FloatArray  # ridge, in raw feature units
     intercept: float
-    mean: FloatArray  # the training features' mean: contributions are measured from it
+    mean: FloatArray  # the training features' mean: ridge contributions are measured from it
+    trees: Trees
+    blend: float
     calibration: tuple[float, float]  # (a, b)
+
+    def raw(self, features: FloatArray) -> float:
+        ridge = float(features @ self.weights) + self.intercept
+        return self.blend * ridge + (1.0 - self.blend) * self.trees.predict(features)
 
     def level(self, raw: float) -> float:
         a, b = self.calibration
         return a * raw + b
+
+    def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
+        """Per feature, its part of the calibrated level; and the level of "no contribution"."""
+        ridge = self.weights * (features - self.mean)
+        tree, tree_base = self.trees.contributions(features)
+        a, b = self.calibration
+        ridge_base = self.intercept + float(self.mean @ self.weights)
+        parts = a * (self.blend * ridge + (1.0 - self.blend) * tree)
+        return parts, a * (self.blend * ridge_base + (1.0 - self.blend) * tree_base) + b
 
     def arrays(self, prefix: str) -> dict[str, Any]:
         return {
@@ -68,7 +156,9 @@ class DifficultyHead:
             prefix + "weights": self.weights,
             prefix + "intercept": np.array(self.intercept),
             prefix + "mean": self.mean,
+            prefix + "blend": np.array(self.blend),
             prefix + "calibration": np.array(self.calibration),
+            **self.trees.arrays(prefix + "trees."),
         }
 
     @classmethod
@@ -79,6 +169,8 @@ class DifficultyHead:
             data[prefix + "weights"].astype(np.float64),
             float(data[prefix + "intercept"]),
             data[prefix + "mean"].astype(np.float64),
+            Trees.from_arrays(data, prefix + "trees."),
+            float(data[prefix + "blend"]),
             (a, b),
         )
 
@@ -123,7 +215,8 @@ class ComplexityModel:
     # -- the request path -------------------------------------------------------------------
 
     def _features(self, prompt: Prompt) -> tuple[FloatArray, float]:
-        """The difficulty features and the lexical head's raw output, from one tokenization."""
+        """The difficulty features and the lexical head's raw output, from one tokenization
+        (of the final message; the lexical head reads the whole text when there is more)."""
         prepared = prepare(prompt.final)
         toks = tokens(prepared)
         ids = self.extractor.ids(toks)
@@ -131,13 +224,20 @@ class ComplexityModel:
             gain_raw = self.gain.raw_of_ids(ids)
         else:
             gain_raw = self.gain.raw_of_ids(self.extractor.ids(tokens(prepare(prompt.text))))
-        return self.extractor.vector_from(prompt, prepared, toks, ids, gain_raw), gain_raw
+        return self.extractor.vector_from(prompt, prepared, toks, ids), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
         features, gain_raw = self._features(prompt)
         head = self.difficulty
-        raw = float(features @ head.weights) + head.intercept
-        return Scores(level_to_score(head.level(raw)), self.gain.calibrate(gain_raw))
+        return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
+
+    def score_request(self, request: ParsedRequest) -> Scores:
+        """Both scores of a parsed request (the request path's entry point)."""
+        return self.scores(Prompt.from_request(request))
+
+    def top_features(self, request: ParsedRequest, top: int = 3) -> list[str]:
+        """The strongest contributions to a request's complexity in words, for the decision log."""
+        return describe(self.explain(Prompt.from_request(request), top, with_gain=False), top)
 
     def score(self, text: str) -> float:
         """``complexity`` of a plain-text prompt."""
@@ -146,23 +246,23 @@ class ComplexityModel:
     def strong_gain(self, text: str) -> float:
         return self.gain.score(text)
 
-    def explain(self, prompt: Prompt, top: int = 6) -> Explanation:
+    def explain(self, prompt: Prompt, top: int = 6, with_gain: bool = True) -> Explanation:
         features, gain_raw = self._features(prompt)
         head = self.difficulty
-        a = head.calibration[0]
-        # Contributions in score units (level / 4), measured from the average training prompt.
-        parts = a * head.weights * (features - head.mean) / 4.0
-        level = head.level(float(features @ head.weights) + head.intercept)
-        baseline = (level - 1.0) / 4.0 - float(parts.sum())
+        # Contributions in score units (a level is 0.25), from the average training prompt.
+        levels, base_level = head.contributions(features)
+        parts = levels / 4.0
+        level = head.level(head.raw(features))
+        baseline = (base_level - 1.0) / 4.0
         order = np.argsort(-np.abs(parts), kind="stable")[:top]
-        gain = self.gain.explain(prompt.full_text, top)
+        gain_features = self.gain.explain(prompt.full_text, top).features if with_gain else []
         return Explanation(
             complexity=level_to_score(level),
             strong_gain=self.gain.calibrate(gain_raw),
             level=level,
             features=[(head.names[i], float(parts[i])) for i in order if parts[i] != 0.0],
             baseline=baseline,
-            gain_features=gain.features,
+            gain_features=gain_features,
         )
 
 

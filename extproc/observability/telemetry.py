@@ -40,6 +40,8 @@ class RouteRecord:
     endpoints: list[str] = field(default_factory=list)
     scores: list[float] | None = None
     complexity: float | None = None
+    strong_gain: float | None = None
+    complexity_features: list[str] | None = None  # e.g. ["proof cue +0.20", "length +0.11"]
     decision_us: float = 0.0
     status: int = 0
     served_by: str = ""
@@ -161,6 +163,8 @@ class Telemetry:
             "served_by": record.served_by or (record.endpoints[0] if record.endpoints else ""),
             "scores": record.scores,
             "complexity": record.complexity,
+            "strong_gain": record.strong_gain,
+            "complexity_features": record.complexity_features,
             "decision_us": round(record.decision_us, 1),
             "status": record.status,
             "outcome": record.outcome,
@@ -189,6 +193,7 @@ class Telemetry:
                 "llm.tier": record.tier,
                 "llm.rule": record.rule,
                 "llm.complexity": record.complexity,
+                "llm.strong_gain": record.strong_gain,
                 "llm.endpoint": line["served_by"],
                 "llm.endpoints": ",".join(record.endpoints),
                 "llm.fallback": bool(

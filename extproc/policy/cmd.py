@@ -13,7 +13,7 @@ from extproc.errors import RoutingError
 from extproc.policy.compile import PolicyError, load_policy
 from extproc.policy.schema import Policy
 from extproc.policy.types import PolicyInput
-from extproc.request import MULTIPART_TASKS, TASK_BY_PATH, Task, parse_body
+from extproc.request import MULTIPART_TASKS, TASK_BY_PATH, ParsedRequest, Task, parse_body
 
 _FORM_BOUNDARY = "llm-extproc-explain"
 
@@ -52,14 +52,21 @@ def schema_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _complexity(text: str) -> float:
+def _scores(request: ParsedRequest) -> tuple[float, float, list[str]]:
+    """complexity, strong_gain and the top complexity features in words (imported by name: the
+    policy engine does not depend on the complexity model)."""
     import importlib
 
     try:
-        module = importlib.import_module("extproc.complexity.scorer")
+        module = importlib.import_module("extproc.complexity")
     except ImportError:
-        return 0.0
-    return float(module.score(text))
+        return 0.0, 0.0, []
+    explanation = module.model().explain(module.Prompt.from_request(request), 4, with_gain=False)
+    return (
+        float(explanation.complexity),
+        float(explanation.strong_gain),
+        list(module.describe(explanation, 4)),
+    )
 
 
 def explain_main(argv: Sequence[str]) -> int:
@@ -80,6 +87,7 @@ def explain_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--method", default="POST")
     parser.add_argument("--complexity", type=float, help="override the computed complexity score")
+    parser.add_argument("--strong-gain", type=float, help="override the computed strong_gain score")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -107,7 +115,11 @@ def explain_main(argv: Sequence[str]) -> int:
         if not sep:
             parser.error(f"--header takes K:V, got {item!r}")
         headers[key.strip().lower()] = value.strip()
-    complexity = args.complexity if args.complexity is not None else _complexity(request.text)
+    complexity, strong_gain, features = _scores(request)
+    if args.complexity is not None:
+        complexity, features = args.complexity, ["(given with --complexity)"]
+    if args.strong_gain is not None:
+        strong_gain = args.strong_gain
     explanation = policy.explain(
         PolicyInput(
             path=args.path,
@@ -117,6 +129,7 @@ def explain_main(argv: Sequence[str]) -> int:
             stream=request.stream,
             task=task.value,
             complexity=complexity,
+            strong_gain=strong_gain,
             prompt_tokens=request.estimated_prompt_tokens,
             max_tokens=request.max_tokens,
         )
@@ -126,13 +139,16 @@ def explain_main(argv: Sequence[str]) -> int:
         out = {
             "policy_version": policy.version,
             "complexity": complexity,
+            "complexity_features": features,
+            "strong_gain": strong_gain,
             "decision": asdict(decision),
             "skipped": [{"rule": r, "why": w} for r, w in explanation.skipped],
         }
         print(json.dumps(out, indent=2, default=str))
         return 0
     print(f"policy     {args.policy} (version {policy.version})")
-    print(f"complexity {complexity:.3f}")
+    print(f"complexity {complexity:.3f}   ({', '.join(features) or 'no model'})")
+    print(f"strong_gain {strong_gain:.3f}")
     for rule, why in explanation.skipped:
         print(f"skipped    {rule}: {why}")
     print(f"matched    {decision.rule}")

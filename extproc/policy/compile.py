@@ -252,6 +252,7 @@ def _compile_match(match: Match) -> tuple[tuple[str, Predicate], ...]:
         checks.append((f"task in {sorted(tasks)}", lambda c: c.inp.task in tasks))
     ranges: tuple[tuple[str, Range | None, Callable[[_Context], float | None]], ...] = (
         ("complexity", match.complexity, lambda c: c.inp.complexity),
+        ("strong_gain", match.strong_gain, lambda c: c.inp.strong_gain),
         ("prompt_tokens", match.prompt_tokens, lambda c: float(c.inp.prompt_tokens)),
         (
             "max_tokens",
@@ -385,15 +386,16 @@ class CompiledPolicy:
                             return value
         return inp.headers.get(tenants.header)
 
-    def _tier(self, tenant: str | None, complexity: float) -> str:
+    def _tier(self, tenant: str | None, inp: PolicyInput) -> str:
         tenants = self._tenants
+        signal = inp.strong_gain if tenants.upgrade_signal == "strong_gain" else inp.complexity
         plan = tenants.plans.get(tenant) if tenant is not None else None
         tier = plan.tier if plan else tenants.default_tier
         if (
             tier == "standard"
             and plan is not None
             and plan.allow_upgrade
-            and complexity > tenants.upgrade_threshold
+            and signal > tenants.upgrade_threshold
         ):
             return "premium"
         return tier
@@ -407,7 +409,7 @@ class CompiledPolicy:
 
     def _evaluate(self, inp: PolicyInput, skipped: list[tuple[str, str]] | None) -> PolicyDecision:
         tenant = self._tenant(inp)
-        tier = self._tier(tenant, inp.complexity)
+        tier = self._tier(tenant, inp)
         context = _Context(inp, tenant, tier)
         if skipped is None:
             return self._decide(self._first_match(context), context)

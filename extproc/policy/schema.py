@@ -82,6 +82,7 @@ class Match(Strict):
     stream: bool | None = None
     task: list[Task] | None = None
     complexity: Range | None = None
+    strong_gain: Range | None = None
     prompt_tokens: Range | None = None
     max_tokens: Range | None = None
     any_of: list[Match] | None = None
@@ -243,6 +244,9 @@ class Tenants(Strict):
     )
     default_tier: Priority = "standard"
     upgrade_threshold: float = Field(default=0.7, ge=0, le=1)
+    upgrade_signal: Literal["complexity", "strong_gain"] = Field(
+        default="complexity", description="the score compared with upgrade_threshold"
+    )
     plans: dict[str, Plan] = Field(default_factory=dict)
     default_limits: Limits | None = Field(default=None, description="limits of tenants without a plan")
 

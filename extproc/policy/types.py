@@ -21,6 +21,7 @@ class PolicyInput:
     stream: bool
     task: str
     complexity: float = 0.0
+    strong_gain: float = 0.0
     prompt_tokens: int = 0
     max_tokens: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity.evaluate import apgr, read_labelled
-from extproc.complexity.scorer import TOKEN, ComplexityModel, encode, prepare, tokens
+from extproc.complexity.lexical import TOKEN, LexicalModel, encode, prepare, tokens
 from extproc.complexity.train import cross_validate, cross_validate_bow, documents, fit, gains
 
 DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "routing" / "dev.jsonl"
@@ -50,30 +50,30 @@ def test_scores_are_in_range_deterministic_and_handle_any_text() -> None:
         "\ud800 lone surrogate",
     ]
     for text in texts:
-        value = complexity.score(text)
-        assert 0.0 <= value <= 1.0
-        assert complexity.score(text) == value
+        scores = complexity.scores(text)
+        assert 0.0 <= scores.complexity <= 1.0 and 0.0 <= scores.strong_gain <= 1.0
+        assert complexity.scores(text) == scores
+        assert complexity.score(text) == scores.complexity
 
 
-def test_explain_adds_up_to_the_raw_score() -> None:
+def test_gain_explanation_adds_up_to_the_raw_score() -> None:
     text = "A train travels 60 miles per hour for 2.5 hours. How many miles does it travel? Explain step by step."
-    explanation = complexity.explain(text, top=1000)
-    model = complexity.model()
-    assert explanation.score == pytest.approx(complexity.score(text))
-    assert sum(v for _, v in explanation.features) == pytest.approx(model.raw(text))
-    assert len(complexity.explain(text, top=3).features) == 3
+    gain = complexity.model().gain
+    explanation = gain.explain(text, top=1000)
+    assert explanation.score == pytest.approx(complexity.scores(text).strong_gain)
+    assert sum(v for _, v in explanation.features) == pytest.approx(gain.raw(text))
+    assert len(gain.explain(text, top=3).features) == 3
 
 
-def test_model_file_is_small_and_loads_fast() -> None:
+def test_model_file_is_small_and_holds_both_heads() -> None:
     assert complexity.MODEL_PATH.stat().st_size < 20 * 1024 * 1024
-    started = time.perf_counter()
-    loaded = ComplexityModel.load()
-    assert time.perf_counter() - started < 1.0
-    assert len(loaded.keys) == len(loaded.weights) == len(loaded.idf) > 1000
+    loaded = complexity.ComplexityModel.load()
+    assert len(loaded.gain.keys) == len(loaded.gain.weights) == len(loaded.gain.idf) > 1000
+    assert len(loaded.difficulty.weights) == len(loaded.difficulty.names) == len(loaded.extractor.names)
 
 
-def test_calibration_is_monotonic_and_spans_0_to_1() -> None:
-    model = complexity.model()
+def test_gain_calibration_is_monotonic_and_spans_0_to_1() -> None:
+    model = complexity.model().gain
     assert np.all(np.diff(model.quantiles) >= 0)
     assert model.calibrate(-1e9) == 0.0 and model.calibrate(1e9) == 1.0
 
@@ -178,7 +178,7 @@ def test_numpy_runtime_reproduces_the_sklearn_pipeline(tmp_path: Path) -> None:
     gain = gains(rows)
     fitted = fit(documents(prompts[:400]), gain[:400])
     fitted.export(np.linspace(-0.5, 0.5, 101)).save(tmp_path / "m.npz")
-    model = ComplexityModel.load(tmp_path / "m.npz")
+    model = LexicalModel.load(tmp_path / "m.npz")
     probes = [
         *prompts,
         "",
@@ -199,7 +199,9 @@ def test_numpy_runtime_reproduces_the_sklearn_pipeline(tmp_path: Path) -> None:
     assert sum(v for _, v in explanation.features) == pytest.approx(model.raw("证明三角形面积"))
 
 
-def test_shipped_model_sees_words_and_bigrams() -> None:
-    explanation = complexity.explain("How many miles does the train travel? Explain step by step.", top=1000)
+def test_shipped_gain_head_sees_words_and_bigrams() -> None:
+    explanation = complexity.model().gain.explain(
+        "How many miles does the train travel? Explain step by step.", top=1000
+    )
     names = {name for name, _ in explanation.features}
     assert "bias" in names and "how many" in names and "step" in names
