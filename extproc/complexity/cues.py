@@ -193,6 +193,11 @@ CUES: dict[str, list[str]] = {
         "먼저", "그리고", "마지막", "각각", "primero", "luego", "finalmente", "zuerst", "dann",
         "schließlich", "d abord", "ensuite", "enfin", "сначала", "затем", "наконец",
     ],
+    # Units of a requested output size ("a 2,000-word report", "3页"); the number is read separately.
+    "size_unit": [
+        "words", "word", "pages", "page", "lines", "paragraphs", "字", "文字", "页", "ページ", "단어",
+        "페이지", "palabras", "páginas", "wörter", "seiten", "mots", "slov", "слов", "страниц",
+    ],
     "sql_data": [
         "sql", "select", "join", "group by", "query", "postgres", "mysql", "index", "pandas", "dataframe",
         "查询", "数据库", "索引", "クエリ", "データベース", "쿼리", "데이터베이스", "consulta",

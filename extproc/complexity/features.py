@@ -36,9 +36,11 @@ _NUMBERED_ITEM = re.compile(r"\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]")
 _REQUESTED_SIZE = re.compile(
     r"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?)"
 )
-_CODE_CHARS = "{};=<>[]()_#"
-_MATH_CHARS = "+-*/^=≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·"  # noqa: RUF001
-_DIGITS = "0123456789"
+# Character classes, counted by deleting them from the UTF-8 bytes (a C loop, no Python per char).
+_CODE_BYTES = b"{};=<>[]()_#"
+_DIGIT_BYTES = b"0123456789"
+_NON_ASCII_BYTES = bytes(range(0x80, 0x100))
+_MATH_SYMBOLS = re.compile("[≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·]")  # noqa: RUF001
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,7 @@ STRUCTURE = [
     "questions",
     "list items",
     "requested output size",
-    "CJK share",
+    "non-ASCII share",
     "earlier turns",
     "conversation length",
     "system prompt length",
@@ -186,6 +188,7 @@ class FeatureExtractor:
     def __init__(self, token_index: dict[bytes, int] | None = None) -> None:
         """``token_index``: a token → id map (ids from 1) to extend and share with the lexical head."""
         self.groups = list(CUES)
+        self.size_unit = self.groups.index("size_unit")
         self.token_index: dict[bytes, int] = dict(token_index or {})
         terms = {g: cue_terms(CUES[g]) for g in self.groups}
         for group_terms in terms.values():
@@ -209,6 +212,14 @@ class FeatureExtractor:
         ordered = sorted(keys)
         self.ngram_keys = np.array(ordered, dtype=np.int64)
         self.ngram_group = np.array([keys[k] for k in ordered], dtype=np.int64)
+        self._offsets = [(n - 1) * int(self.base**MAX_CUE_TOKENS) for n in range(2, MAX_CUE_TOKENS + 1)]
+        # tokens that start a cue of 2+ tokens; past the end of a text, n-grams read token 0 (unknown)
+        self.starts_ngram = np.zeros(self.base, dtype=bool)
+        for group_terms in terms.values():
+            for term in group_terms:
+                if len(term) > 1:
+                    self.starts_ngram[self.token_index[term[0]]] = True
+        self._padding = np.zeros(MAX_CUE_TOKENS - 1, dtype=np.int64)
         self.names = (
             STRUCTURE + [f"{g} cue" for g in self.groups] + [f"{g} cue in the ask" for g in self.groups]
         )
@@ -228,46 +239,52 @@ class FeatureExtractor:
         groups = len(self.groups)
         if n == 0:
             return np.zeros(groups), np.zeros(groups)
-        base = self.base
         unigram = self.unigram_group[ids]
-        hit_positions = [np.nonzero(unigram >= 0)[0]]
-        hit_groups = [unigram[hit_positions[0]]]
-        if self.ngram_keys.size and n > 1:
-            packed = ids
-            for length in range(2, min(MAX_CUE_TOKENS, n) + 1):
-                packed = packed[:-1] * base + ids[length - 1 :]
-                keys = packed + (length - 1) * base**MAX_CUE_TOKENS
-                where = np.minimum(np.searchsorted(self.ngram_keys, keys), len(self.ngram_keys) - 1)
-                hit = np.nonzero(self.ngram_keys[where] == keys)[0]
-                if hit.size:
-                    hit_positions.append(hit)
-                    hit_groups.append(self.ngram_group[where[hit]])
-        positions = np.concatenate(hit_positions)
-        found = np.concatenate(hit_groups)
+        positions = np.nonzero(unigram >= 0)[0]
+        found = unigram[positions]
+        # longer cues: only where a token that starts one stands (few places in most texts)
+        starts = np.nonzero(self.starts_ngram[ids])[0]
+        if starts.size:
+            padded = np.concatenate([ids, self._padding])
+            keys = []
+            packed = padded[starts]
+            for length in range(2, MAX_CUE_TOKENS + 1):
+                packed = packed * self.base + padded[starts + length - 1]
+                keys.append(packed + self._offsets[length - 2])
+            every = np.concatenate(keys)
+            where = np.minimum(np.searchsorted(self.ngram_keys, every), len(self.ngram_keys) - 1)
+            hit = np.nonzero(self.ngram_keys[where] == every)[0]
+            if hit.size:
+                positions = np.concatenate([positions, np.tile(starts, MAX_CUE_TOKENS - 1)[hit]])
+                found = np.concatenate([found, self.ngram_group[where[hit]]])
         in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
         return (
             np.bincount(found, minlength=groups).astype(np.float64),
             np.bincount(found[in_ask], minlength=groups).astype(np.float64),
         )
 
-    def structure(self, prompt: Prompt, prepared: str, toks: list[bytes]) -> list[float]:
+    def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
         text = prepared
+        raw = encode(text)
+        size_bytes = len(raw)
         chars = max(len(text), 1)
-        length = math.log1p(estimate_tokens(text))
+        ascii_text = size_bytes == len(text)
+        length = math.log1p(size_bytes / 4.0 if ascii_text else size_bytes / 3.0)
         paragraph = text.find("\n\n")
         ask = text if paragraph < 0 else text[:paragraph]
         pasted = "" if paragraph < 0 else text[paragraph:]
-        code_chars = sum(text.count(c) for c in _CODE_CHARS)
-        math_chars = 0 if text.isascii() and "^" not in text else sum(text.count(c) for c in _MATH_CHARS)
-        digits = sum(text.count(d) for d in _DIGITS)
+        code_chars = size_bytes - len(raw.translate(None, _CODE_BYTES))
+        math_chars = text.count("^") + (0 if ascii_text else len(_MATH_SYMBOLS.findall(text)))
+        digits = size_bytes - len(raw.translate(None, _DIGIT_BYTES))
         size = 0.0
-        if digits:
+        if digits and size_units:
             for number in _REQUESTED_SIZE.findall(text):
                 try:
                     size = max(size, float(number.replace(",", "")))
                 except ValueError:
                     continue
-        non_ascii = 0 if text.isascii() else sum(1 for t in toks if t[0] >= 0x80)
+        # every non-ASCII character is a token of its own
+        non_ascii = 0 if ascii_text else len(text) - len(raw.translate(None, _NON_ASCII_BYTES))
         return [
             length,
             length * length,
@@ -287,7 +304,7 @@ class FeatureExtractor:
                 + text.count("\n•")
             ),
             math.log1p(min(size, 100_000.0)),
-            non_ascii / max(len(toks), 1),
+            non_ascii / max(non_ascii + text.count(" ") + 1, 1),
             math.log1p(max(prompt.turns - 1, 0)),
             math.log1p(estimate_tokens(prompt.context)) if prompt.context else 0.0,
             math.log1p(estimate_tokens(prompt.system)) if prompt.system else 0.0,
@@ -296,12 +313,12 @@ class FeatureExtractor:
     def vector(self, prompt: Prompt) -> FloatArray:
         prepared = prepare(prompt.final)
         toks = tokens(prepared)
-        return self.vector_from(prompt, prepared, toks, self.ids(toks))
+        return self.vector_from(prompt, prepared, self.ids(toks))
 
-    def vector_from(self, prompt: Prompt, prepared: str, toks: list[bytes], ids: IntArray) -> FloatArray:
+    def vector_from(self, prompt: Prompt, prepared: str, ids: IntArray) -> FloatArray:
         whole, ask = self.cue_counts(ids)
         out = np.empty(len(self.names))
-        structure = self.structure(prompt, prepared, toks)
+        structure = self.structure(prompt, prepared, float(whole[self.size_unit]))
         s = len(structure)
         g = len(self.groups)
         out[:s] = structure

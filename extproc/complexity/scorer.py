@@ -14,7 +14,7 @@ Both live in one model file and share one tokenization of the prompt.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +60,37 @@ class Trees:
     value: FloatArray  # (trees, all nodes): the mean residual of each node (leaves: the prediction)
     init: float
     rate: float
+    # derived once, for the request path
+    _depth: int = field(init=False)
+    _root: IntArray = field(init=False)
+    _base: IntArray = field(init=False)
+    _value_base: IntArray = field(init=False)
+    _flat_feature: IntArray = field(init=False)
+    _flat_threshold: FloatArray = field(init=False)
+    _flat_value: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        trees, internal = self.feature.shape
+        derived = {
+            "_depth": int(internal + 1).bit_length() - 1,
+            "_root": np.zeros(trees, dtype=np.int64),
+            "_base": np.arange(trees, dtype=np.int64) * internal,
+            "_value_base": np.arange(trees, dtype=np.int64) * self.value.shape[1],
+            "_flat_feature": np.ascontiguousarray(self.feature).ravel(),
+            "_flat_threshold": np.ascontiguousarray(self.threshold).ravel(),
+            "_flat_value": np.ascontiguousarray(self.value).ravel(),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @property
     def depth(self) -> int:
-        return int(self.feature.shape[1] + 1).bit_length() - 1
+        return self._depth
 
     def _leaves(self, features: FloatArray) -> tuple[IntArray, IntArray]:
         """Per tree, the heap index of the leaf reached, and of the nodes on the way (trees by depth)."""
         # the trees were fitted on float32 features: compare exactly as scikit-learn does
-        x = features.astype(np.float32).astype(np.float64)
+        x = features.astype(np.float32)
         trees, internal = self.feature.shape
         base = np.arange(trees) * internal
         node = np.zeros(trees, dtype=np.int64)
@@ -82,9 +104,13 @@ class Trees:
         return node, path
 
     def predict(self, features: FloatArray) -> float:
-        leaves, _ = self._leaves(features)
-        values = self.value[np.arange(len(leaves)), leaves]
-        return self.init + self.rate * float(values.sum())
+        """`contributions` summed, without the path bookkeeping (the request path)."""
+        x = features.astype(np.float32)
+        node = self._root
+        for _ in range(self._depth):
+            at = self._base + node
+            node = 2 * node + 1 + (x[self._flat_feature[at]] > self._flat_threshold[at])
+        return self.init + self.rate * float(self._flat_value[self._value_base + node].sum())
 
     def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
         """Each feature's share of the prediction (the value change at the splits on it, summed
@@ -224,7 +250,7 @@ class ComplexityModel:
             gain_raw = self.gain.raw_of_ids(ids)
         else:
             gain_raw = self.gain.raw_of_ids(self.extractor.ids(tokens(prepare(prompt.text))))
-        return self.extractor.vector_from(prompt, prepared, toks, ids), gain_raw
+        return self.extractor.vector_from(prompt, prepared, ids), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
         features, gain_raw = self._features(prompt)

@@ -346,21 +346,24 @@ def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, 
 def train(
     graded: Sequence[dict[str, Any]] | None,
     routing: Sequence[dict[str, Any]] | None,
-    base: ComplexityModel | None = None,
+    base: Path | None = None,
     k: int = 5,
 ) -> tuple[ComplexityModel, dict[str, Any]]:
-    """Both heads: difficulty from `graded`, gain from `routing`; a head without data is `base`'s."""
+    """Both heads: difficulty from `graded`, gain from `routing`; a head without data comes from
+    the model file `base`."""
     report: dict[str, Any] = {}
     if routing:
         gain, report["strong_gain"] = fit_gain(routing, k)
     elif base is not None:
-        gain = base.gain
+        with np.load(base, allow_pickle=False) as data:
+            gain = LexicalModel.from_arrays(data, "gain.")
     else:
         raise ValueError("no labelled routing rows and no model to take the strong_gain head from")
     if graded:
         difficulty, report["complexity"] = fit_difficulty(graded, k)
     elif base is not None:
-        difficulty = base.difficulty
+        with np.load(base, allow_pickle=False) as data:
+            difficulty = DifficultyHead.from_arrays(data, "difficulty.")
     else:
         raise ValueError("no graded rows and no model to take the complexity head from")
     return ComplexityModel(difficulty, gain), report
@@ -397,8 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if routing_path != "none":
         sklearn()  # fail early and clearly
         routing = labelled_rows(read_labelled(Path(routing_path)))
-    base = ComplexityModel.load(MODEL_PATH) if routing is None or graded is None else None
-    model, report = train(graded, routing, base, args.folds)
+    model, report = train(graded, routing, MODEL_PATH, args.folds)
     report["inputs"] = {"graded": args.graded or "package:graded_train.jsonl", "routing": routing_path}
     model.save(Path(args.out))
     if "complexity" in report:
