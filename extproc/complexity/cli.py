@@ -149,8 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             record["strong_gain"] = round(scores.strong_gain, 6)
         except ValueError as error:
             record = {"error": str(error)}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json_line(record))
     return 0
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """UTF-8 JSON, with \\u escapes only where the input had text UTF-8 cannot carry (lone surrogates)."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line + "\n"
 
 
 if __name__ == "__main__":

@@ -217,6 +217,13 @@ def labelled_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def unseen_rows(rows: Sequence[dict[str, Any]], seen: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose final request is not also a final request in `seen` (the few greetings the
+    two independently written sets share would measure memory, not generalisation)."""
+    finals = {Prompt.from_row(r).final.strip() for r in seen}
+    return [r for r in rows if Prompt.from_row(r).final.strip() not in finals]
+
+
 def row_key(row: dict[str, Any]) -> bytes:
     """What a row's fold is derived from: its id, else its text."""
     key = row.get("id")

@@ -1,9 +1,5 @@
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,55 +87,6 @@ def test_cross_validated_model_beats_random_length_and_bag_of_words_on_held_out_
     assert metrics["apgr"] > length["apgr"] + 0.05
     assert metrics["apgr"] > bow["apgr"] + 0.03
     assert metrics["strong_share_for_50pct_gap"] < length["strong_share_for_50pct_gap"]
-
-
-def test_cli_scores_stdin_in_order_and_reports_bad_lines() -> None:
-    lines = [
-        json.dumps({"prompt": "What is 2+2?", "id": 1}),
-        "not json",
-        json.dumps({"prompt": "中文"}),
-        "[1]",
-    ]
-    out = subprocess.run(
-        [sys.executable, "-m", "extproc.cli", "complexity"],
-        input="\n".join(lines) + "\n",
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    records = [json.loads(line) for line in out]
-    assert len(records) == 4
-    assert records[0]["id"] == 1 and 0 <= records[0]["complexity"] <= 1
-    assert "error" in records[1] and "complexity" in records[2] and "error" in records[3]
-
-
-def test_cli_explain_and_eval(tmp_path: Path) -> None:
-    labelled = tmp_path / "l.jsonl"
-    labelled.write_text(
-        "\n".join(
-            json.dumps(
-                {"prompt": f"question {i} " * (i + 1), "weak_correct": i % 2 == 0, "strong_correct": True}
-            )
-            for i in range(20)
-        )
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "extproc.cli", "complexity", "--eval", str(labelled), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out)
-    assert {"apgr", "strong_share_for_50pct_gap", "strong_share_for_80pct_gap", "us_per_prompt"} <= set(
-        result
-    )
-    explained = subprocess.run(
-        [sys.executable, "-m", "extproc.cli", "complexity", "--explain", "prove it", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert 0 <= json.loads(explained)["complexity"] <= 1
 
 
 @settings(max_examples=300, deadline=None)
