@@ -257,11 +257,10 @@ class FeatureExtractor:
             if hit.size:
                 positions = np.concatenate([positions, np.tile(starts, MAX_CUE_TOKENS - 1)[hit]])
                 found = np.concatenate([found, self.ngram_group[where[hit]]])
+        # one count for both: a match in the ask also counts in groups + its group
         in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
-        return (
-            np.bincount(found, minlength=groups).astype(np.float64),
-            np.bincount(found[in_ask], minlength=groups).astype(np.float64),
-        )
+        counts = np.bincount(found + groups * in_ask, minlength=2 * groups).astype(np.float64)
+        return counts[:groups] + counts[groups:], counts[groups:]
 
     def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
         text = prepared

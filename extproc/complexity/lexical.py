@@ -105,6 +105,11 @@ class LexicalModel:
             raise ValueError("vocabulary too large for 64-bit n-gram keys")
         self._offsets = [np.int64((n - 1) * self._v**order) for n in range(1, order + 1)]
         self._levels = np.linspace(0.0, 1.0, len(quantiles))
+        self._true = np.ones(1, dtype=bool)
+        # Half the memory to search (it is the cost: random reads of a large array) when keys fit.
+        self._key_type = np.int32 if order * self._v**order < 2**31 else np.int64
+        self._search_keys = keys.astype(self._key_type)
+        self._search_offsets = [self._key_type(offset) for offset in self._offsets]
 
     @classmethod
     def from_arrays(cls, data: Mapping[str, npt.NDArray[Any]], prefix: str = "") -> LexicalModel:
@@ -173,18 +178,28 @@ class LexicalModel:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
         if ids.max() >= self._v:
             ids = np.where(ids < self._v, ids, 0)
+        ids = ids.astype(self._key_type)
         parts = [ids]
         packed = ids
         for n in range(2, min(self.order, len(ids)) + 1):
             packed = packed[:-1] * self._v + ids[n - 1 :]
-            parts.append(packed + self._offsets[n - 1])
-        found, counts = np.unique(np.concatenate(parts) if len(parts) > 1 else ids, return_counts=True)
+            parts.append(packed + self._search_offsets[n - 1])
         if not self.keys.size:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        cols = np.minimum(np.searchsorted(self.keys, found), len(self.keys) - 1)
-        hit = self.keys[cols] == found
-        cols = cols[hit]
-        return cols, (1.0 + np.log(counts[hit])) * self.idf[cols]
+        # Look every n-gram up (sorted, so equal ones sit together), then count the known ones:
+        # cheaper than de-duplicating first, as most n-grams of a prompt are unknown or unique.
+        found = np.concatenate(parts) if len(parts) > 1 else ids
+        found.sort()
+        keys = self._search_keys
+        where = np.searchsorted(keys, found)
+        np.minimum(where, len(keys) - 1, out=where)
+        hits = where[keys[where] == found]
+        if not hits.size:
+            return hits, np.zeros(0)
+        starts = np.flatnonzero(np.concatenate((self._true, hits[1:] != hits[:-1])))
+        counts = np.diff(np.append(starts, hits.size))
+        cols = hits[starts]
+        return cols, (1.0 + np.log(counts)) * self.idf[cols]
 
     def raw(self, text: str) -> float:
         return self.raw_of_columns(*self.columns(text))
