@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +57,14 @@ def two_kb_prompts(texts: list[str], count: int) -> list[str]:
     return out
 
 
-def timing(model: complexity.ComplexityModel, prompts: list[str], repeats: int) -> dict[str, Any]:
+def timing(score: Callable[[str], object], prompts: list[str], repeats: int) -> dict[str, Any]:
     runs = []
     samples: list[float] = []
     for _ in range(repeats):
         run = []
         for text in prompts:
             started = time.perf_counter_ns()
-            model.scores(Prompt.from_text(text))
+            score(text)
             run.append((time.perf_counter_ns() - started) / 1000)
         runs.append(statistics.median(run))
         samples += run
@@ -132,16 +134,23 @@ def main(argv: list[str] | None = None) -> int:
         Prompt.from_row(r).final for r in train if r.get("lang") == "en"
     ]
     model.scores(Prompt.from_text("warm up"))
-    results["speed"] = {
-        "prompt_bytes": PROMPT_BYTES,
-        "english": timing(model, two_kb_prompts(english, 1000), args.repeats),
-        "chinese": timing(model, two_kb_prompts(chinese, 1000), args.repeats),
-    }
-    for name in ("english", "chinese"):
-        speed = results["speed"][name]
+    both = lambda text: model.scores(Prompt.from_text(text))  # noqa: E731
+    results["speed"] = {"prompt_bytes": PROMPT_BYTES}
+    for name, texts in (("english", english), ("chinese", chinese)):
+        two_kb = two_kb_prompts(texts, 1000)
+        speed = {
+            "both_heads": timing(both, two_kb, args.repeats),
+            "strong_gain_head_alone": timing(model.gain.score, two_kb, args.repeats),
+        }
+        ratio = speed["both_heads"]["p50_us"] / speed["strong_gain_head_alone"]["p50_us"]
+        speed["ratio_both_to_gain_alone"] = ratio
+        results["speed"][name] = speed
         print(
-            f"2 KB {name} prompt, both heads: median {speed['p50_us']:.1f} µs, p99 {speed['p99_us']:.1f} µs"
+            f"2 KB {name} prompt, both heads: median {speed['both_heads']['p50_us']:.1f} µs, "
+            f"p99 {speed['both_heads']['p99_us']:.1f} µs; the strong_gain head alone (the previous scorer) "
+            f"{speed['strong_gain_head_alone']['p50_us']:.1f} µs in the same run ({ratio:.2f}x)"
         )
+    results["speed"]["load_average_after"] = os.getloadavg()
     Path(args.json).write_text(
         json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1) + "\n"
     )
