@@ -220,6 +220,16 @@ class FeatureExtractor:
                 if len(term) > 1:
                     self.starts_ngram[self.token_index[term[0]]] = True
         self._padding = np.zeros(MAX_CUE_TOKENS - 1, dtype=np.int64)
+        self._window = np.arange(MAX_CUE_TOKENS)[None, :]
+        # column L-2 packs the first L tokens of a window: Σ id_i · base^(L-1-i)
+        self._powers = np.zeros((MAX_CUE_TOKENS, MAX_CUE_TOKENS - 1), dtype=np.int64)
+        for length in range(2, MAX_CUE_TOKENS + 1):
+            for i in range(length):
+                self._powers[i, length - 2] = self.base ** (length - 1 - i)
+        self._offset_row = np.array(self._offsets, dtype=np.int64)[None, :]
+        # [not in the ask, in the ask] counts → [whole message, ask]
+        g = len(self.groups)
+        self._halves = np.block([[np.eye(g), np.zeros((g, g))], [np.eye(g), np.eye(g)]])
         self.names = (
             STRUCTURE + [f"{g} cue" for g in self.groups] + [f"{g} cue in the ask" for g in self.groups]
         )
@@ -233,34 +243,34 @@ class FeatureExtractor:
     def ids(self, toks: list[bytes]) -> IntArray:
         return np.fromiter(map(self.token_index.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
 
-    def cue_counts(self, ids: IntArray) -> tuple[FloatArray, FloatArray]:
-        """Per cue group: matches in the whole message, and in its ask (first and last tokens)."""
+    def cue_counts(self, ids: IntArray) -> FloatArray:
+        """Per cue group, the matches in the whole message, then per group the matches in its ask
+        (the first and last tokens): one array of twice as many counts as groups."""
         n = len(ids)
         groups = len(self.groups)
         if n == 0:
-            return np.zeros(groups), np.zeros(groups)
+            return np.zeros(2 * groups)
         unigram = self.unigram_group[ids]
-        positions = np.nonzero(unigram >= 0)[0]
+        positions = np.flatnonzero(unigram >= 0)
         found = unigram[positions]
-        # longer cues: only where a token that starts one stands (few places in most texts)
-        starts = np.nonzero(self.starts_ngram[ids])[0]
+        # longer cues: only where a token that starts one stands (few places in most texts); the
+        # keys of the 2-, 3- and 4-grams there, at once, as windows of ids times powers of the base
+        starts = np.flatnonzero(self.starts_ngram[ids])
         if starts.size:
-            padded = np.concatenate([ids, self._padding])
-            keys = []
-            packed = padded[starts]
-            for length in range(2, MAX_CUE_TOKENS + 1):
-                packed = packed * self.base + padded[starts + length - 1]
-                keys.append(packed + self._offsets[length - 2])
-            every = np.concatenate(keys)
-            where = np.minimum(np.searchsorted(self.ngram_keys, every), len(self.ngram_keys) - 1)
-            hit = np.nonzero(self.ngram_keys[where] == every)[0]
+            windows = np.concatenate((ids, self._padding))[starts[:, None] + self._window]
+            every = (windows @ self._powers + self._offset_row).ravel()
+            where = np.searchsorted(self.ngram_keys, every)
+            np.minimum(where, len(self.ngram_keys) - 1, out=where)
+            hit = np.flatnonzero(self.ngram_keys[where] == every)
             if hit.size:
-                positions = np.concatenate([positions, np.tile(starts, MAX_CUE_TOKENS - 1)[hit]])
-                found = np.concatenate([found, self.ngram_group[where[hit]]])
-        # one count for both: a match in the ask also counts in groups + its group
+                positions = np.concatenate((positions, starts[hit // (MAX_CUE_TOKENS - 1)]))
+                found = np.concatenate((found, self.ngram_group[where[hit]]))
+        # one count for both: a match in the ask counts at groups + its group, then the
+        # whole-message count is the sum of both halves
         in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
-        counts = np.bincount(found + groups * in_ask, minlength=2 * groups).astype(np.float64)
-        return counts[:groups] + counts[groups:], counts[groups:]
+        counts = np.bincount(found + groups * in_ask, minlength=2 * groups)
+        result: FloatArray = counts @ self._halves
+        return result
 
     def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
         text = prepared
@@ -315,12 +325,6 @@ class FeatureExtractor:
         return self.vector_from(prompt, prepared, self.ids(toks))
 
     def vector_from(self, prompt: Prompt, prepared: str, ids: IntArray) -> FloatArray:
-        whole, ask = self.cue_counts(ids)
-        out = np.empty(len(self.names))
-        structure = self.structure(prompt, prepared, float(whole[self.size_unit]))
-        s = len(structure)
-        g = len(self.groups)
-        out[:s] = structure
-        out[s : s + g] = np.log1p(whole)
-        out[s + g : s + 2 * g] = np.log1p(ask)
-        return out
+        cues = self.cue_counts(ids)
+        structure = self.structure(prompt, prepared, float(cues[self.size_unit]))
+        return np.concatenate((structure, np.log1p(cues)))

@@ -110,6 +110,11 @@ class LexicalModel:
         self._key_type = np.int32 if order * self._v**order < 2**31 else np.int64
         self._search_keys = keys.astype(self._key_type)
         self._search_offsets = [self._key_type(offset) for offset in self._offsets]
+        # unigram keys are token ids (0 to V - 1): their columns by table, the rest by search
+        self._unigrams = int(np.searchsorted(keys, self._v))
+        self._unigram_column = np.full(self._v, -1, dtype=np.int64)
+        self._unigram_column[keys[: self._unigrams]] = np.arange(self._unigrams)
+        self._longer_keys = self._search_keys[self._unigrams :]
 
     @classmethod
     def from_arrays(cls, data: Mapping[str, npt.NDArray[Any]], prefix: str = "") -> LexicalModel:
@@ -178,22 +183,28 @@ class LexicalModel:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
         if ids.max() >= self._v:
             ids = np.where(ids < self._v, ids, 0)
-        ids = ids.astype(self._key_type)
-        parts = [ids]
-        packed = ids
-        for n in range(2, min(self.order, len(ids)) + 1):
-            packed = packed[:-1] * self._v + ids[n - 1 :]
-            parts.append(packed + self._search_offsets[n - 1])
         if not self.keys.size:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        # Look every n-gram up (sorted, so equal ones sit together), then count the known ones:
-        # cheaper than de-duplicating first, as most n-grams of a prompt are unknown or unique.
-        found = np.concatenate(parts) if len(parts) > 1 else ids
-        found.sort()
-        keys = self._search_keys
-        where = np.searchsorted(keys, found)
-        np.minimum(where, len(keys) - 1, out=where)
-        hits = where[keys[where] == found]
+        # A unigram's column is a table lookup; longer n-grams are searched (sorted, so equal
+        # ones sit together), then the known ones are counted: cheaper than de-duplicating first,
+        # as most n-grams of a prompt are unknown or unique. Unigram keys sort before all others.
+        hits = self._unigram_column[ids]
+        hits = hits[hits >= 0]
+        hits.sort()
+        if self.order > 1 and len(ids) > 1:
+            ids = ids.astype(self._key_type)
+            parts = []
+            packed = ids
+            for n in range(2, min(self.order, len(ids)) + 1):
+                packed = packed[:-1] * self._v + ids[n - 1 :]
+                parts.append(packed + self._search_offsets[n - 1])
+            found = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            found.sort()
+            keys = self._longer_keys
+            if keys.size:
+                where = np.searchsorted(keys, found)
+                np.minimum(where, len(keys) - 1, out=where)
+                hits = np.concatenate((hits, where[keys[where] == found] + self._unigrams))
         if not hits.size:
             return hits, np.zeros(0)
         starts = np.flatnonzero(np.concatenate((self._true, hits[1:] != hits[:-1])))
