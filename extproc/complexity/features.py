@@ -22,6 +22,7 @@ import numpy.typing as npt
 from extproc.complexity.cues import CUES
 from extproc.complexity.lexical import encode, prepare, tokens
 from extproc.request import ParsedRequest, Task
+from extproc.request import _content_text as content_text  # the request path's own rule
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -118,24 +119,6 @@ class Prompt:
             return cls.from_messages(messages)
         prompt = row.get("prompt", "")
         return cls.from_text(prompt if isinstance(prompt, str) else "")
-
-
-def content_text(content: object) -> str:
-    """Text of a message's content: a string, or the text parts of a multimodal array
-    (the same rule as extproc.request)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
-                text = part.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-            elif isinstance(part, str):
-                parts.append(part)
-        return "\n".join(parts)
-    return ""
 
 
 def estimate_tokens(text: str) -> float:
