@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from extproc.bench.complexity import PROMPT_BYTES, two_kb_prompts, timing
+from extproc.bench.complexity import PROMPT_BYTES, timing, two_kb_prompts
 
 
 def test_two_kb_prompts_are_2_kb_of_whole_characters_from_several_texts() -> None:
