@@ -46,11 +46,12 @@ _MATH_SYMBOLS = re.compile("[≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """A request as the difficulty features see it."""
+    """A request as the difficulty features see it. The earlier turns and the system prompt
+    count by size only, so only their token estimates are kept (no copy of a long conversation)."""
 
     final: str  # the last user message (or the whole text when there is no structure)
-    context: str = ""  # earlier user and assistant turns
-    system: str = ""  # system / developer prompts
+    context_tokens: float = 0.0  # token estimate of the earlier user and assistant turns
+    system_tokens: float = 0.0  # token estimate of the system / developer prompts
     turns: int = 1  # user messages, the final one included
     text: str | None = None  # all message texts joined as the request path does; None = final
 
@@ -63,8 +64,9 @@ class Prompt:
         return cls(final=text)
 
     @classmethod
-    def from_messages(cls, messages: Sequence[Any]) -> Prompt:
-        """From OpenAI chat messages; `full_text` equals extproc.request's `text` for them."""
+    def from_messages(cls, messages: Sequence[Any], text: str | None = None) -> Prompt:
+        """From OpenAI chat messages; `full_text` equals extproc.request's `text` for them
+        (pass that `text` when it is already built, to not build it again)."""
         texts: list[str] = []
         system: list[str] = []
         earlier: list[str] = []
@@ -78,26 +80,28 @@ class Prompt:
             if not isinstance(message, Mapping):
                 continue
             role = message.get("role")
-            text = content_text(message.get("content"))
+            content = content_text(message.get("content"))
             if role == "user":
                 turns += 1
-            if text:
-                texts.append(text)
+            if content:
+                texts.append(content)
             if i == last_user:
-                final = text
+                final = content
             elif role in ("system", "developer"):
-                system.append(text)
-            elif text:
-                earlier.append(text)
+                if content:
+                    system.append(content)
+            elif content:
+                earlier.append(content)
         if last_user < 0 and earlier:  # no user message: the last message is the ask
             final = earlier.pop()
-        joined = "\n".join(texts)
+        if text is None:
+            text = "\n".join(texts)
         return cls(
             final=final,
-            context="\n".join(earlier),
-            system="\n".join(t for t in system if t),
+            context_tokens=joined_tokens(earlier),
+            system_tokens=joined_tokens(system),
             turns=max(turns, 1),
-            text=None if joined == final else joined,
+            text=None if text == final else text,
         )
 
     @classmethod
@@ -105,10 +109,7 @@ class Prompt:
         """A parsed request: chat messages keep their structure; `full_text` is `request.text`."""
         messages = request.body.get("messages") if request.task is Task.CHAT else None
         if isinstance(messages, list) and messages:
-            prompt = cls.from_messages(messages)
-            if prompt.full_text != request.text:  # never expected: both follow the same rule
-                return cls(prompt.final, prompt.context, prompt.system, prompt.turns, request.text)
-            return prompt
+            return cls.from_messages(messages, request.text)
         return cls.from_text(request.text)
 
     @classmethod
@@ -126,6 +127,16 @@ def estimate_tokens(text: str) -> float:
     if text.isascii():
         return len(text) / 4.0
     return len(encode(text)) / 3.0
+
+
+def joined_tokens(texts: Sequence[str]) -> float:
+    """`estimate_tokens("\\n".join(texts))` without building the joined text."""
+    if not texts:
+        return 0.0
+    separators = len(texts) - 1
+    if all(t.isascii() for t in texts):
+        return (sum(map(len, texts)) + separators) / 4.0
+    return (sum(len(encode(t)) for t in texts) + separators) / 3.0
 
 
 def cue_terms(terms: Iterable[str]) -> list[tuple[bytes, ...]]:
@@ -298,8 +309,8 @@ class FeatureExtractor:
             math.log1p(min(size, 100_000.0)),
             non_ascii / max(non_ascii + text.count(" ") + 1, 1),
             math.log1p(max(prompt.turns - 1, 0)),
-            math.log1p(estimate_tokens(prompt.context)) if prompt.context else 0.0,
-            math.log1p(estimate_tokens(prompt.system)) if prompt.system else 0.0,
+            math.log1p(prompt.context_tokens),
+            math.log1p(prompt.system_tokens),
         ]
 
     def vector(self, prompt: Prompt) -> FloatArray:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity.evaluate import ranks, spearman
-from extproc.complexity.features import FeatureExtractor, Prompt
+from extproc.complexity.features import FeatureExtractor, Prompt, estimate_tokens, joined_tokens
 from extproc.complexity.scorer import EDGE, level_to_score, score_to_level
 from extproc.complexity.train import (
     GRADED_TEST,
@@ -149,8 +149,8 @@ def test_chat_prompt_matches_the_request_paths_text_and_turns() -> None:
     prompt = Prompt.from_request(request)
     assert prompt.full_text == request.text
     assert prompt.final == "Now prove\nits safety."
-    assert prompt.system == "You are terse."
-    assert prompt.context == "Tell me about Raft.\nRaft is a consensus algorithm."
+    assert prompt.system_tokens == estimate_tokens("You are terse.")
+    assert prompt.context_tokens == estimate_tokens("Tell me about Raft.\nRaft is a consensus algorithm.")
     assert prompt.turns == request.turns == 2
     assert Prompt.from_messages(body["messages"]) == prompt
     single = parse_body(
@@ -184,6 +184,12 @@ def test_any_chat_prompt_full_text_is_the_request_text(messages: list[dict[str, 
     )
     assert Prompt.from_request(request).full_text == request.text
     assert Prompt.from_messages(messages).full_text == request.text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=20), max_size=5))
+def test_joined_token_estimate_is_the_estimate_of_the_joined_text(texts: list[str]) -> None:
+    assert joined_tokens(texts) == (estimate_tokens("\n".join(texts)) if texts else 0.0)
 
 
 def test_cues_are_found_in_every_language() -> None:
@@ -225,7 +231,7 @@ def test_structural_features() -> None:
     chinese, english = feature("字" * 100, "length"), feature("word " * 100, "length")
     assert abs(chinese - english) < 0.5
     assert feature("q", "earlier turns", turns=4) == pytest.approx(math.log1p(3))
-    assert feature("q", "system prompt length", system="s" * 400) == pytest.approx(math.log1p(100))
+    assert feature("q", "system prompt length", system_tokens=100.0) == pytest.approx(math.log1p(100))
     assert feature("1. a\n2. b\n3. c", "list items") == pytest.approx(math.log1p(2))
 
 
