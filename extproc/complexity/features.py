@@ -193,7 +193,9 @@ class FeatureExtractor:
         self.base = max(self.token_index.values(), default=0) + 1
         if MAX_CUE_TOKENS * self.base**MAX_CUE_TOKENS >= 2**63:
             raise ValueError("token index too large for 64-bit cue keys")
-        # unigram cues: a group per token id (-1: none); longer cues: sorted packed keys
+        # unigram cues: a group per token id (-1: none); longer cues: sorted packed keys. A term
+        # listed in two groups counts for one of them: the last for single tokens, the first
+        # for longer terms (the shipped model was trained so).
         self.unigram_group = np.full(self.base, -1, dtype=np.int64)
         keys: dict[int, int] = {}
         for g, name in enumerate(self.groups):

@@ -3,8 +3,8 @@
 - ``complexity``: predicted difficulty on the 1-5 rubric of docs/complexity.md, calibrated to
   [0, 1] so that level L sits at (L - 1) / 4: level 1 → 0, 2 → 0.25, 3 → 0.5, 4 → 0.75, 5 → 1;
   the band of level L is ±0.125 around it (so `complexity > 0.625` ≈ "level 4 and up").
-  A ridge regression over the named features of `extproc.complexity.features`, trained on the
-  graded prompt set.
+  The average of a ridge regression and boosted regression trees over the named features of
+  `extproc.complexity.features`, trained on the graded prompt set.
 - ``strong_gain``: how much the strong model is likely to beat the weak one, the lexical head
   (`extproc.complexity.lexical`) trained on labelled routing data, calibrated to its percentile.
 
@@ -26,7 +26,6 @@ from extproc.complexity.lexical import LexicalModel, prepare, tokens
 from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
-LEVELS = (1, 2, 3, 4, 5)
 # Inside [EDGE, 1 - EDGE] the calibrated score is linear in the predicted level; beyond, it
 # approaches 0 or 1 smoothly (never clipped flat, so the order of very easy or very hard prompts survives).
 EDGE = 0.04
