@@ -34,6 +34,11 @@ _SEPARATE = bytes(b if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A or b >= 0x80) els
 # continuation bytes) per non-ASCII character.
 _MIXED = re.compile(rb"[a-z0-9]+|[\xc0-\xff][\x80-\xbf]*")
 NGRAM_SEP = b" "
+_NON_ASCII = bytes(range(0x80, 0x100))
+_NON_ASCII_CHAR = re.compile(rb"([\xc0-\xff][\x80-\xbf]*)")
+# Up to this many non-ASCII bytes (a few accented or CJK characters in English text), spacing them
+# out is faster than visiting every chunk; beyond, the per-chunk loop is.
+_FEW_NON_ASCII_BYTES = 64
 
 
 def prepare(text: str) -> str:
@@ -49,9 +54,13 @@ def encode(text: str) -> bytes:
 
 def tokens(text: str) -> list[bytes]:
     """`TOKEN.findall(text)`, UTF-8 encoded (text already prepared)."""
-    chunks = encode(text).translate(_SEPARATE).split()
+    data = encode(text).translate(_SEPARATE)
     if text.isascii():
-        return chunks
+        return data.split()
+    if len(data) - len(data.translate(None, _NON_ASCII)) <= _FEW_NON_ASCII_BYTES:
+        # mostly ASCII: space out the few non-ASCII characters, then one split
+        return _NON_ASCII_CHAR.sub(rb" \1 ", data).split()
+    chunks = data.split()
     out: list[bytes] = []
     for chunk in chunks:
         if chunk.isascii():

@@ -152,3 +152,16 @@ def test_shipped_gain_head_sees_words_and_bigrams() -> None:
     )
     names = {name for name, _ in explanation.features}
     assert "bias" in names and "how many" in names and "step" in names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mostly ascii with a café and one 中 character " * 3,  # few non-ASCII bytes: spaced out
+        "证明" * 40 + " abc123 déjà-vu " + "\u3000\u00a0x" * 5,  # many: chunk by chunk
+        "x" * 3000 + "é",
+    ],
+)
+def test_both_tokenizer_paths_are_the_regex_definition(text: str) -> None:
+    prepared = prepare(text)
+    assert tokens(prepared) == [encode(t) for t in TOKEN.findall(prepared)]
