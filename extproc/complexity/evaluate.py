@@ -93,6 +93,7 @@ def graded_report(
     level = np.asarray(levels)
     lang = np.asarray(languages)
     medians = {int(v): float(np.median(score[level == v])) for v in sorted(set(level.tolist()))}
+    band = np.clip(np.floor(score * 4 + 0.5) + 1, 1, 5)
     values = list(medians.values())
     return {
         "rows": len(score),
@@ -103,5 +104,7 @@ def graded_report(
         },
         "median_by_level": medians,
         "medians_monotone": all(b >= a for a, b in itertools.pairwise(values)),
-        "level_band_accuracy": float(np.mean(np.clip(np.floor(score * 4 + 0.5) + 1, 1, 5) == level)),
+        # the share of rows whose score lies in their level's band, and within one band of it
+        "level_band_accuracy": float(np.mean(band == level)),
+        "within_one_level": float(np.mean(np.abs(band - level) <= 1)),
     }

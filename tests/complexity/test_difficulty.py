@@ -316,3 +316,18 @@ def test_retraining_both_heads_reproduces_the_shipped_model() -> None:
             shipped.scores(prompt).strong_gain, abs=1e-12
         )
     assert report["strong_gain"]["model"]["apgr"] > 0.64
+
+
+def test_graded_report_on_hand_made_scores() -> None:
+    from extproc.complexity.evaluate import graded_report
+
+    langs = ["en", "en", "en", "zh", "zh", "zh"]
+    report = graded_report([0.0, 0.3, 0.5, 0.1, 0.9, 0.45], [1, 2, 3, 3, 5, 4], langs)
+    assert report["median_by_level"] == {1: 0.0, 2: 0.3, 3: 0.3, 4: 0.45, 5: 0.9}
+    assert report["medians_monotone"]
+    # bands: 0.1 is level 1 (two off), 0.45 level 3 (one off)
+    assert report["level_band_accuracy"] == pytest.approx(4 / 6)
+    assert report["within_one_level"] == pytest.approx(5 / 6)
+    assert report["spearman_by_language"]["en"]["spearman"] == pytest.approx(1.0)
+    falling = graded_report([0.9, 0.5, 0.1], [1, 2, 3], ["en"] * 3)
+    assert not falling["medians_monotone"] and falling["spearman"] == pytest.approx(-1.0)
