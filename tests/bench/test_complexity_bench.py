@@ -11,9 +11,15 @@ def test_two_kb_prompts_are_2_kb_of_whole_characters_from_several_texts() -> Non
         assert "\n" in prompt  # stitched from several texts
 
 
-def test_timing_reports_median_and_p99_per_repeat() -> None:
+def test_timing_interleaves_the_scorers_and_reports_median_and_p99_per_repeat() -> None:
     calls: list[str] = []
-    result = timing(calls.append, ["a", "b", "c"], repeats=2)
-    assert calls == ["a", "b", "c", "a", "b", "c"]
-    assert result["prompts"] == 3 and result["repeats"] == 2 and len(result["p50_us_per_repeat"]) == 2
-    assert 0 < result["p50_us"] <= result["p99_us"]
+    result = timing(
+        {"first": lambda t: calls.append("1" + t), "second": lambda t: calls.append("2" + t)},
+        ["a", "b"],
+        repeats=2,
+    )
+    assert calls == ["1a", "2a", "1b", "2b"] * 2
+    for name in ("first", "second"):
+        assert result[name]["prompts"] == 2 and result[name]["repeats"] == 2
+        assert len(result[name]["p50_us_per_repeat"]) == 2
+        assert 0 < result[name]["p50_us"] <= result[name]["p99_us"]
