@@ -34,7 +34,10 @@ def explanation_json(explanation: Explanation) -> dict[str, Any]:
         "complexity": explanation.complexity,
         "strong_gain": explanation.strong_gain,
         "level": explanation.level,
-        "features": [{"name": n, "contribution": v} for n, v in explanation.features],
+        "features": [
+            {"name": n, "value": words, "contribution": v}
+            for (n, v), words in zip(explanation.features, explanation.phrases, strict=True)
+        ],
         "baseline": explanation.baseline,
         "strong_gain_features": [{"name": n, "contribution": v} for n, v in explanation.gain_features],
     }
@@ -46,8 +49,8 @@ def print_explanation(explanation: Explanation) -> None:
         f"{score_to_level(explanation.complexity)})"
     )
     print(f"  {explanation.baseline:+.3f}  average prompt")
-    for name, value in explanation.features:
-        print(f"  {value:+.3f}  {name}")
+    for (_, value), words in zip(explanation.features, explanation.phrases, strict=True):
+        print(f"  {value:+.3f}  {words}")
     print(f"strong_gain {explanation.strong_gain:.3f}")
     for name, value in explanation.gain_features:
         print(f"  {value:+.3f}  {name}")

@@ -176,6 +176,36 @@ STRUCTURE = [
 ]
 
 
+_TOKEN_SIZES = {"length", "ask length", "pasted text", "conversation length", "system prompt length"}
+# percent of the characters per unit of the feature
+_SHARES = {
+    "code-like characters": 10.0,
+    "math notation": 10.0,
+    "digit density": 10.0,
+    "non-ASCII share": 100.0,
+}
+_COUNTED = {"lines", "LaTeX", "questions", "list items", "earlier turns"}
+
+
+def phrase(name: str, value: float) -> str:
+    """A feature and its value in words: "length 1,900 tokens", "proof cue x2", "no code blocks"."""
+    if name == "length²":
+        return f"length² {math.expm1(math.sqrt(max(value, 0.0))):,.0f} tokens"
+    if name in _TOKEN_SIZES:
+        return f"{name} {math.expm1(value):,.0f} tokens"
+    if name in _SHARES:
+        return f"{name} {value * _SHARES[name]:.0f} %"
+    if name == "code blocks":
+        return f"code blocks {value:g}" if value else "no code blocks"
+    if name == "requested output size":
+        return f"requested output size {math.expm1(value):,.0f}" if value else "no requested output size"
+    count = round(math.expm1(value))
+    if name in _COUNTED:
+        return f"{name} {count}" if count else f"no {name}"
+    # cue counts
+    return f"{name} x{count}" if count > 1 else (name if count else f"no {name}")
+
+
 class FeatureExtractor:
     """Maps a prompt's tokens to named features. Immutable after construction."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from extproc.complexity.features import FeatureExtractor, Prompt
+from extproc.complexity.features import FeatureExtractor, Prompt, phrase
 from extproc.complexity.lexical import LexicalModel, prepare, tokens
 from extproc.request import ParsedRequest
 
@@ -220,6 +220,7 @@ class Explanation:
     # and `baseline` add up to the linear score (before the smooth squashing near 0 and 1).
     features: list[tuple[str, float]]
     baseline: float
+    phrases: list[str]  # each of `features` with its value in words ("length 1,900 tokens")
     # The lexical head's strongest n-grams, (n-gram or "bias", contribution to its raw score).
     gain_features: list[tuple[str, float]]
 
@@ -285,17 +286,22 @@ class ComplexityModel:
         level = head.level(head.raw(features))
         baseline = (base_level - 1.0) / 4.0
         order = np.argsort(-np.abs(parts), kind="stable")[:top]
+        shown = [int(i) for i in order if parts[i] != 0.0]
         gain_features = self.gain.explain(prompt.full_text, top).features if with_gain else []
         return Explanation(
             complexity=level_to_score(level),
             strong_gain=self.gain.calibrate(gain_raw),
             level=level,
-            features=[(head.names[i], float(parts[i])) for i in order if parts[i] != 0.0],
+            features=[(head.names[i], float(parts[i])) for i in shown],
             baseline=baseline,
+            phrases=[phrase(head.names[i], float(features[i])) for i in shown],
             gain_features=gain_features,
         )
 
 
 def describe(explanation: Explanation, top: int = 3) -> list[str]:
-    """The strongest contributions in words, e.g. ["proof cue +0.20", "length -0.05"]."""
-    return [f"{name} {value:+.2f}" for name, value in explanation.features[:top]]
+    """The strongest contributions in words, e.g. ["proof cue +0.20", "length 1,900 tokens +0.15"]."""
+    return [
+        f"{words} {value:+.2f}"
+        for words, (_, value) in zip(explanation.phrases[:top], explanation.features[:top], strict=True)
+    ]

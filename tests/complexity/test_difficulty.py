@@ -247,6 +247,26 @@ def test_explanation_adds_up_and_names_features() -> None:
     assert any("proof" in name or "hard_math" in name for name in names)
     words = complexity.describe(explanation, 2)
     assert len(words) == 2 and all(w.rsplit(" ", 1)[1][0] in "+-" for w in words)
+    assert len(explanation.phrases) == len(explanation.features)
+
+
+def test_feature_values_in_words() -> None:
+    from extproc.complexity.features import phrase
+
+    assert phrase("length", math.log1p(1900)) == "length 1,900 tokens"
+    assert phrase("length²", math.log1p(1900) ** 2) == "length² 1,900 tokens"
+    assert phrase("proof cue", math.log1p(2)) == "proof cue x2"
+    assert phrase("proof cue", math.log1p(1)) == "proof cue"
+    assert phrase("proof cue in the ask", 0.0) == "no proof cue in the ask"
+    assert phrase("code blocks", 3.0) == "code blocks 3" and phrase("code blocks", 0.0) == "no code blocks"
+    assert phrase("digit density", 0.4) == "digit density 4 %"
+    assert phrase("non-ASCII share", 0.25) == "non-ASCII share 25 %"
+    assert phrase("requested output size", math.log1p(2000)) == "requested output size 2,000"
+    assert phrase("earlier turns", math.log1p(3)) == "earlier turns 3"
+    extractor = FeatureExtractor()
+    vector = extractor.vector(Prompt.from_text("Write a 2,000-word report.\n\n```x```"))
+    words = [phrase(n, float(v)) for n, v in zip(extractor.names, vector, strict=True)]
+    assert "requested output size 2,000" in words and "code blocks 1" in words
 
 
 def test_numpy_trees_reproduce_scikit_learn() -> None:
