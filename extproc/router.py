@@ -189,6 +189,7 @@ class Router:
                 metrics.fallbacks.labels("model", "no_capacity").inc()
             if self.complexity is not None:
                 metrics.complexity.observe(decision.complexity)
+                metrics.strong_gain.observe(decision.strong_gain)
         return decision
 
     def record_error(self, task: str, model: str, error: RoutingError) -> None:

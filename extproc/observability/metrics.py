@@ -119,7 +119,13 @@ class Metrics:
         )
         self.complexity = Histogram(
             "llm_extproc_complexity_score",
-            "Prompt complexity scores.",
+            "Prompt complexity scores (predicted difficulty, level L at (L - 1) / 4).",
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.strong_gain = Histogram(
+            "llm_extproc_strong_gain_score",
+            "Prompt strong_gain scores (how likely the strong model beats the weak one).",
             buckets=SCORE_BUCKETS,
             registry=registry,
         )

@@ -147,3 +147,17 @@ def test_the_decision_log_records_both_scores_and_the_top_features(tmp_path: Pat
         parse_body(Task.CHAT, "application/json", json.dumps(body).encode(), 1 << 20)
     )
     assert "prompt" not in line
+
+
+def test_both_scores_feed_their_histograms(tmp_path: Path) -> None:
+    from extproc.observability.metrics import Metrics
+
+    route = router(write(tmp_path, "default: {}\n"))
+    route.metrics = metrics = Metrics()
+    for text in (EASY, HARD):
+        route.decide(*request(text))
+    registry = metrics.registry
+    assert registry.get_sample_value("llm_extproc_complexity_score_count") == 2
+    assert registry.get_sample_value("llm_extproc_strong_gain_score_count") == 2
+    # the easy prompt falls in the lowest complexity bucket, the hard one does not
+    assert registry.get_sample_value("llm_extproc_complexity_score_bucket", {"le": "0.1"}) == 1
