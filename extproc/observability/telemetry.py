@@ -41,7 +41,7 @@ class RouteRecord:
     scores: list[float] | None = None
     complexity: float | None = None
     strong_gain: float | None = None
-    complexity_features: list[str] | None = None  # e.g. ["proof cue +0.20", "length +0.11"]
+    complexity_features: list[str] | None = None  # e.g. ["proof cue +0.20", "length 1,900 tokens +0.11"]
     decision_us: float = 0.0
     status: int = 0
     served_by: str = ""
