@@ -80,7 +80,7 @@ class Prompt:
             if not isinstance(message, Mapping):
                 continue
             role = message.get("role")
-            content = content_text(message.get("content"))
+            content = content_text(message.get("content", message.get("output")))
             if role == "user":
                 turns += 1
             if content:
@@ -106,8 +106,24 @@ class Prompt:
 
     @classmethod
     def from_request(cls, request: ParsedRequest) -> Prompt:
-        """A parsed request: chat messages keep their structure; `full_text` is `request.text`."""
-        messages = request.body.get("messages") if request.task is Task.CHAT else None
+        """A parsed request: conversations keep their structure (OpenAI chat, Anthropic Messages
+        with its top-level system prompt, OpenAI Responses with its instructions and input
+        items); `full_text` is always `request.text`."""
+        body = request.body
+        messages: list[Any] | None = None
+        if request.task is Task.CHAT:
+            messages = body.get("messages")
+        elif request.task in (Task.MESSAGES, Task.COUNT_TOKENS):
+            system = content_text(body.get("system"))
+            messages = [{"role": "system", "content": system}, *body.get("messages", [])]
+        elif request.task is Task.RESPONSES:
+            items = body.get("input")
+            instructions = body.get("instructions")
+            messages = [{"role": "system", "content": instructions}] if instructions else []
+            if isinstance(items, str):
+                messages.append({"role": "user", "content": items})
+            elif isinstance(items, list):
+                messages += [{"role": "user", "content": i} if isinstance(i, str) else i for i in items]
         if isinstance(messages, list) and messages:
             return cls.from_messages(messages, request.text)
         return cls.from_text(request.text)

@@ -351,3 +351,39 @@ def test_graded_report_on_hand_made_scores() -> None:
     assert report["spearman_by_language"]["en"]["spearman"] == pytest.approx(1.0)
     falling = graded_report([0.9, 0.5, 0.1], [1, 2, 3], ["en"] * 3)
     assert not falling["medians_monotone"] and falling["spearman"] == pytest.approx(-1.0)
+
+
+def test_anthropic_messages_and_responses_requests_keep_their_structure() -> None:
+    messages_body = {
+        "model": "m",
+        "max_tokens": 100,
+        "system": "You are a careful mathematician.",
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+            {"role": "user", "content": "Prove that there is no largest prime."},
+        ],
+    }
+    responses_body = {
+        "model": "m",
+        "instructions": "Be terse.",
+        "input": [
+            {"role": "user", "content": "Tell me about Raft."},
+            {"type": "function_call_output", "call_id": "c1", "output": "some tool output"},
+            {"role": "user", "content": "Now prove its safety."},
+        ],
+    }
+    for task, body, final in (
+        (Task.MESSAGES, messages_body, "Prove that there is no largest prime."),
+        (Task.RESPONSES, responses_body, "Now prove its safety."),
+        (Task.RESPONSES, {"model": "m", "input": "just a string"}, "just a string"),
+    ):
+        request = parse_body(task, "application/json", json.dumps(body).encode(), 1 << 20)
+        prompt = Prompt.from_request(request)
+        assert prompt.full_text == request.text and prompt.final == final
+        assert prompt.turns == max(request.turns, 1)
+        assert (prompt.system_tokens > 0) == request.has_system_prompt
+    responses = Prompt.from_request(
+        parse_body(Task.RESPONSES, "application/json", json.dumps(responses_body).encode(), 1 << 20)
+    )
+    assert responses.context_tokens == estimate_tokens("Tell me about Raft.\nsome tool output")
