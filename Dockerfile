@@ -4,12 +4,12 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY extproc ./extproc
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[dns,k8s,redis]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[dns,k8s,redis,providersim]"
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin llm
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "llm-extproc[dns,k8s,redis]" && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "llm-extproc[dns,k8s,redis,providersim]" && rm -rf /wheels
 # One policy set: a folder given to --policy is loaded as one set, so the image ships exactly one file.
 COPY policies/minimal.yaml /etc/llm-extproc/policies/policy.yaml
 USER 10001

@@ -142,15 +142,37 @@ def _passthrough(target: str) -> Callable[[list[str]], int]:
 # Subcommands whose module parses its own arguments: name -> (module[:function], help).
 PASSTHROUGH = {
     "sim": ("extproc.devstack.sim", "run the simulated vLLM fleet"),
+    "provider-sim": (
+        "extproc.devstack.provider_sim",
+        "run the simulated hosted provider (TLS, API key, 429s)",
+    ),
     "loadgen": ("extproc.devstack.loadgen", "replay an arrival trace against an OpenAI-compatible URL"),
     "complexity": ("extproc.complexity.cli", "score prompts (JSON lines on stdin), --eval or --explain"),
     "complexity-train": ("extproc.complexity.train", "fit both complexity heads and write the model"),
     "validate": ("extproc.policy.cmd:validate_main", "validate policy files"),
     "explain": ("extproc.policy.cmd:explain_main", "show how a policy routes a request"),
     "schema": ("extproc.policy.cmd:schema_main", "print the policy JSON Schema"),
-    "render": ("extproc.deploy.istio", "print Istio/Kubernetes manifests (render istio ...)"),
+    "render": ("extproc.cli:render_main", "print Istio/Kubernetes manifests (render istio ...)"),
     "bench": ("extproc.bench.main", "run a benchmark (overhead, routing, pick, scale, classifier)"),
 }
+
+
+def render_main(argv: list[str]) -> int:
+    """`render istio [--policy FILE]`: the policy's provider pools become ServiceEntries,
+    DestinationRules, routes and credential filters (extproc.deploy.istio_providers)."""
+    from extproc.deploy import istio
+    from extproc.policy.compile import PolicyError, load_policy
+
+    policy = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--policy"), None)
+    policy = policy or next((w.split("=", 1)[1] for w in argv if w.startswith("--policy=")), None)
+    providers = []
+    if policy:
+        try:
+            providers = load_policy(policy).provider_upstreams()
+        except PolicyError as error:
+            print(error, file=sys.stderr)
+            return 1
+    return istio.main(argv, providers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,25 @@ PRIORITY_HEADER = "x-llm-priority"
 RULE_HEADER = "x-llm-rule"
 MIRROR_CLUSTER_HEADER = "x-llm-mirror-cluster"
 CACHE_HEADER = "x-llm-cache"
+# Who pays: the pool that served and the tenant, read back by the observer for the cost metric.
+POOL_HEADER = "x-llm-pool"
+TENANT_HEADER = "x-llm-tenant"
+
+# -- hosted providers (docs/providers.md) ------------------------------------------------------
+# Names the provider pool: Envoy's route for that provider matches on it (and sends the request
+# to its cluster, which injects the key). Also how the fallback hop knows a provider attempt failed.
+PROVIDER_HEADER = "x-llm-provider"
+# What the client asked for, kept for the fallback hop: the body and path it receives are the
+# provider's (its model name, maybe Azure's deployment path).
+REQUESTED_MODEL_HEADER = "x-llm-requested-model"
+ORIGINAL_PATH_HEADER = "x-llm-original-path"
+# Set by the provider clusters' upstream observer (its own header_mutation), so that stream is
+# told apart from the listener's observer; removed before the provider sees the request.
+PROVIDER_ATTEMPT_HEADER = "x-llm-provider-attempt"
+# Set on responses that came through the fallback hop: the provider failed, self-hosted served.
+FALLBACK_OF_HEADER = "x-llm-fallback-of"
+# ... and which model answered there (so cost is charged at the fleet's price, not the provider's).
+FALLBACK_MODEL_HEADER = "x-llm-fallback-model"
 
 # Client-sent headers with these prefixes are stripped before any decision: they carry routing.
 ROUTING_HEADER_PREFIXES = (DESTINATION_HEADER, "x-llm-")

@@ -48,6 +48,7 @@ class Observation:
     model: str = ""
     pool: str = ""
     tier: str = ""
+    tenant: str = ""
     request_id: str = ""
     status: int = 0
     streamed: bool = False

@@ -31,15 +31,25 @@ from extproc.fleet.state import FleetSnapshot, FleetState
 from extproc.headers import (
     CACHE_HEADER,
     DESTINATION_HEADER,
+    FALLBACK_MODEL_HEADER,
+    FALLBACK_OF_HEADER,
     LB_METADATA_NAMESPACE,
     MODEL_HEADER,
+    ORIGINAL_PATH_HEADER,
+    POOL_HEADER,
+    PROVIDER_ATTEMPT_HEADER,
+    PROVIDER_HEADER,
     REQUEST_ID_HEADER,
+    REQUESTED_MODEL_HEADER,
+    RETRY_AFTER_HEADER,
     SERVED_HEADER,
+    TENANT_HEADER,
     TIER_HEADER,
 )
 from extproc.observability.telemetry import RouteRecord, Telemetry
 from extproc.observe import Observation, ResponseObserver
 from extproc.policy.types import Target
+from extproc.providers.health import parse_retry_after
 from extproc.request import (
     ANTHROPIC_TASKS,
     MULTIPART_TASKS,
@@ -185,6 +195,10 @@ class _StreamState:
     error: RoutingError | None = None
     lease: Lease | None = None
     cache_status: str = ""
+    # The fallback hop: the provider whose attempt failed, and what the client asked for.
+    fallback_of: str = ""
+    requested_model: str = ""
+    provider_attempt: str = ""  # upstream observer of a provider cluster: which provider
 
 
 def _ends_response(message: ep.ProcessingRequest, phase: str | None) -> bool:
@@ -310,8 +324,13 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
         True once the response has ended: nothing more will arrive on this stream."""
         phase = message.WhichOneof("request")
+        if state.provider_attempt:
+            return self._on_provider_attempt(message, phase, state)
         if phase == "request_headers":
             values = dict(_header_pairs(message.request_headers))
+            if PROVIDER_ATTEMPT_HEADER in values:
+                state.provider_attempt = values.get(PROVIDER_HEADER, "") or "?"
+                return False
             destination = values.get(DESTINATION_HEADER, "")
             state.traceparent = values.get("traceparent", "")
             request_id = values.get(REQUEST_ID_HEADER, "")
@@ -319,7 +338,9 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 Observation(
                     endpoint=destination.split(",", 1)[0].strip(),
                     model=values.get(MODEL_HEADER, ""),
+                    pool=values.get(POOL_HEADER, ""),
                     tier=values.get(TIER_HEADER, ""),
+                    tenant=values.get(TENANT_HEADER, ""),
                     request_id=request_id,
                 ),
                 self.router.clock,
@@ -342,6 +363,10 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     content_type = value
                 elif name == SERVED_HEADER and value:
                     observer.observation.endpoint = value.strip()
+                elif name == FALLBACK_MODEL_HEADER and value:
+                    # A provider attempt failed and the fleet answered (the fallback hop): the
+                    # cost is the fleet's model at its pool's price.
+                    observer.observation.model, observer.observation.pool = value, ""
             observer.on_headers(status, content_type)
             if self._observer_reports_responses():
                 self.statuses_from_observer += 1
@@ -361,10 +386,31 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self._observation_done(observer, state)
         return end
 
+    def _on_provider_attempt(
+        self, message: ep.ProcessingRequest, phase: str | None, state: _StreamState
+    ) -> bool:
+        """One attempt at a provider, seen by the provider cluster's upstream observer: a 429 or
+        5xx keeps the provider out of decisions until its retry-after has passed."""
+        if phase == "response_headers":
+            values = dict(_header_pairs(message.response_headers))
+            status = int(values.get(":status", "0") or 0)
+            # The fallback hop's answer passes this observer too: it is not the provider's.
+            if (status == 429 or status >= 500) and FALLBACK_OF_HEADER not in values:
+                retry_after = parse_retry_after(values.get(RETRY_AFTER_HEADER, ""))
+                self.router.provider_failed(state.provider_attempt, retry_after, str(status))
+            return True
+        return _ends_response(message, phase)
+
     def _observation_done(self, observer: ResponseObserver, state: _StreamState) -> None:
         observation = observer.finish()
         if observation.response_id and 200 <= observation.status < 300:
             self.router.response_homes.remember(observation.response_id, observation.endpoint)
+        if not observation.pool and observation.endpoint:
+            snapshot = self.router.fleet.snapshot
+            row = snapshot.index.get(observation.endpoint)
+            observation.pool = snapshot.endpoints[row].pool if row is not None else ""
+        if observation.tenant or observation.pool:
+            self.router.account(observation, observation.tenant)
         if self.telemetry is None and self.capacity is None:
             return
         if self.telemetry is not None:
@@ -391,8 +437,14 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
         def redecide(target: Target) -> Decision:
             self._release(state)
-            again = self.router.decide(headers, parsed, detail=state.record is not None, force_target=target)
-            state.endpoint = again.endpoints[0]
+            again = self.router.decide(
+                headers,
+                parsed,
+                detail=state.record is not None,
+                force_target=target,
+                fallback_of=state.fallback_of,
+            )
+            state.endpoint = again.endpoints[0] if again.endpoints else None
             return again
 
         try:
@@ -418,7 +470,16 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         return response
 
     def on_request_headers(self, message: ep.HttpHeaders, state: _StreamState) -> ep.ProcessingResponse:
-        headers = parse_headers(_header_pairs(message))
+        pairs = _header_pairs(message)
+        headers = parse_headers(pairs)
+        # Envoy strips client-sent x-llm-* before us on the listener, so this header is ours: this
+        # is the fallback hop of a provider attempt that failed (docs/providers.md).
+        fallback_of = next((v for k, v in pairs if k == PROVIDER_HEADER), "")
+        if fallback_of:
+            values = dict(pairs)
+            state.fallback_of = fallback_of
+            state.requested_model = values.get(REQUESTED_MODEL_HEADER, "")
+            headers.path = values.get(ORIGINAL_PATH_HEADER, headers.path)
         if not self.router.fleet.synced:
             # Started but the fleet is not known yet (Envoy may connect before our health says
             # SERVING): decide nothing, exactly like Envoy failing open, instead of answering
@@ -501,16 +562,22 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.router.record_error(headers.task.value, "", error)
             self._failed(state, record, headers, None, error)
             return error_response(error, headers.task)
+        if state.fallback_of:
+            # The body is the provider's: route what the client asked for.
+            parsed.model = state.requested_model or parsed.model
+            self.router.provider_failed(state.fallback_of, None)
         state.parsed = parsed
         try:
             # records its own outcome in metrics
-            decision = self.router.decide(headers, parsed, detail=record is not None)
+            decision = self.router.decide(
+                headers, parsed, detail=record is not None, fallback_of=state.fallback_of
+            )
         except RoutingError as error:
             state.error = error
             self._failed(state, record, headers, parsed, error)
             return error_response(error, parsed.task)
         state.decision = decision
-        state.endpoint = decision.endpoints[0]
+        state.endpoint = decision.endpoints[0] if decision.endpoints else None
         state.started = self.router.clock()
         state.streamed = parsed.stream
         if record is not None:

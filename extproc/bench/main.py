@@ -24,6 +24,10 @@ BENCHMARKS = {
     "promparse": ("extproc.bench.promparse", "targeted /metrics parser vs prometheus-client's"),
     "scrape": ("extproc.bench.scrape", "scraping cost for a large fleet"),
     "cache": ("extproc.bench.cache", "response cache hit latency and upstream load saved"),
+    "providers": (
+        "extproc.bench.providers",
+        "hosted providers through Envoy: spill-over at 120 % of the fleet, fallback during 429s",
+    ),
     "memory": (
         "extproc.bench.memory",
         "ext_proc RSS growth per request under steady load, by kind of request",

@@ -9,13 +9,14 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from extproc.bench.machine import command, machine
 from extproc.fleet.state import Endpoint, EndpointMetrics, build_snapshot
-from extproc.policy.compile import load_policy
+from extproc.policy.compile import CompiledPolicy, load_policy
 from extproc.policy.types import PolicyInput
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.scheduler import Scheduler
@@ -92,25 +93,114 @@ def policy_cost(rules: int, rounds: int, tmp: Path) -> dict[str, float]:
     }
 
 
+PROVIDER_POLICY = """
+tenants:
+  plans: {t: {hosted: {spillover: true, budget_usd_per_hour: 100}}}
+pools:
+  - {name: p, models: [m]}
+  - name: hosted
+    kind: provider
+    models: [h]
+    provider: {base_url: "https://api.example.test/v1", credential: {file: /k}}
+    prices: {h: {input_per_1m: 1, output_per_1m: 2}}
+fallbacks: {m: [h]}
+default: {}
+spillover: {ttft_objective_s: 1.0, targets: {m: {model: h, pool: hosted}}}
+"""
+PLAIN_POLICY = """
+tenants:
+  plans: {t: {}}
+pools:
+  - {name: p, models: [m]}
+default: {}
+"""
+
+
+def _returning(policy: CompiledPolicy) -> Callable[[], CompiledPolicy]:
+    return lambda: policy
+
+
+def provider_cost(n: int, rounds: int, tmp: Path) -> dict[str, float]:
+    """What provider-aware routing adds to a whole decision (policy + scheduler): the same
+    request through a Router whose policy has a provider pool in the fallback chain and
+    spill-over for the tenant (the fleet has room: the check runs, nothing spills), against one
+    without; interleaved, so both see the same machine state. Also the cost of a decision that
+    does spill (the request reshaped for the provider)."""
+    from extproc.config import ServerConfig
+    from extproc.fleet.state import FleetState, InFlight
+    from extproc.request import Task, parse_body, parse_headers
+    from extproc.router import Router
+
+    endpoints = [Endpoint(f"10.1.{i // 256}.{i % 256}:8000", pool="p", models=("m",)) for i in range(n)]
+    metrics = {e.address: EndpointMetrics(waiting=1.0, running=4.0, scraped_at=1000.0) for e in endpoints}
+    fleet = FleetState()
+    fleet.publish(build_snapshot(endpoints, metrics, version=1, now=0.0), synced=True)
+    routers = {}
+    for name, text in (("plain", PLAIN_POLICY), ("provider", PROVIDER_POLICY)):
+        (tmp / f"{name}.yaml").write_text(text)
+        policy = load_policy(tmp / f"{name}.yaml")
+        routers[name] = Router(
+            ServerConfig(), fleet, Scheduler(), InFlight(), clock=lambda: 1000.5, policy=_returning(policy)
+        )
+    headers = parse_headers([(":path", "/v1/chat/completions"), (":method", "POST"), ("x-tenant-id", "t")])
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+    request = parse_body(Task.CHAT, "application/json", body, 1 << 20)
+    samples: dict[str, list[float]] = {"plain": [], "provider": [], "spilled": []}
+    for _ in range(rounds):
+        for name in ("plain", "provider"):
+            started = time.perf_counter_ns()
+            decision = routers[name].decide(headers, request)
+            samples[name].append((time.perf_counter_ns() - started) / 1000)
+            routers[name].finished(decision.endpoints[0])
+    # Every endpoint's batch full and 20 queued: the predictor sends the request to the provider.
+    busy = {e.address: EndpointMetrics(waiting=20.0, running=4.0, scraped_at=1000.0) for e in endpoints}
+    fleet.publish(build_snapshot(endpoints, busy, version=2, now=0.0), synced=True)
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        decision = routers["provider"].decide(headers, request)
+        samples["spilled"].append((time.perf_counter_ns() - started) / 1000)
+        assert decision.spilled
+    p50 = {k: statistics.median(v) for k, v in samples.items()}
+    return {
+        "endpoints": n,
+        "plain_p50_us": p50["plain"],
+        "provider_aware_p50_us": p50["provider"],
+        "added_p50_us": p50["provider"] - p50["plain"],
+        "spilled_decision_p50_us": p50["spilled"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m extproc.bench.pick", description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="docs/bench/pick.json")
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument(
+        "--parts", default="pick,policy,providers", help="which measurements, comma-separated"
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     import tempfile
 
-    results: dict[str, list[dict[str, float]]] = {"pick": [], "policy": []}
+    results: dict[str, list[dict[str, float]]] = {"pick": [], "policy": [], "providers": []}
     print(f"{'endpoints':>10} {'pick p50 µs':>12} {'p99 µs':>9}")
-    for n in (10, 100, 1000, 10000):
+    for n in (10, 100, 1000, 10000) if "pick" in parts else ():
         row = pick_cost(n, args.rounds if n <= 1000 else args.rounds // 4)
         results["pick"].append(row)
         print(f"{n:>10} {row['p50_us']:>12.1f} {row['p99_us']:>9.1f}")
     print(f"{'rules':>10} {'policy p50 µs':>14} {'p99 µs':>9}")
     with tempfile.TemporaryDirectory() as tmp:
-        for rules in (10, 200):
+        for rules in (10, 200) if "policy" in parts else ():
             row = policy_cost(rules, args.rounds * 5, Path(tmp))
             results["policy"].append(row)
             print(f"{rules:>10} {row['p50_us']:>14.1f} {row['p99_us']:>9.1f}")
+        print(f"{'endpoints':>10} {'decide p50 µs':>14} {'+providers':>11} {'added':>6} {'spilled':>8}")
+        for n in (10, 100, 1000) if "providers" in parts else ():
+            row = provider_cost(n, args.rounds, Path(tmp))
+            results["providers"].append(row)
+            print(
+                f"{n:>10} {row['plain_p50_us']:>14.1f} {row['provider_aware_p50_us']:>11.1f} "
+                f"{row['added_p50_us']:>6.1f} {row['spilled_decision_p50_us']:>8.1f}"
+            )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1)

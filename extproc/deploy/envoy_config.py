@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+import yaml
+
 from extproc.deploy import shipped
+from extproc.deploy.envoy_providers import add_providers
+from extproc.providers.upstream import ProviderUpstream
 
 ENVOY_DIR = shipped("envoy")
 
@@ -44,9 +48,16 @@ def render(
     shadow: Sequence[str] = (),
     extra: dict[str, str] | None = None,
     observe: bool = True,
+    providers: Sequence[ProviderUpstream] = (),
+    provider_addresses: Mapping[str, str] | None = None,
+    sds_dir: Path | None = None,
+    sds_out: Path | None = None,
 ) -> str:
     """``addresses``: the fleet Envoy may route to; ``shadow``: the mirror pool's endpoints;
-    ``observe``: keep the observability-mode filter that streams responses to ext_proc."""
+    ``observe``: keep the observability-mode filter that streams responses to ext_proc;
+    ``providers``: hosted provider pools (extproc.deploy.envoy_providers), their keys' SDS files
+    written to ``sds_out`` (default ``sds_dir``, where Envoy reads them);
+    ``provider_addresses``: connect there instead of resolving (tests, compose)."""
     text = (template or ENVOY_DIR / "local.yaml").read_text()
     if not observe:
         text = re.sub(r"\n *# >>> observer.*?# <<< observer\n", "\n", text, flags=re.S)
@@ -63,4 +74,13 @@ def render(
         "shadow_endpoints": lb_endpoints(shadow),
     }
     values.update(extra or {})
-    return Template(text).substitute(values)
+    rendered = Template(text).substitute(values)
+    if not providers:
+        return rendered
+    config = yaml.safe_load(rendered)
+    files = add_providers(config, providers, sds_dir=sds_dir, addresses=provider_addresses)
+    out = sds_out or sds_dir
+    for name, content in files.items():
+        assert out is not None
+        (out / name).write_text(content)
+    return yaml.safe_dump(config, sort_keys=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import signal
@@ -300,6 +301,9 @@ class SimEndpoint:
         self.runner: web.AppRunner | None = None
         self.port = spec.port
         self.in_flight: set[asyncio.Task[Any]] = set()
+        # Requests per SHA-256 prefix of each credential header value received: a hosted
+        # provider's key reaching a self-hosted endpoint shows up here without the key itself.
+        self.credential_hashes: dict[str, int] = {}
 
     @property
     def address(self) -> str:
@@ -395,6 +399,11 @@ class SimEndpoint:
             self.in_flight.discard(task)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        for name in ("authorization", "api-key"):
+            value = request.headers.get(name)
+            if value:
+                digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+                self.credential_hashes[digest] = self.credential_hashes.get(digest, 0) + 1
         gated = await self._gate(request)
         if gated is not None:
             return gated
@@ -549,6 +558,7 @@ class SimEndpoint:
                 "waiting": len(engine.waiting),
                 "kv_used_tokens": engine.kv_used,
                 "records": list(engine.records),
+                "credential_hashes": self.credential_hashes,
             }
         )
 

@@ -26,6 +26,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.deploy.envoy_config import EnvoyPorts, render
+from extproc.policy.compile import load_policy
+from extproc.providers.upstream import ProviderUpstream
 
 
 class StackError(RuntimeError):
@@ -112,6 +114,9 @@ class StackConfig:
     observe: bool = True
     # ext_proc's body limit, and so Envoy's buffer limits (the listener's, the audio route's).
     max_body_bytes: int = 4 * 1024 * 1024
+    # Serve the policy's provider pools with the provider double (extproc.devstack.provider_sim):
+    # each on loopback, speaking its pool's API, checking the key from its credential file.
+    simulate_providers: bool = True
 
     @classmethod
     def on_free_ports(cls, **fields: Any) -> StackConfig:
@@ -139,6 +144,8 @@ class LocalStack:
         self.listen_port = config.listen_port
         self.admin_port = config.admin_port
         self.extproc_port = config.extproc_port
+        self.providers: list[ProviderUpstream] = []
+        self.provider_sims: dict[str, dict[str, Any]] = {}  # name -> the double's ready file
 
     # -- children -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: Sequence[str]) -> Child:
@@ -171,6 +178,30 @@ class LocalStack:
         child = self._spawn("sim", argv + self.config.sim_args)
         _wait(lambda: ready.exists() and ready.stat().st_size > 0, 30, "the simulated fleet", child.proc)
         self.fleet = json.loads(ready.read_text())["endpoints"]
+
+    def start_provider_sims(self) -> None:
+        """One provider double per provider pool of the policy (none without a policy)."""
+        if not self.config.policy:
+            return
+        self.providers = load_policy(self.config.policy).provider_upstreams()
+        if not self.config.simulate_providers:
+            return
+        for upstream in self.providers:
+            if not upstream.key_file or not upstream.ca_file:
+                raise StackError(f"simulated provider {upstream.name!r} needs credential.file and ca_file")
+            ready = self.workdir / f"provider-{upstream.name}.json"
+            ready.unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "extproc.devstack.provider_sim", "--flavour", upstream.api]
+            argv += ["--hostname", upstream.host, "--key-file", upstream.key_file]
+            argv += ["--ca-file", upstream.ca_file, "--ready-file", str(ready)]
+            child = self._spawn(f"provider-{upstream.name}", argv)
+            _wait(
+                lambda r=ready: r.exists() and r.stat().st_size > 0,
+                30,
+                f"provider double {upstream.name}",
+                child.proc,
+            )
+            self.provider_sims[upstream.name] = json.loads(ready.read_text())
 
     @property
     def fleet_file(self) -> Path:
@@ -209,6 +240,9 @@ class LocalStack:
             max_body_bytes=self.config.max_body_bytes,
             shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
             observe=self.config.observe,
+            providers=self.providers,
+            provider_addresses={name: sim["address"] for name, sim in self.provider_sims.items()},
+            sds_dir=self.workdir,
         )
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(config_text)
@@ -225,6 +259,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             self.start_sim()
+            self.start_provider_sims()
             self.start_extproc()
             self.start_envoy()
         except BaseException:

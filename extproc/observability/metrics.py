@@ -4,7 +4,8 @@ Request-path counters use pre-bound label children cached per label tuple, so re
 dict lookup and an increment. Fleet gauges (per endpoint, per pool) are not updated on the
 request path at all: a custom collector reads the latest FleetSnapshot when Prometheus scrapes.
 Label sets are bounded: task, pool, model, tier, outcome, priority, reason, endpoint (fleet
-size) — never a user, tenant or request id.
+size) — never a user or request id; the cost counter's tenant label is one of the policy's plan
+names or "other".
 """
 
 from __future__ import annotations
@@ -196,6 +197,25 @@ class Metrics:
             "llm_extproc_limited",
             "Requests over a tenant limit, by limit and action (reject, downgrade).",
             ["limit", "action"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "llm_extproc_cost_usd",
+            "Spend in US dollars from token usage and the policy's prices, by tenant (a plan name or "
+            '"other"), served model and pool (a provider pool or a self-hosted one with prices).',
+            ["tenant", "model", "pool"],
+            registry=registry,
+        )
+        self.spills = Counter(
+            "llm_extproc_spillover",
+            "Requests sent to a provider because every self-hosted endpoint would miss its TTFT objective.",
+            ["provider", "model"],
+            registry=registry,
+        )
+        self.provider_failures = Counter(
+            "llm_extproc_provider_failures",
+            "Provider answers that sent the request to its self-hosted fallback, by status (429, 5xx, timeout).",
+            ["provider", "status"],
             registry=registry,
         )
         self._children: dict[tuple[str, ...], Any] = {}

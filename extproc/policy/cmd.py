@@ -10,9 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from extproc.errors import RoutingError
-from extproc.policy.compile import PolicyError, load_policy
+from extproc.policy.compile import CompiledPolicy, PolicyError, load_policy
 from extproc.policy.schema import Policy
-from extproc.policy.types import PolicyInput
+from extproc.policy.types import PolicyDecision, PolicyInput
 from extproc.request import MULTIPART_TASKS, TASK_BY_PATH, ParsedRequest, Task, parse_body
 
 _FORM_BOUNDARY = "llm-extproc-explain"
@@ -67,6 +67,47 @@ def _scores(request: ParsedRequest) -> tuple[float, float, list[str]]:
         float(explanation.strong_gain),
         list(module.describe(explanation, 4)),
     )
+
+
+def _provider_lines(policy: CompiledPolicy, decision: PolicyDecision, requested: str) -> list[str]:
+    """When and why the request would go to a hosted provider. Names where a key comes from,
+    never a key: llm-extproc does not read keys (Envoy does)."""
+    lines = []
+    for index, target in enumerate(decision.targets):
+        route = policy.providers.get(target.pool)
+        if route is None:
+            continue
+        price = route.prices.get(target.model)
+        cost = (
+            f"${price.input_per_1m:g}/${price.output_per_1m:g} per 1M tokens in/out" if price else "unpriced"
+        )
+        when = "first choice" if index == 0 else f"when {decision.targets[index - 1].model} cannot serve"
+        after = decision.targets[index + 1 :]
+        fallback = (
+            f"; a 429/5xx/timeout falls back to {after[0].model}@{after[0].pool or 'any pool'}"
+            if after
+            else ""
+        )
+        lines.append(
+            f"provider   {target.model}@{route.name} ({route.api} API, as {route.provider_model(target.model)!r},"
+            f" {cost}): {when}{fallback}"
+        )
+    spill = decision.spill
+    if spill is not None:
+        budget = decision.hosted_budget_usd_per_hour
+        lines.append(
+            f"spill-over {spill.target.model}@{spill.target.pool} when every self-hosted endpoint of "
+            f"{decision.targets[0].model if decision.targets else requested} is predicted to miss "
+            f"TTFT {spill.ttft_objective_s:g} s"
+            + (f" (tenant budget ${budget:g}/h)" if budget is not None else "")
+        )
+    elif (
+        policy.policy.spillover is not None
+        and decision.targets
+        and decision.targets[0].model in policy.policy.spillover.targets
+    ):
+        lines.append("spill-over none: the tenant's plan does not allow it (hosted.spillover)")
+    return lines
 
 
 def explain_main(argv: Sequence[str]) -> int:
@@ -142,6 +183,7 @@ def explain_main(argv: Sequence[str]) -> int:
             "complexity_features": features,
             "strong_gain": strong_gain,
             "decision": asdict(decision),
+            "providers": _provider_lines(policy, decision, request.model),
             "skipped": [{"rule": r, "why": w} for r, w in explanation.skipped],
         }
         print(json.dumps(out, indent=2, default=str))
@@ -158,6 +200,8 @@ def explain_main(argv: Sequence[str]) -> int:
         return 0
     chain = " -> ".join(f"{t.model}@{t.pool or 'any pool'}" for t in decision.targets) or "(none: 404)"
     print(f"targets    {chain}")
+    for line in _provider_lines(policy, decision, request.model):
+        print(line)
     if decision.targets and decision.targets[0].model != request.model:
         print(f"rewrite    body model {request.model!r} -> {decision.targets[0].model!r}")
     if decision.mirror:

@@ -30,8 +30,11 @@ from extproc.headers import (
     RULE_HEADER,
     TIER_HEADER,
 )
-from extproc.policy.schema import Action, Cache, Limits, Match, Policy, Range, StringMatch
-from extproc.policy.types import PolicyDecision, PolicyInput, Target
+from extproc.policy.schema import Action, Cache, Hosted, Limits, Match, Policy, Pool, Range, StringMatch
+from extproc.policy.types import PolicyDecision, PolicyInput, Spill, Target
+from extproc.providers.pricing import Price
+from extproc.providers.route import ProviderRoute
+from extproc.providers.upstream import ProviderUpstream
 from extproc.scheduler.config import SchedulerConfig
 from extproc.scheduler.framework import PluginError
 
@@ -307,12 +310,28 @@ class CompiledPolicy:
         pool_gpu_weights = {k: v for p in policy.pools for k, v in (p.gpu_weights or {}).items()}
         self.scheduler = SchedulerConfig.from_dict(policy.scheduler or {}).with_gpu_weights(pool_gpu_weights)
         self._clusters = {p.endpoint_pool or p.name: p.envoy_cluster or "" for p in policy.pools}
+        self.providers: dict[str, ProviderRoute] = {
+            p.name: provider_route(p) for p in policy.pools if p.kind == "provider"
+        }
+        # Per pool (discovered pool name for self-hosted ones) and model: for the cost metric.
+        self.prices: dict[tuple[str, str], Price] = {
+            (p.endpoint_pool or p.name, model): Price(price.input_per_1m, price.output_per_1m)
+            for p in policy.pools
+            for model, price in (p.prices or {}).items()
+        }
         served: dict[str, str] = {}
         for pool in policy.pools:
-            for model in pool.models:
-                # A model several pools serve may go to any of them; the scheduler decides.
-                target = pool.endpoint_pool or pool.name
-                served[model] = target if served.get(model, target) == target else ""
+            if pool.kind == "self-hosted":
+                for model in pool.models:
+                    # A model several pools serve may go to any of them; the scheduler decides.
+                    target = pool.endpoint_pool or pool.name
+                    served[model] = target if served.get(model, target) == target else ""
+        # A model the fleet also serves goes to the fleet unless a rule, alias or spill-over names
+        # the provider; one only providers serve goes to the first provider pool listing it.
+        for pool in policy.pools:
+            if pool.kind == "provider":
+                for model in pool.models:
+                    served.setdefault(model, pool.name)
         self._served = served
         self.models: tuple[str, ...] = tuple(dict.fromkeys([*policy.models, *served]))
         self._fallbacks = {k: tuple(self.resolve(m) for m in v) for k, v in policy.fallbacks.items()}
@@ -320,6 +339,15 @@ class CompiledPolicy:
         self._plan = _plan(policy.rules)
         self._default = self._compile_action("default", Match(), policy.default)
         self._tenants = policy.tenants
+        spillover = policy.spillover
+        self._spill: dict[str, Spill] = {}
+        if spillover is not None:
+            for model, to in spillover.targets.items():
+                self._spill[model] = Spill(
+                    self.resolve(to.model or model, to.pool),
+                    spillover.ttft_objective_s,
+                    spillover.queue_s_per_request,
+                )
         # Cached answers are marked in a response header, which needs the routing stream's
         # response phase (extproc.server keeps it for such policies).
         self.caches_responses = any(
@@ -498,6 +526,10 @@ class CompiledPolicy:
                 mirror = target
                 headers.append((MIRROR_CLUSTER_HEADER, cluster))
         limits = self._limits(context.tenant)
+        hosted = self.hosted(context.tenant)
+        spill = None
+        if hosted.spillover and self._spill and targets:
+            spill = self._spill.get(targets[0].model)
         cache = action.cache if action.cache is not None else self._default.cache
         return PolicyDecision(
             action.name,
@@ -511,7 +543,21 @@ class CompiledPolicy:
             cache if cache is not None and cache.enabled else None,
             limits,
             self.resolve(limits.downgrade_to) if limits is not None and limits.downgrade_to else None,
+            spill,
+            hosted.budget_usd_per_hour,
         )
+
+    def limits_for(self, tenant: str | None) -> Limits | None:
+        return self._limits(tenant)
+
+    def hosted(self, tenant: str | None) -> Hosted:
+        tenants = self._tenants
+        plan = tenants.plans.get(tenant) if tenant is not None else None
+        return plan.hosted if plan is not None else tenants.default_hosted
+
+    def provider_upstreams(self) -> list[ProviderUpstream]:
+        """What Envoy needs for each provider pool (extproc.deploy renders it)."""
+        return [provider_upstream(p) for p in self.policy.pools if p.kind == "provider"]
 
     def _limits(self, tenant: str | None) -> Limits | None:
         tenants = self._tenants
@@ -519,6 +565,40 @@ class CompiledPolicy:
         if plan is not None and plan.limits is not None:
             return plan.limits
         return tenants.default_limits
+
+
+def provider_route(pool: Pool) -> ProviderRoute:
+    provider = pool.provider
+    assert provider is not None
+    upstream = provider_upstream(pool)
+    return ProviderRoute(
+        name=pool.name,
+        api=provider.api,
+        base_path=upstream.base_path,
+        api_version=provider.api_version or "",
+        model_names=dict(provider.model_names),
+        prices={m: Price(p.input_per_1m, p.output_per_1m) for m, p in (pool.prices or {}).items()},
+        cooldown_s=provider.cooldown_s,
+    )
+
+
+def provider_upstream(pool: Pool) -> ProviderUpstream:
+    provider = pool.provider
+    assert provider is not None
+    return ProviderUpstream(
+        name=pool.name,
+        api=provider.api,
+        base_url=provider.base_url,
+        key_file=provider.credential.file or "",
+        key_env=provider.credential.env or "",
+        ca_file=provider.ca_file or "",
+        http2=provider.http2,
+        connect_timeout_s=provider.connect_timeout_s,
+        timeout_s=provider.timeout_s,
+        max_connections=provider.max_connections,
+        max_pending_requests=provider.max_pending_requests,
+        max_requests=provider.max_requests,
+    )
 
 
 _Step = int | tuple[str, dict[str | None, tuple[int, ...]]]
@@ -582,11 +662,17 @@ def _semantic_issues(policy: Policy, where: Callable[[Sequence[Any]], tuple[str,
 
     pools = {p.name for p in policy.pools}
     served = {m for p in policy.pools for m in p.models}
+    provider_pools = {p.name: p for p in policy.pools if p.kind == "provider"}
     seen: set[str] = set()
     for i, pool in enumerate(policy.pools):
         if pool.name in seen:
             add(("pools", i, "name"), f"pool {pool.name!r} is defined twice")
         seen.add(pool.name)
+        if pool.kind == "self-hosted" and (pool.endpoint_pool or pool.name) in provider_pools:
+            add(
+                ("pools", i, "endpoint_pool"),
+                f"discovered pool {pool.endpoint_pool or pool.name!r} has a provider pool's name",
+            )
 
     def check_model(loc: Sequence[Any], ref: str, pool: str | None = None) -> None:
         if pool is not None and pool not in pools:
@@ -629,6 +715,8 @@ def _semantic_issues(policy: Policy, where: Callable[[Sequence[Any]], tuple[str,
             check_model((*loc, "split", "targets", j), arm.model, arm.pool)
         if action.mirror is not None and action.mirror.pool not in pools:
             add((*loc, "mirror", "pool"), f"unknown pool {action.mirror.pool!r}; pools: {sorted(pools)}")
+        elif action.mirror is not None and action.mirror.pool in provider_pools:
+            add((*loc, "mirror", "pool"), "mirroring to a hosted provider is not supported (it is paid)")
         for j, ref in enumerate(action.fallback or []):
             check_model((*loc, "fallback", j), ref)
 
@@ -638,6 +726,22 @@ def _semantic_issues(policy: Policy, where: Callable[[Sequence[Any]], tuple[str,
     default_limits = policy.tenants.default_limits
     if default_limits is not None and default_limits.downgrade_to:
         check_model(("tenants", "default_limits", "downgrade_to"), default_limits.downgrade_to)
+
+    if policy.spillover is not None:
+        self_hosted = {m for p in policy.pools if p.kind == "self-hosted" for m in p.models}
+        for model, to in policy.spillover.targets.items():
+            where_spill: tuple[Any, ...] = ("spillover", "targets", model)
+            if model not in self_hosted:
+                add(where_spill, f"no self-hosted pool serves {model!r}; self-hosted: {sorted(self_hosted)}")
+            if to.pool is None or to.pool not in provider_pools:
+                add(
+                    (*where_spill, "pool"),
+                    f"spill-over goes to a provider pool; providers: {sorted(provider_pools)}",
+                )
+            elif (to.model or model) not in provider_pools[to.pool].models:
+                add(
+                    (*where_spill, "model"), f"provider pool {to.pool!r} does not serve {to.model or model!r}"
+                )
 
     names: set[str] = set()
     catch_all: str | None = None

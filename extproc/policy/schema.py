@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -180,6 +181,9 @@ class Limits(Strict):
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
+    usd_per_hour: float | None = Field(
+        default=None, gt=0, description="spend on every priced pool (token usage x prices), per hour"
+    )
     per_model: bool = False
     over_limit: Literal["reject", "downgrade"] = "reject"
     downgrade_to: str | None = Field(
@@ -188,8 +192,13 @@ class Limits(Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> Limits:
-        if self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrency is None:
-            raise ValueError("give at least one of requests_per_minute, tokens_per_minute, concurrency")
+        if all(
+            v is None
+            for v in (self.requests_per_minute, self.tokens_per_minute, self.concurrency, self.usd_per_hour)
+        ):
+            raise ValueError(
+                "give at least one of requests_per_minute, tokens_per_minute, concurrency, usd_per_hour"
+            )
         if self.over_limit == "downgrade" and not self.downgrade_to:
             raise ValueError("over_limit: downgrade needs downgrade_to (a cheaper model)")
         return self
@@ -218,12 +227,97 @@ class Rule(Action):
     match: Match = Field(default_factory=Match)
 
 
+class Price(Strict):
+    """US dollars per 1M tokens."""
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class Credential(Strict):
+    """Where Envoy reads a provider's API key: a file (e.g. a mounted Kubernetes Secret, re-read
+    when it changes) or an environment variable of the Envoy process. Never the key itself."""
+
+    file: str | None = None
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one(self) -> Credential:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of file, env")
+        return self
+
+
+class Provider(Strict):
+    """A hosted API (OpenAI, Azure OpenAI or any OpenAI-compatible one) as a pool."""
+
+    base_url: str = Field(description="https://host[:port][/path], e.g. https://api.openai.com/v1")
+    api: Literal["openai", "azure-openai"] = "openai"
+    api_version: str | None = Field(default=None, description="azure-openai: the api-version query")
+    model_names: dict[str, str] = Field(
+        default_factory=dict, description="our model name -> the provider's (azure-openai: deployment)"
+    )
+    credential: Credential
+    ca_file: str | None = Field(default=None, description="CA bundle to verify it; default: the system's")
+    http2: bool = True
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_connections: int = Field(default=1024, gt=0)
+    max_pending_requests: int = Field(default=1024, gt=0)
+    max_requests: int = Field(default=1024, gt=0)
+    cooldown_s: float = Field(
+        default=5.0, gt=0, description="left alone this long after a failure without retry-after"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"base_url must be https://host[:port][/path], got {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url takes no query or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _azure(self) -> Provider:
+        if self.api == "azure-openai" and not self.api_version:
+            raise ValueError("api: azure-openai needs api_version (e.g. 2024-10-21)")
+        return self
+
+
 class Pool(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["self-hosted", "provider"] = "self-hosted"
     endpoint_pool: str | None = Field(default=None, description="discovered pool name; default: name")
     models: list[str] = Field(min_length=1)
     gpu_weights: dict[str, float] | None = None
     envoy_cluster: str | None = Field(default=None, description="Envoy cluster, for mirroring to this pool")
+    provider: Provider | None = Field(default=None, description="kind: provider only")
+    prices: dict[str, Price] | None = Field(
+        default=None, description="per model; provider pools must price every model"
+    )
+
+    @model_validator(mode="after")
+    def _kind(self) -> Pool:
+        if self.kind == "provider":
+            if self.provider is None:
+                raise ValueError("kind: provider needs a provider: section (base_url, credential, ...)")
+            extra = [k for k in ("endpoint_pool", "gpu_weights", "envoy_cluster") if getattr(self, k)]
+            if extra:
+                raise ValueError(f"a provider pool has no discovered endpoints: drop {', '.join(extra)}")
+            unpriced = [m for m in self.models if m not in (self.prices or {})]
+            if unpriced:
+                raise ValueError(f"a provider pool must price every model; no prices for {unpriced}")
+            unknown = sorted(set(self.provider.model_names) - set(self.models))
+            if unknown:
+                raise ValueError(f"provider.model_names names models the pool does not list: {unknown}")
+        elif self.provider is not None:
+            raise ValueError("a provider: section needs kind: provider")
+        unknown_prices = sorted(set(self.prices or {}) - set(self.models))
+        if unknown_prices:
+            raise ValueError(f"prices for models the pool does not list: {unknown_prices}")
+        return self
 
 
 class Alias(Strict):
@@ -231,10 +325,20 @@ class Alias(Strict):
     pool: str | None = None
 
 
+class Hosted(Strict):
+    """A tenant's use of hosted providers."""
+
+    spillover: bool = Field(default=False, description="may overflow to a provider when the fleet is full")
+    budget_usd_per_hour: float | None = Field(
+        default=None, gt=0, description="spend on providers, refilled continuously; over it: self-hosted only"
+    )
+
+
 class Plan(Strict):
     tier: Priority = "standard"
     allow_upgrade: bool = False
     limits: Limits | None = None
+    hosted: Hosted = Field(default_factory=Hosted)
 
 
 class Tenants(Strict):
@@ -249,6 +353,20 @@ class Tenants(Strict):
     )
     plans: dict[str, Plan] = Field(default_factory=dict)
     default_limits: Limits | None = Field(default=None, description="limits of tenants without a plan")
+    default_hosted: Hosted = Field(default_factory=Hosted, description="hosted use of tenants without a plan")
+
+
+class Spillover(Strict):
+    """Send a request to a provider when every self-hosted endpoint of its model is predicted to
+    miss the TTFT objective (docs/providers.md)."""
+
+    ttft_objective_s: float = Field(gt=0)
+    queue_s_per_request: float = Field(
+        default=0.05, gt=0, description="wait per request queued ahead: mean duration / batch size"
+    )
+    targets: dict[str, RouteTo] = Field(
+        min_length=1, description="self-hosted model -> where it overflows (a provider pool's model)"
+    )
 
 
 class Policy(Strict):
@@ -262,3 +380,4 @@ class Policy(Strict):
     scheduler: dict[str, Any] | None = Field(
         default=None, description="scheduler plugins, weights and parameters (docs/scheduler.md)"
     )
+    spillover: Spillover | None = None

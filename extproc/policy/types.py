@@ -34,6 +34,15 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Spill:
+    """Where the request overflows when every self-hosted endpoint would miss its TTFT objective."""
+
+    target: Target  # a provider pool's model
+    ttft_objective_s: float
+    queue_s_per_request: float
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyDecision:
     rule: str
     tenant: str | None
@@ -46,3 +55,5 @@ class PolicyDecision:
     cache: Cache | None = None  # the matched rule's response-cache settings (else the default's)
     limits: Limits | None = None  # the tenant's plan limits (else tenants.default_limits)
     downgrade: Target | None = None  # limits.downgrade_to, resolved
+    spill: Spill | None = None  # only when the tenant's plan allows spill-over
+    hosted_budget_usd_per_hour: float | None = None  # the tenant's spend limit on providers

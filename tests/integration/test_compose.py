@@ -28,7 +28,7 @@ def ip_of(service: str) -> str:
 
 
 def test_the_stack_has_every_service_with_a_pinned_image_or_a_build() -> None:
-    assert set(SERVICES) == {"sim", "llm-extproc", "envoy", "prometheus", "grafana"}
+    assert set(SERVICES) == {"sim", "llm-extproc", "provider", "envoy", "prometheus", "grafana"}
     for name, service in SERVICES.items():
         assert "build" in service or re.fullmatch(r"[\w./-]+:[\w.-]+", service["image"]), name
     assert SERVICES["envoy"]["image"].startswith("envoyproxy/envoy:")
@@ -38,14 +38,32 @@ def test_every_mounted_file_exists() -> None:
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):
             source = volume.split(":", 1)[0]
+            if source in COMPOSE.get("volumes", {}):
+                continue  # a named volume (the provider's CA, shared with Envoy)
             assert (E2E / source).exists(), f"{name}: {source}"
 
 
 def test_compose_envoy_config_is_current_valid_and_points_at_the_containers(tmp_path: Path) -> None:
     committed = (E2E / "compose" / "envoy.yaml").read_text()
     assert committed == compose_envoy_config(), "run python -m e2e.compose_config"
+    # The container paths of the provider's key, SDS file and CA, here on the host.
+    import trustme
+
+    (tmp_path / "ca.pem").write_bytes(trustme.CA().cert_pem.bytes())
+    (tmp_path / "sds").mkdir()
+    key = str(E2E / "compose" / "provider" / "api-key")
+    for sds in (E2E / "compose" / "sds").iterdir():
+        (tmp_path / "sds" / sds.name).write_text(
+            sds.read_text().replace("/etc/llm-extproc/provider/api-key", key)
+        )
+    host_paths = (
+        committed.replace("/etc/envoy/sds", str(tmp_path / "sds"))
+        .replace("/shared/provider-ca.pem", str(tmp_path / "ca.pem"))
+        .replace("/etc/llm-extproc/provider", str(E2E / "compose" / "provider"))
+    )
+    (tmp_path / "envoy.yaml").write_text(host_paths)
     result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(E2E / "compose" / "envoy.yaml")],
+        [envoy_binary(), "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")],
         capture_output=True,
         text=True,
         timeout=60,

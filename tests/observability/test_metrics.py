@@ -61,6 +61,10 @@ def sample_metrics() -> Metrics:
     metrics.cache_lookups.labels("miss").inc()
     metrics.cache_stores.inc()
     metrics.limited.labels("tokens_per_minute", "reject").inc()
+    metrics.cost.labels("acme", "gpt-4o", "openai").inc(0.25)
+    metrics.cost.labels("other", "m", "fast").inc(0.001)
+    metrics.spills.labels("openai", "gpt-4o").inc()
+    metrics.provider_failures.labels("openai", "429").inc()
     return metrics
 
 
@@ -80,7 +84,9 @@ def test_names_follow_prometheus_conventions() -> None:
         for sample in family.samples:
             if family.type == "counter":
                 assert sample.name.endswith("_total"), sample.name
-            assert not {"user", "tenant", "request_id", "user_id"} & set(sample.labels), sample
+            assert not {"user", "request_id", "user_id"} & set(sample.labels), sample
+            # Tenants only on spend, and only the policy's plan names there (extproc.router.account).
+            assert "tenant" not in sample.labels or family.name == "llm_extproc_cost_usd", sample
     pool_queue = next(f for f in families if f.name == "inference_pool_queue_length")
     assert {s.labels["pool"]: s.value for s in pool_queue.samples} == {"fast": 4.0, "slow": 0.0}
     info = next(f for f in families if f.name == "llm_extproc_policy_info")

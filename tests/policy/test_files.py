@@ -42,6 +42,7 @@ def test_every_shipped_file_is_exercised_here() -> None:
         "gpu-weighted.yaml",
         "qos-tiers.yaml",
         "capacity.yaml",
+        "providers.yaml",
     }
     assert {p.name for p in POLICIES.glob("*.yaml")} == tested
 
@@ -103,3 +104,23 @@ def test_capacity_plans_and_cache() -> None:
     assert unknown.limits.requests_per_minute == 60 and unknown.limits.concurrency == 8
     embedding = decide("capacity.yaml", task="embedding")
     assert embedding.cache.ttl_s == 86400 and embedding.cache.cache_nondeterministic
+
+
+def test_providers_tier_routing_spillover_and_fallback_both_ways() -> None:
+    premium = decide("providers.yaml", "gpt-4", {"x-tenant-id": "acme"})
+    assert premium.targets == (Target("openai", "gpt-4o"), Target("fast", "llama-3-70b"))
+    assert premium.spill is None  # the provider is already the first choice
+    standard = decide("providers.yaml", "gpt-4", {"x-tenant-id": "someone"})
+    assert standard.targets == (Target("fast", "llama-3-70b"), Target("openai", "gpt-4o"))
+    assert standard.spill is None  # no plan, no spill-over
+    startup = decide("providers.yaml", "llama-3-70b", {"x-tenant-id": "startup"})
+    assert startup.spill is not None and startup.spill.target == Target("openai", "gpt-4o")
+    assert startup.spill.ttft_objective_s == 2.0 and startup.hosted_budget_usd_per_hour == 5
+    eu = decide("providers.yaml", "gpt-4o-eu")
+    assert eu.targets == (Target("azure", "gpt-4o-eu"), Target("fast", "llama-3-70b"))
+    compiled = policy("providers.yaml")
+    assert compiled.providers["azure"].path_for("/v1/chat/completions", "gpt-4o-eu") == (
+        "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    )
+    upstreams = {u.name: u for u in compiled.provider_upstreams()}
+    assert upstreams["openai"].key_file.endswith("openai/api-key") and upstreams["azure"].key_env
