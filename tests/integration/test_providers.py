@@ -81,7 +81,11 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         (work / name / "api-key").write_text(key)
     policy = work / "policy.yaml"
     policy.write_text(POLICY.format(dir=work))
-    stack = started_stack(policy=str(policy), sim_endpoints=2)
+    # Every decision logged, prompts included: the keys must still be nowhere in it.
+    log = ["--decision-log", str(work / "decisions.jsonl"), "--decision-log-sample-rate", "1"]
+    stack = started_stack(
+        policy=str(policy), sim_endpoints=2, extproc_args=[*log, "--decision-log-include-prompt"]
+    )
     yield stack
     stack.stop()
 
@@ -267,10 +271,17 @@ def test_failing_provider_5xx_falls_back_for_streams_before_the_first_byte(local
 def test_keys_never_reach_responses_metrics_or_logs(local: LocalStack) -> None:
     status, headers, body = post(local, chat("gpt-4"), credential=("authorization", CLIENT_TOKEN))
     assert status == 200
+    decisions_file = Path(str(local.config.policy)).parent / "decisions.jsonl"
+    deadline = time.monotonic() + 10
+    while '"pool":"openai"' not in decisions_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    decisions = decisions_file.read_text()
+    assert '"pool":"openai"' in decisions  # provider decisions are logged...
     for key in (OPENAI_KEY, AZURE_KEY):
         assert key not in json.dumps(headers) and key.encode() not in body
         assert key not in metrics_text(local)
         assert key not in local.logs()
+        assert key not in decisions  # ...without any key
     assert stats(local, "openai")["credential_leaks"] == 0
     assert stats(local, "azure")["credential_leaks"] == 0
 
