@@ -69,6 +69,7 @@ rules:
   - name: azure-falls-back-to-self-hosted
     match: {{model: [gpt-4o-azure]}}
     fallback: [llama-3-70b]
+    retries: {{count: 1, per_try_timeout_s: 1.0}}
 default: {{}}
 """
 
@@ -358,3 +359,15 @@ def test_a_provider_resetting_connections_falls_back(local: LocalStack) -> None:
     assert status == 200, body
     assert headers.get("x-llm-fallback-of") == "azure"
     assert stats(local, "azure")["failed"] == failed_before + 1
+
+
+def test_a_provider_too_slow_for_the_per_try_timeout_falls_back(local: LocalStack) -> None:
+    time.sleep(1.2)  # past the cool-down of any earlier failure: the provider is tried
+    provider_call(local, "azure", "/sim/control", {"ttft_s": 3.0})
+    try:
+        status, headers, body = post(local, chat("gpt-4o-azure"))
+    finally:
+        provider_call(local, "azure", "/sim/control", {"ttft_s": 0.05})
+    assert status == 200, body
+    # The rule's 1 s per-try timeout ended the provider's attempt; the hop's fleet answered.
+    assert headers.get("x-llm-fallback-of") == "azure" and not served_by_provider(headers)
