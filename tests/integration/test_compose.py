@@ -187,3 +187,18 @@ def test_the_images_default_command_loads_a_valid_policy_set(tmp_path: Path) -> 
             assert target != policy_dir, "copy one file per policy set, not a folder of examples"
     assert list(image_dir.iterdir()), f"nothing is copied to {policy_dir}"
     load_policy(image_dir)
+
+
+def test_compose_runs_the_envoy_release_the_configs_are_validated_with() -> None:
+    """The configs use 1.40 features (credential_injector's prefix, ext_proc's graceful close);
+    the compose Envoy image must be the release the tests run and validate them with."""
+    compose = yaml.safe_load((E2E / "docker-compose.yaml").read_text())
+    images = [
+        s["image"] for s in compose["services"].values() if s.get("image", "").startswith("envoyproxy/")
+    ]
+    assert images
+    version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=True).stdout
+    release = re.search(r"/(\d+\.\d+)\.\d+/", version)
+    assert release, version
+    for image in images:
+        assert image.split(":", 1)[1].startswith(f"v{release.group(1)}"), (image, release.group(1))
