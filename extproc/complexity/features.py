@@ -261,6 +261,12 @@ class FeatureExtractor:
             for term in group_terms:
                 if len(term) > 1:
                     self.starts_ngram[self.token_index[term[0]]] = True
+        # tokens that are the second of a cue of 2+ tokens: a start followed by none matches nothing
+        self.continues_ngram = np.zeros(self.base, dtype=bool)
+        for group_terms in terms.values():
+            for term in group_terms:
+                if len(term) > 1:
+                    self.continues_ngram[self.token_index[term[1]]] = True
         self._padding = np.zeros(MAX_CUE_TOKENS - 1, dtype=np.int64)
         self._window = np.arange(MAX_CUE_TOKENS)[None, :]
         # column L-2 packs the first L tokens of a window: Σ id_i · base^(L-1-i)
@@ -269,9 +275,6 @@ class FeatureExtractor:
             for i in range(length):
                 self._powers[i, length - 2] = self.base ** (length - 1 - i)
         self._offset_row = np.array(self._offsets, dtype=np.int64)[None, :]
-        # [not in the ask, in the ask] counts → [whole message, ask]
-        g = len(self.groups)
-        self._halves = np.block([[np.eye(g), np.zeros((g, g))], [np.eye(g), np.eye(g)]])
         self.names = (
             STRUCTURE + [f"{g} cue" for g in self.groups] + [f"{g} cue in the ask" for g in self.groups]
         )
@@ -292,18 +295,20 @@ class FeatureExtractor:
         groups = len(self.groups)
         if n == 0:
             return np.zeros(2 * groups)
-        unigram = self.unigram_group[ids]
-        positions = np.flatnonzero(unigram >= 0)
+        unigram = self.unigram_group.take(ids)
+        # ndarray methods, not the np.* functions: those add Python wrapper calls on every use
+        positions = (unigram >= 0).nonzero()[0]
         found = unigram[positions]
-        # longer cues: only where a token that starts one stands (few places in most texts); the
+        # longer cues: only where a token that starts one stands before one that continues one (few
+        # places in most texts); the
         # keys of the 2-, 3- and 4-grams there, at once, as windows of ids times powers of the base
-        starts = np.flatnonzero(self.starts_ngram[ids])
+        starts = (self.starts_ngram.take(ids[:-1]) & self.continues_ngram.take(ids[1:])).nonzero()[0]
         if starts.size:
             windows = np.concatenate((ids, self._padding))[starts[:, None] + self._window]
             every = (windows @ self._powers + self._offset_row).ravel()
-            where = np.searchsorted(self.ngram_keys, every)
+            where = self.ngram_keys.searchsorted(every)
             np.minimum(where, len(self.ngram_keys) - 1, out=where)
-            hit = np.flatnonzero(self.ngram_keys[where] == every)
+            hit = (self.ngram_keys[where] == every).nonzero()[0]
             if hit.size:
                 positions = np.concatenate((positions, starts[hit // (MAX_CUE_TOKENS - 1)]))
                 found = np.concatenate((found, self.ngram_group[where[hit]]))
@@ -311,7 +316,8 @@ class FeatureExtractor:
         # whole-message count is the sum of both halves
         in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
         counts = np.bincount(found + groups * in_ask, minlength=2 * groups)
-        result: FloatArray = counts @ self._halves
+        in_the_ask = counts[groups:]
+        result: FloatArray = np.concatenate((counts[:groups] + in_the_ask, in_the_ask)).astype(np.float64)
         return result
 
     def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
@@ -324,6 +330,13 @@ class FeatureExtractor:
         paragraph = text.find("\n\n")
         ask = text if paragraph < 0 else text[:paragraph]
         pasted = "" if paragraph < 0 else text[paragraph:]
+        # `estimate_tokens` of both parts, encoding at most the ask again (the pasted part's bytes
+        # are the rest of the text's)
+        ask_ascii = ascii_text or (paragraph >= 0 and ask.isascii())
+        ask_bytes = size_bytes if paragraph < 0 else len(ask) if ask_ascii else len(encode(ask))
+        ask_tokens = ask_bytes / 4.0 if ask_ascii else ask_bytes / 3.0
+        pasted_bytes = size_bytes - ask_bytes
+        pasted_tokens = pasted_bytes / 4.0 if ascii_text or pasted.isascii() else pasted_bytes / 3.0
         code_chars = size_bytes - len(raw.translate(None, _CODE_BYTES))
         math_chars = text.count("^") + (0 if ascii_text else len(_MATH_SYMBOLS.findall(text)))
         digits = size_bytes - len(raw.translate(None, _DIGIT_BYTES))
@@ -340,8 +353,8 @@ class FeatureExtractor:
             length,
             length * length,
             math.log1p(text.count("\n")),
-            math.log1p(estimate_tokens(ask)),
-            math.log1p(estimate_tokens(pasted)),
+            math.log1p(ask_tokens),
+            math.log1p(pasted_tokens),
             min(text.count("```") / 2.0, 4.0),
             10.0 * code_chars / chars,
             10.0 * math_chars / chars if math_chars else 0.0,
@@ -355,7 +368,7 @@ class FeatureExtractor:
                 + text.count("\n•")
             ),
             math.log1p(min(size, 100_000.0)),
-            non_ascii / max(non_ascii + text.count(" ") + 1, 1),
+            non_ascii / (non_ascii + text.count(" ") + 1) if non_ascii else 0.0,
             math.log1p(max(prompt.turns - 1, 0)),
             math.log1p(prompt.context_tokens),
             math.log1p(prompt.system_tokens),

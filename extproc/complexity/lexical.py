@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
@@ -57,9 +58,13 @@ def tokens(text: str) -> list[bytes]:
     data = encode(text).translate(_SEPARATE)
     if text.isascii():
         return data.split()
-    if len(data) - len(data.translate(None, _NON_ASCII)) <= _FEW_NON_ASCII_BYTES:
+    non_ascii = len(data) - len(data.translate(None, _NON_ASCII))
+    if non_ascii <= _FEW_NON_ASCII_BYTES:
         # mostly ASCII: space out the few non-ASCII characters, then one split
         return _NON_ASCII_CHAR.sub(rb" \1 ", data).split()
+    if 2 * non_ascii > len(data):
+        # mostly non-ASCII (CJK): one pass over the whole buffer beats a call per chunk
+        return _MIXED.findall(data)
     chunks = data.split()
     out: list[bytes] = []
     for chunk in chunks:
@@ -124,6 +129,11 @@ class LexicalModel:
         self._unigram_column = np.full(self._v, -1, dtype=np.int64)
         self._unigram_column[keys[: self._unigrams]] = np.arange(self._unigrams)
         self._longer_keys = self._search_keys[self._unigrams :]
+        # raw = Σ tf·idf·w / sqrt(Σ (tf·idf)²) with tf = 1 + log count: idf·w and idf² once, here
+        self._idf_weight = idf * weights
+        self._idf_squared = idf * idf
+        self._quantile_list: list[float] = quantiles.tolist()
+        self._level_list: list[float] = self._levels.tolist()
 
     @classmethod
     def from_arrays(cls, data: Mapping[str, npt.NDArray[Any]], prefix: str = "") -> LexicalModel:
@@ -192,8 +202,19 @@ class LexicalModel:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
         if ids.max() >= self._v:
             ids = np.where(ids < self._v, ids, 0)
+        return self._columns_of_known_ids(ids)
+
+    def _columns_of_known_ids(
+        self, ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """`columns_of_ids` for non-empty ids all in the vocabulary's range (0 = unknown)."""
+        cols, counts = self._column_counts(ids)
+        return cols, (1.0 + np.log(counts)) * self.idf[cols]
+
+    def _column_counts(self, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """The columns present (ascending) and how often each is (ids as in `_columns_of_known_ids`)."""
         if not self.keys.size:
-            return np.zeros(0, dtype=np.intp), np.zeros(0)
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
         # A unigram's column is a table lookup; longer n-grams are searched (sorted, so equal
         # ones sit together), then the known ones are counted: cheaper than de-duplicating first,
         # as most n-grams of a prompt are unknown or unique. Unigram keys sort before all others.
@@ -211,15 +232,15 @@ class LexicalModel:
             found.sort()
             keys = self._longer_keys
             if keys.size:
-                where = np.searchsorted(keys, found)
+                where = keys.searchsorted(found)
                 np.minimum(where, len(keys) - 1, out=where)
                 hits = np.concatenate((hits, where[keys[where] == found] + self._unigrams))
         if not hits.size:
-            return hits, np.zeros(0)
-        starts = np.flatnonzero(np.concatenate((self._true, hits[1:] != hits[:-1])))
-        counts = np.diff(np.append(starts, hits.size))
-        cols = hits[starts]
-        return cols, (1.0 + np.log(counts)) * self.idf[cols]
+            return hits, hits
+        # ndarray methods, not the np.* functions: those add Python wrapper calls on every use
+        starts = np.concatenate((self._true, hits[1:] != hits[:-1])).nonzero()[0]
+        counts = np.concatenate((starts[1:], (hits.size,))) - starts
+        return hits[starts], counts
 
     def raw(self, text: str) -> float:
         return self.raw_of_columns(*self.columns(text))
@@ -227,13 +248,38 @@ class LexicalModel:
     def raw_of_ids(self, ids: npt.NDArray[np.int64]) -> float:
         return self.raw_of_columns(*self.columns_of_ids(ids))
 
+    def raw_of_known_ids(self, ids: npt.NDArray[np.int64]) -> float:
+        """`raw_of_ids` for ids all below len(vocab) + 1 (the request path: fewer numpy calls)."""
+        if not ids.size:
+            return self.intercept
+        cols, counts = self._column_counts(ids)
+        if not cols.size:
+            return self.intercept
+        tf = np.log(counts)
+        tf += 1.0
+        return float(tf @ self._idf_weight[cols]) / math.sqrt(float((tf * tf) @ self._idf_squared[cols])) + (
+            self.intercept
+        )
+
     def raw_of_columns(self, cols: npt.NDArray[np.intp], values: npt.NDArray[np.float64]) -> float:
         if not cols.size:
             return self.intercept
         return float(values @ self.weights[cols]) / math.sqrt(float(values @ values)) + self.intercept
 
     def calibrate(self, raw: float) -> float:
-        return float(np.interp(raw, self.quantiles, self._levels))
+        """`np.interp(raw, quantiles, levels)`, on lists (a numpy call costs more for one value)."""
+        xs, ys = self._quantile_list, self._level_list
+        if raw < xs[0]:
+            return ys[0]
+        if raw > xs[-1]:
+            return ys[-1]
+        if math.isnan(raw):
+            return math.nan
+        j = bisect_right(xs, raw) - 1
+        if j == len(xs) - 1 or xs[j] == raw:
+            return ys[j]
+        slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+        return slope * (raw - xs[j]) + ys[j]
 
     def score(self, text: str) -> float:
         return self.calibrate(self.raw(text))

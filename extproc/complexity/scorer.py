@@ -62,7 +62,7 @@ class Trees:
     # derived once, for the request path
     _depth: int = field(init=False)
     _shape: tuple[int, int] = field(init=False)
-    _bits: IntArray = field(init=False)
+    _bits: npt.NDArray[np.uint8] | IntArray = field(init=False)
     _code_base: IntArray = field(init=False)
     _flat_feature: IntArray = field(init=False)
     _flat_threshold: FloatArray = field(init=False)
@@ -79,7 +79,8 @@ class Trees:
         derived = {
             "_depth": depth,
             "_shape": (trees, internal),
-            "_bits": (1 << np.arange(internal)).astype(np.int64),
+            # a tree's decisions as the bits of one byte when they fit (a uint8 product is the cheapest)
+            "_bits": (1 << np.arange(internal)).astype(np.uint8 if internal <= 8 else np.int64),
             "_code_base": np.arange(trees, dtype=np.int64) * len(codes),
             "_flat_feature": np.ascontiguousarray(self.feature).ravel(),
             "_flat_threshold": np.ascontiguousarray(self.threshold).ravel(),
@@ -112,9 +113,9 @@ class Trees:
         """`contributions` summed, without the path bookkeeping (the request path): every split
         of every tree is decided at once, and each tree's decisions, as the bits of a number,
         index a table of the leaf values they lead to."""
-        decisions = features.astype(np.float32)[self._flat_feature] > self._flat_threshold
-        codes = decisions.reshape(self._shape) @ self._bits
-        return self.init + self.rate * float(self._leaf_table[self._code_base + codes].sum())
+        decisions = features.astype(np.float32).take(self._flat_feature) > self._flat_threshold
+        codes = decisions.reshape(self._shape).view(np.uint8) @ self._bits
+        return self.init + self.rate * float(self._leaf_table.take(self._code_base + codes).sum())
 
     def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
         """Each feature's share of the prediction (the value change at the splits on it, summed
@@ -230,6 +231,10 @@ class ComplexityModel:
         self.difficulty = difficulty
         self.gain = gain
         self.extractor = FeatureExtractor(gain.token_ids)
+        # the extractor's ids, as the lexical head knows them: its own tokens keep their ids, the
+        # tokens only the cue words add are unknown (0) to it
+        self._gain_id = np.arange(self.extractor.base, dtype=np.int64)
+        self._gain_id[len(gain.vocab) + 1 :] = 0
         if tuple(self.extractor.names) != difficulty.names:
             raise ValueError("the model file was trained with other difficulty features; retrain it")
 
@@ -251,10 +256,8 @@ class ComplexityModel:
         prepared = prepare(prompt.final)
         toks = tokens(prepared)
         ids = self.extractor.ids(toks)
-        if prompt.text is None:
-            gain_raw = self.gain.raw_of_ids(ids)
-        else:
-            gain_raw = self.gain.raw_of_ids(self.extractor.ids(tokens(prepare(prompt.text))))
+        gain_ids = ids if prompt.text is None else self.extractor.ids(tokens(prepare(prompt.text)))
+        gain_raw = self.gain.raw_of_known_ids(self._gain_id.take(gain_ids))
         return self.extractor.vector_from(prompt, prepared, ids), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
