@@ -13,7 +13,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,8 @@ _REQUESTED_SIZE = re.compile(
 _CODE_BYTES = b"{};=<>[]()_#"
 _DIGIT_BYTES = b"0123456789"
 _NON_ASCII_BYTES = bytes(range(0x80, 0x100))
+# np.log1p(count) for the usual cue counts (numpy's log1p, not math's: they differ in the last bit)
+_LOG1P: list[float] = np.log1p(np.arange(1024, dtype=np.float64)).tolist()
 _MATH_SYMBOLS = re.compile("[≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·]")  # noqa: RUF001
 
 
@@ -222,6 +223,13 @@ def phrase(name: str, value: float) -> str:
     return f"{name} x{count}" if count > 1 else (name if count else f"no {name}")
 
 
+class TokenIndex(dict[bytes, int]):
+    """token → id; an unknown token is 0 (`index[token]` in C, cheaper per token than `.get`)."""
+
+    def __missing__(self, token: bytes) -> int:
+        return 0
+
+
 class FeatureExtractor:
     """Maps a prompt's tokens to named features. Immutable after construction."""
 
@@ -229,7 +237,7 @@ class FeatureExtractor:
         """``token_index``: a token → id map (ids from 1) to extend and share with the lexical head."""
         self.groups = list(CUES)
         self.size_unit = self.groups.index("size_unit")
-        self.token_index: dict[bytes, int] = dict(token_index or {})
+        self.token_index: dict[bytes, int] = TokenIndex(token_index or {})
         terms = {g: cue_terms(CUES[g]) for g in self.groups}
         for group_terms in terms.values():
             for term in group_terms:
@@ -252,8 +260,9 @@ class FeatureExtractor:
                 else:
                     keys.setdefault(self._pack(ids), g)
         ordered = sorted(keys)
-        self.ngram_keys = np.array(ordered, dtype=np.int64)
-        self.ngram_group = np.array([keys[k] for k in ordered], dtype=np.int64)
+        # a last key no window packs to, so a search never runs past the end
+        self.ngram_keys = np.array([*ordered, np.iinfo(np.int64).max], dtype=np.int64)
+        self.ngram_group = np.array([keys[k] for k in ordered] + [-1], dtype=np.int64)
         self._offsets = [(n - 1) * int(self.base**MAX_CUE_TOKENS) for n in range(2, MAX_CUE_TOKENS + 1)]
         # tokens that start a cue of 2+ tokens; past the end of a text, n-grams read token 0 (unknown)
         self.starts_ngram = np.zeros(self.base, dtype=bool)
@@ -286,15 +295,15 @@ class FeatureExtractor:
         return value + (len(ids) - 1) * int(self.base**MAX_CUE_TOKENS)
 
     def ids(self, toks: list[bytes]) -> IntArray:
-        return np.fromiter(map(self.token_index.get, toks, repeat(0)), dtype=np.int64, count=len(toks))
+        return np.fromiter(map(self.token_index.__getitem__, toks), dtype=np.int64, count=len(toks))
 
-    def cue_counts(self, ids: IntArray) -> FloatArray:
+    def cue_counts(self, ids: IntArray) -> list[int]:
         """Per cue group, the matches in the whole message, then per group the matches in its ask
-        (the first and last tokens): one array of twice as many counts as groups."""
+        (the first and last tokens): twice as many counts as groups."""
         n = len(ids)
         groups = len(self.groups)
         if n == 0:
-            return np.zeros(2 * groups)
+            return [0] * (2 * groups)
         unigram = self.unigram_group.take(ids)
         # ndarray methods, not the np.* functions: those add Python wrapper calls on every use
         positions = (unigram >= 0).nonzero()[0]
@@ -307,18 +316,18 @@ class FeatureExtractor:
             windows = np.concatenate((ids, self._padding))[starts[:, None] + self._window]
             every = (windows @ self._powers + self._offset_row).ravel()
             where = self.ngram_keys.searchsorted(every)
-            np.minimum(where, len(self.ngram_keys) - 1, out=where)
             hit = (self.ngram_keys[where] == every).nonzero()[0]
             if hit.size:
                 positions = np.concatenate((positions, starts[hit // (MAX_CUE_TOKENS - 1)]))
                 found = np.concatenate((found, self.ngram_group[where[hit]]))
-        # one count for both: a match in the ask counts at groups + its group, then the
-        # whole-message count is the sum of both halves
-        in_ask = (positions < ASK_HEAD_TOKENS) | (positions >= n - ASK_TAIL_TOKENS)
-        counts = np.bincount(found + groups * in_ask, minlength=2 * groups)
-        in_the_ask = counts[groups:]
-        result: FloatArray = np.concatenate((counts[:groups] + in_the_ask, in_the_ask)).astype(np.float64)
-        return result
+        # matches are few (tens in a 2 KB prompt): tallied in Python, cheaper than the numpy calls
+        counts = [0] * (2 * groups)
+        tail = n - ASK_TAIL_TOKENS
+        for position, group in zip(positions.tolist(), found.tolist(), strict=True):
+            counts[group] += 1
+            if position < ASK_HEAD_TOKENS or position >= tail:
+                counts[groups + group] += 1
+        return counts
 
     def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
         text = prepared
@@ -382,4 +391,7 @@ class FeatureExtractor:
     def vector_from(self, prompt: Prompt, prepared: str, ids: IntArray) -> FloatArray:
         cues = self.cue_counts(ids)
         structure = self.structure(prompt, prepared, float(cues[self.size_unit]))
-        return np.concatenate((structure, np.log1p(cues)))
+        table = _LOG1P
+        # np.log1p of the counts, by table: the same values, without an array per count vector
+        logs = [table[c] if c < len(table) else float(np.log1p(c)) for c in cues]
+        return np.array(structure + logs)

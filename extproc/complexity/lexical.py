@@ -128,7 +128,8 @@ class LexicalModel:
         self._unigrams = int(np.searchsorted(keys, self._v))
         self._unigram_column = np.full(self._v, -1, dtype=np.int64)
         self._unigram_column[keys[: self._unigrams]] = np.arange(self._unigrams)
-        self._longer_keys = self._search_keys[self._unigrams :]
+        # and a last key no n-gram packs to, so a search never runs past the end
+        self._longer_keys = np.append(self._search_keys[self._unigrams :], np.iinfo(self._key_type).max)
         # raw = Σ tf·idf·w / sqrt(Σ (tf·idf)²) with tf = 1 + log count: idf·w and idf² once, here
         self._idf_weight = idf * weights
         self._idf_squared = idf * idf
@@ -218,7 +219,7 @@ class LexicalModel:
         # A unigram's column is a table lookup; longer n-grams are searched (sorted, so equal
         # ones sit together), then the known ones are counted: cheaper than de-duplicating first,
         # as most n-grams of a prompt are unknown or unique. Unigram keys sort before all others.
-        hits = self._unigram_column[ids]
+        hits = self._unigram_column.take(ids)
         hits = hits[hits >= 0]
         hits.sort()
         if self.order > 1 and len(ids) > 1:
@@ -231,9 +232,8 @@ class LexicalModel:
             found = np.concatenate(parts) if len(parts) > 1 else parts[0]
             found.sort()
             keys = self._longer_keys
-            if keys.size:
+            if keys.size > 1:
                 where = keys.searchsorted(found)
-                np.minimum(where, len(keys) - 1, out=where)
                 hits = np.concatenate((hits, where[keys[where] == found] + self._unigrams))
         if not hits.size:
             return hits, hits
