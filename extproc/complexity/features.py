@@ -250,7 +250,9 @@ class FeatureExtractor:
         # unigram cues: a group per token id (-1: none); longer cues: sorted packed keys. A term
         # listed in two groups counts for one of them: the last for single tokens, the first
         # for longer terms (the shipped model was trained so).
-        self.unigram_group = np.full(self.base, -1, dtype=np.int64)
+        if len(self.groups) > 127:
+            raise ValueError("too many cue groups for an int8 table")
+        self.unigram_group = np.full(self.base, -1, dtype=np.int8)  # read at random: small
         keys: dict[int, int] = {}
         for g, name in enumerate(self.groups):
             for term in terms[name]:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc.complexity.features import FeatureExtractor, Prompt, phrase
-from extproc.complexity.lexical import LexicalModel, prepare, tokens
+from extproc.complexity.lexical import Ints, LexicalModel, prepare, tokens
 from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
@@ -233,7 +233,9 @@ class ComplexityModel:
         self.extractor = FeatureExtractor(gain.token_ids)
         # the extractor's ids, as the lexical head knows them: its own tokens keep their ids, the
         # tokens only the cue words add are unknown (0) to it
-        self._gain_id = np.arange(self.extractor.base, dtype=np.int64)
+        self._gain_id: Ints = np.arange(
+            self.extractor.base, dtype=np.int32 if self.extractor.base < 2**31 else np.int64
+        )
         self._gain_id[len(gain.vocab) + 1 :] = 0
         if tuple(self.extractor.names) != difficulty.names:
             raise ValueError("the model file was trained with other difficulty features; retrain it")
