@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
+from extproc import complexity
 from extproc.bench.complexity import PROMPT_BYTES, timing, two_kb_prompts
+from extproc.bench.previous_gain import PreviousStrongGain
+from extproc.complexity.features import Prompt
 
 
 def test_two_kb_prompts_are_2_kb_of_whole_characters_from_several_texts() -> None:
@@ -23,3 +28,16 @@ def test_timing_interleaves_the_scorers_and_reports_median_and_p99_per_repeat() 
         assert result[name]["prompts"] == 2 and result[name]["repeats"] == 2
         assert len(result[name]["p50_us_per_repeat"]) == 2
         assert 0 < result[name]["p50_us"] <= result[name]["p99_us"]
+
+
+def test_the_previous_scorer_yardstick_gives_todays_strong_gain() -> None:
+    """The frozen copy times the same computation as the scorer it stands for (same scores)."""
+    model = complexity.model()
+    previous = PreviousStrongGain(model.gain)
+    texts = ["", "hi", "Prove that there are infinitely many primes.", "证明：存在无穷多个素数。" * 40]  # noqa: RUF001
+    texts += two_kb_prompts(["a short english text about sharding", "短文本", "Find all primes p"], 5)
+    for text in texts:
+        assert previous(text) == pytest.approx(
+            model.scores(Prompt.from_text(text)).strong_gain, abs=1e-9, rel=0
+        )
+    assert len({previous(t) for t in texts}) > 3  # the texts tell the scores apart
