@@ -393,7 +393,7 @@ class FeatureExtractor:
     def vector_from(self, prompt: Prompt, prepared: str, ids: IntArray) -> FloatArray:
         cues = self.cue_counts(ids)
         structure = self.structure(prompt, prepared, float(cues[self.size_unit]))
-        table = _LOG1P
         # np.log1p of the counts, by table: the same values, without an array per count vector
-        logs = [table[c] if c < len(table) else float(np.log1p(c)) for c in cues]
+        table = _LOG1P
+        logs = [table[c] for c in cues] if max(cues) < len(table) else np.log1p(cues).tolist()
         return np.array(structure + logs)
