@@ -75,13 +75,17 @@ def summary(samples: list[float], runs: list[float]) -> dict[str, Any]:
 def timing(
     scorers: dict[str, Callable[[str], object]], prompts: list[str], repeats: int
 ) -> dict[str, dict[str, Any]]:
-    """µs per call of each scorer, interleaved prompt by prompt so all see the same machine load."""
+    """µs per call of each scorer, interleaved prompt by prompt so all see the same machine load;
+    the order turns from prompt to prompt, so that none always runs with the caches as the one
+    before it left them (scorers that share the model's tables warm them for each other)."""
     samples: dict[str, list[float]] = {name: [] for name in scorers}
     runs: dict[str, list[float]] = {name: [] for name in scorers}
+    named = list(scorers.items())
     for _ in range(repeats):
         run: dict[str, list[float]] = {name: [] for name in scorers}
-        for text in prompts:
-            for name, score in scorers.items():
+        for i, text in enumerate(prompts):
+            turn = i % len(named)
+            for name, score in named[turn:] + named[:turn]:
                 started = time.perf_counter_ns()
                 score(text)
                 run[name].append((time.perf_counter_ns() - started) / 1000)

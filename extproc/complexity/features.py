@@ -358,12 +358,21 @@ class FeatureExtractor:
                     size = max(size, float(number.replace(",", "")))
                 except ValueError:
                     continue
+        newlines = text.count("\n")
+        list_items = 0  # every kind of item starts a line: none without a line break
+        if newlines:
+            list_items = (
+                len(_NUMBERED_ITEM.findall(text))
+                + text.count("\n- ")
+                + text.count("\n* ")
+                + text.count("\n•")
+            )
         # every non-ASCII character is a token of its own
         non_ascii = 0 if ascii_text else len(text) - len(raw.translate(None, _NON_ASCII_BYTES))
         return [
             length,
             length * length,
-            math.log1p(text.count("\n")),
+            math.log1p(newlines),
             math.log1p(ask_tokens),
             math.log1p(pasted_tokens),
             min(text.count("```") / 2.0, 4.0),
@@ -372,12 +381,7 @@ class FeatureExtractor:
             math.log1p(text.count("\\")),
             10.0 * digits / chars,
             math.log1p(text.count("?") + text.count("\uff1f")),
-            math.log1p(
-                len(_NUMBERED_ITEM.findall(text))
-                + text.count("\n- ")
-                + text.count("\n* ")
-                + text.count("\n•")
-            ),
+            math.log1p(list_items),
             math.log1p(min(size, 100_000.0)),
             non_ascii / (non_ascii + text.count(" ") + 1) if non_ascii else 0.0,
             math.log1p(max(prompt.turns - 1, 0)),

@@ -16,14 +16,14 @@ def test_two_kb_prompts_are_2_kb_of_whole_characters_from_several_texts() -> Non
         assert "\n" in prompt  # stitched from several texts
 
 
-def test_timing_interleaves_the_scorers_and_reports_median_and_p99_per_repeat() -> None:
+def test_timing_interleaves_the_scorers_in_turns_and_reports_median_and_p99_per_repeat() -> None:
     calls: list[str] = []
     result = timing(
         {"first": lambda t: calls.append("1" + t), "second": lambda t: calls.append("2" + t)},
         ["a", "b"],
         repeats=2,
     )
-    assert calls == ["1a", "2a", "1b", "2b"] * 2
+    assert calls == ["1a", "2a", "2b", "1b"] * 2  # each scorer first as often as the other
     for name in ("first", "second"):
         assert result[name]["prompts"] == 2 and result[name]["repeats"] == 2
         assert len(result[name]["p50_us_per_repeat"]) == 2
