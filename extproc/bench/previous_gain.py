@@ -1,10 +1,11 @@
-"""The yardstick of the complexity speed benchmark: the previous scorer (the strong_gain head alone)
-exactly as it ran before the request path was made faster (commit 722859b).
+"""A yardstick for the complexity speed benchmark: the strong_gain head alone exactly as it ran
+before the request path was made faster (commit 722859b), frozen here so that later speed work on
+`extproc.complexity` does not move it.
 
-Its time on an idle machine is known (71 µs median per 2 KB prompt, 2026-11-24), so timing it
-interleaved with the current scorer, in one run, turns a ratio measured on a loaded machine into an
-idle-machine estimate. It reads the model's arrays and computes the same scores; kept here, frozen,
-so that later speed work on `extproc.complexity` does not move the yardstick.
+Timed interleaved with the current scorer in one run, it turns a ratio measured on a loaded machine
+into a comparison that holds across runs. (It is not the single-head scorer of commit bf9d4a5, the
+one measured at 71 µs on an idle machine: that one, in one run with it, took about 1.27x its time on
+English 2 KB prompts and 1.08x on Chinese.) It reads the model's arrays and gives the same scores.
 """
 
 from __future__ import annotations
