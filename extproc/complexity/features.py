@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from extproc.complexity.cues import CUES
 from extproc.complexity.lexical import encode, prepare, tokens
+from extproc.complexity.token_ids import TokenIds
 from extproc.request import ParsedRequest, Task
 from extproc.request import _content_text as content_text  # the request path's own rule
 
@@ -245,6 +246,7 @@ class FeatureExtractor:
                     if tok not in self.token_index:
                         self.token_index[tok] = len(self.token_index) + 1
         self.base = max(self.token_index.values(), default=0) + 1
+        self.packed_ids = TokenIds(self.token_index)
         if MAX_CUE_TOKENS * self.base**MAX_CUE_TOKENS >= 2**63:
             raise ValueError("token index too large for 64-bit cue keys")
         # unigram cues: a group per token id (-1: none); longer cues: sorted packed keys. A term
@@ -296,6 +298,12 @@ class FeatureExtractor:
             value = value * self.base + i
         return value + (len(ids) - 1) * int(self.base**MAX_CUE_TOKENS)
 
+    def text_ids(self, prepared: str, raw: bytes) -> IntArray:
+        """`ids(tokens(prepared))`, given the prepared text's UTF-8 bytes `raw`."""
+        if len(raw) >= 2 * len(prepared):  # mostly multi-byte characters, i.e. one-character tokens
+            return self.packed_ids(raw)
+        return self.ids(tokens(prepared))
+
     def ids(self, toks: list[bytes]) -> IntArray:
         return np.fromiter(map(self.token_index.__getitem__, toks), dtype=np.int64, count=len(toks))
 
@@ -331,9 +339,13 @@ class FeatureExtractor:
                 counts[groups + group] += 1
         return counts
 
-    def structure(self, prompt: Prompt, prepared: str, size_units: float) -> list[float]:
+    def structure(
+        self, prompt: Prompt, prepared: str, size_units: float, raw: bytes | None = None
+    ) -> list[float]:
+        """The structure features; `raw`: the prepared text's UTF-8 bytes, if already encoded."""
         text = prepared
-        raw = encode(text)
+        if raw is None:
+            raw = encode(text)
         size_bytes = len(raw)
         chars = max(len(text), 1)
         ascii_text = size_bytes == len(text)
@@ -394,9 +406,11 @@ class FeatureExtractor:
         toks = tokens(prepared)
         return self.vector_from(prompt, prepared, self.ids(toks))
 
-    def vector_from(self, prompt: Prompt, prepared: str, ids: IntArray) -> FloatArray:
+    def vector_from(
+        self, prompt: Prompt, prepared: str, ids: IntArray, raw: bytes | None = None
+    ) -> FloatArray:
         cues = self.cue_counts(ids)
-        structure = self.structure(prompt, prepared, float(cues[self.size_unit]))
+        structure = self.structure(prompt, prepared, float(cues[self.size_unit]), raw)
         # np.log1p of the counts, by table: the same values, without an array per count vector
         table = _LOG1P
         logs = [table[c] for c in cues] if max(cues) < len(table) else np.log1p(cues).tolist()

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc.complexity.features import FeatureExtractor, Prompt, phrase
-from extproc.complexity.lexical import Ints, LexicalModel, prepare, tokens
+from extproc.complexity.lexical import Ints, LexicalModel, encode, prepare
 from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
@@ -255,12 +255,17 @@ class ComplexityModel:
     def _features(self, prompt: Prompt) -> tuple[FloatArray, float]:
         """The difficulty features and the lexical head's raw output, from one tokenization
         (of the final message; the lexical head reads the whole text when there is more)."""
+        extractor = self.extractor
         prepared = prepare(prompt.final)
-        toks = tokens(prepared)
-        ids = self.extractor.ids(toks)
-        gain_ids = ids if prompt.text is None else self.extractor.ids(tokens(prepare(prompt.text)))
+        raw = encode(prepared)
+        ids = extractor.text_ids(prepared, raw)
+        if prompt.text is None:
+            gain_ids = ids
+        else:
+            whole = prepare(prompt.text)
+            gain_ids = extractor.text_ids(whole, encode(whole))
         gain_raw = self.gain.raw_of_known_ids(self._gain_id.take(gain_ids))
-        return self.extractor.vector_from(prompt, prepared, ids), gain_raw
+        return extractor.vector_from(prompt, prepared, ids, raw), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
         features, gain_raw = self._features(prompt)
