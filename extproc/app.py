@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from extproc.admission import Capacity
 from extproc.capacity.cache import MemoryCache, RedisCache, ResponseStore
@@ -27,6 +27,9 @@ from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import EndpointPicker
 from extproc.scheduler.scheduler import Scheduler
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
+
+if TYPE_CHECKING:
+    from extproc.wasm.brain import Brain
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,11 @@ class App:
         )
         self.metrics.inflight.set_function(lambda: float(self.inflight.total()))
         self.metrics_server = MetricsServer(self.metrics, self.status)
+        self.brain: Brain | None = None
+        if config.brain_port:
+            from extproc.wasm.brain import Brain
+
+            self.brain = Brain(self.processor)
 
     def status(self) -> dict[str, Any]:
         policy = self.policy
@@ -178,6 +186,7 @@ class App:
             "policy_last_error": policy.last_error if policy else None,
             "policy_reloads_ok": policy.reloads_ok if policy else 0,
             "policy_reloads_failed": policy.reloads_failed if policy else 0,
+            **({"wasm": self.brain.status()} if self.brain is not None else {}),
         }
 
     def _pool_of(self, address: str) -> str:
@@ -207,6 +216,8 @@ class App:
         await self.collector.start()
         if self.config.metrics_port:
             await self.metrics_server.start(self.config.metrics_host, self.config.metrics_port)
+        if self.brain is not None:
+            await self.brain.start(self.config.host, self.config.brain_port)
         if self.telemetry.active:
             self._expiry = asyncio.create_task(self._expire_telemetry())
         log.info("ext_proc listening on %s", self.config.address)
@@ -224,6 +235,8 @@ class App:
         await self.server.stop(self.config.shutdown_grace_s)
         await self.collector.stop()
         await self.metrics_server.stop()
+        if self.brain is not None:
+            await self.brain.stop()
         if self.policy is not None:
             await self.policy.stop()
         await self.capacity.drain()

@@ -69,12 +69,18 @@ def _serve(args: argparse.Namespace) -> int:
         limits_backend=args.limits,
         redis_url=args.redis_url,
         limits_fail_open=not args.limits_fail_closed,
+        # The Wasm data path: the filter decides, this server is its brain (docs/wasm.md).
+        brain_port=args.brain_port if args.data_path == "wasm" else 0,
+        complexity_header=args.data_path != "wasm",
     )
     if "redis" in (args.cache, args.limits) and not args.redis_url:
         print("llm-extproc serve: --cache redis / --limits redis need --redis-url", file=sys.stderr)
         return 2
 
     factory = _collector_factory(args)
+    if args.workers > 1 and args.data_path == "wasm":
+        print("llm-extproc serve: --data-path wasm runs one brain process (--workers 1)", file=sys.stderr)
+        return 2
     if args.workers > 1:
         from extproc.workers import serve_workers
 
@@ -123,6 +129,8 @@ def _up(args: argparse.Namespace) -> int:
             sim_fleet_file=args.fleet,
             time_scale=args.time_scale,
             policy=args.policy or _default_stack_policy(),
+            data_path=args.data_path,
+            brain_port=args.brain_port,
         )
     )
 
@@ -152,7 +160,7 @@ PASSTHROUGH = {
     "validate": ("extproc.policy.cmd:validate_main", "validate policy files"),
     "explain": ("extproc.policy.cmd:explain_main", "show how a policy routes a request"),
     "schema": ("extproc.policy.cmd:schema_main", "print the policy JSON Schema"),
-    "render": ("extproc.cli:render_main", "print Istio/Kubernetes manifests (render istio ...)"),
+    "render": ("extproc.cli:render_main", "print Istio/Kubernetes manifests (render istio|istio-wasm ...)"),
     "bench": ("extproc.bench.main", "run a benchmark (overhead, routing, pick, scale, classifier)"),
 }
 
@@ -162,6 +170,12 @@ def render_main(argv: list[str]) -> int:
     DestinationRules, routes and credential filters (extproc.deploy.istio_providers)."""
     from extproc.deploy import istio
     from extproc.policy.compile import PolicyError, load_policy
+
+    if argv[:1] == ["istio-wasm"]:  # the Wasm data path (docs/wasm.md)
+        from extproc.deploy.istio_wasm import manifests as wasm_manifests
+
+        settings, args = istio.parse_settings(argv)
+        return istio.write_parts({"wasm.yaml": wasm_manifests(settings)}, args.out)
 
     policy = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--policy"), None)
     policy = policy or next((w.split("=", 1)[1] for w in argv if w.startswith("--policy=")), None)
@@ -205,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="worker processes on one port (SO_REUSEPORT) sharing one scraped fleet view",
+    )
+    serve.add_argument(
+        "--data-path",
+        choices=["extproc", "wasm"],
+        default="extproc",
+        help="who decides per request: this server over ext_proc, or Envoy's Wasm filter with this "
+        "server as its brain (HTTP on --brain-port)",
+    )
+    serve.add_argument(
+        "--brain-port", type=int, default=9003, help="the Wasm filter's brain (--data-path wasm)"
     )
     serve.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument("--endpoints-per-request", type=int, default=3)
@@ -270,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--fleet", help="simulated fleet spec file (YAML/JSON)")
     up.add_argument("--time-scale", type=float, default=1.0)
     up.add_argument("--policy", help="policy file or directory")
+    up.add_argument(
+        "--data-path",
+        choices=["extproc", "wasm"],
+        default="extproc",
+        help="decide in llm-extproc over ext_proc, or in Envoy's Wasm filter (docs/wasm.md)",
+    )
+    up.add_argument("--brain-port", type=int, default=9003, help="the Wasm filter's brain (--data-path wasm)")
     up.set_defaults(func=_up)
 
     for name, (_module, help_text) in PASSTHROUGH.items():

@@ -31,6 +31,12 @@ class ServerConfig:
     # client did not: exact prompt/completion counts, but clients then see one extra chunk with
     # empty choices. Off by default: completion tokens are counted from the stream instead.
     inject_stream_usage: bool = False
+    # x-llm-complexity on routed requests. Off on the Wasm data path, whose fast path has no
+    # complexity scorer: both paths then set the same headers (docs/wasm.md).
+    complexity_header: bool = True
+    # The Wasm filter's brain (extproc.wasm.brain): snapshot, decide and observations over HTTP
+    # on this port; 0 disables it (the ext_proc data path needs none).
+    brain_port: int = 0
     # Decision log: "" off, "-" stdout, else a rotating file; sampled by request id.
     decision_log: str = ""
     decision_log_sample_rate: float = 0.01

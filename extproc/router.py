@@ -160,7 +160,7 @@ class Router:
         data = [{"id": m, "object": "model", "owned_by": "llm-extproc"} for m in self.served_models()]
         return json.dumps({"object": "list", "data": data}).encode()
 
-    def _candidates(self, snapshot: FleetSnapshot, target: Target) -> IntArray:
+    def candidates(self, snapshot: FleetSnapshot, target: Target) -> IntArray:
         rows = snapshot.rows_serving(target.model)
         if target.pool and rows.size:
             pool_rows = snapshot.rows_by_pool.get(target.pool)
@@ -317,7 +317,7 @@ class Router:
                     decision.model_fallback = index > 0
                     break
                 continue
-            candidates = self._candidates(snapshot, target)
+            candidates = self.candidates(snapshot, target)
             if candidates.size == 0:
                 continue
             ctx.model = target.model
@@ -405,7 +405,7 @@ class Router:
         if request.stream:
             # Lets a route (e.g. Istio's streaming VirtualService route) match on the body's flag.
             set_headers.append((STREAM_HEADER, "true"))
-        if self.complexity is not None:
+        if self.complexity is not None and self.config.complexity_header:
             set_headers.append((COMPLEXITY_HEADER, f"{scores.complexity:.3f}"))
             set_headers.append((STRONG_GAIN_HEADER, f"{scores.strong_gain:.3f}"))
         set_headers.extend(extra_headers)

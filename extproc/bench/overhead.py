@@ -5,7 +5,9 @@ python -m extproc.bench.overhead [--seconds 5] [--rounds 2] [--json docs/bench/o
 Load generator: wrk (Debian package), POSTing an OpenAI chat body through a Lua script. Setups
 are measured interleaved, round by round, so machine noise hits them alike. Reference rows:
 `envoy+python-floor` (the cheapest possible Python ext_proc, e2e/floor_extproc.py) and vLLM's
-own router (`pip install vllm-router`), when its binary is on PATH.
+own router (`pip install vllm-router`), when its binary is on PATH. `envoy+wasm`: the decision
+inside Envoy (docs/wasm.md); `envoy+wasm-escalated`: the same filter handing every request to
+the brain's decide endpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import grpc
 
 from extproc.bench.machine import command, machine
 from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
+from extproc.deploy.wasm_config import render_wasm
 from extproc.devstack.stack import envoy_binary, free_port, grpc_serving
 
 LUA = """wrk.method = "POST"
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", default="docs/bench/overhead.json")
     parser.add_argument("--extproc-workers", type=int, default=1, help="serve --workers for llm-extproc")
+    parser.add_argument("--setups", nargs="*", help="measure only these setups (default: all)")
+    parser.add_argument("--prompt-bytes", type=int, nargs="*", default=[200, 200 * 1024])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -117,9 +123,18 @@ def main(argv: list[str] | None = None) -> int:
             "vllm_router",
             "floor",
             "floor_front",
+            "brain",
+            "brain_grpc",
+            "wasm_front",
+            "escalating_brain",
+            "escalating_brain_grpc",
+            "escalating_front",
         )
     }
-    admin = {name: free_port() for name in ("backend", "plain", "front", "observed", "floor_front")}
+    admin = {
+        name: free_port()
+        for name in ("backend", "plain", "front", "observed", "floor_front", "wasm_front", "escalating_front")
+    }
     backend = f"127.0.0.1:{ports['backend']}"
     try:
         bench.envoy(
@@ -186,8 +201,46 @@ def main(argv: list[str] | None = None) -> int:
                 observe=False,
             ),
         )
+        # envoy+wasm: the Wasm filter decides inside Envoy (docs/wasm.md), with response
+        # observation; llm-extproc is its brain (snapshot polling, batched reports).
+        # envoy+wasm-escalated: a policy the decision table cannot express (a header match), so
+        # the filter hands every request to the brain's decide endpoint: the escalation's cost.
+        escalating = work / "escalating-policy.yaml"
+        escalating.write_text(
+            "rules:\n  - {name: debug, match: {headers: {x-debug: {present: true}}}, priority: batch}\ndefault: {}\n"
+        )
+        for name, extra in (("brain", []), ("escalating_brain", ["--policy", str(escalating)])):
+            bench.spawn(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "extproc.cli",
+                    "serve",
+                    "--data-path",
+                    "wasm",
+                    "--brain-port",
+                    str(ports[name]),
+                    "--port",
+                    str(ports[f"{name}_grpc"]),
+                    "--fleet",
+                    str(fleet),
+                    "--metrics-port",
+                    "0",
+                    *extra,
+                ],
+            )
+        for front, brain in (("wasm_front", "brain"), ("escalating_front", "escalating_brain")):
+            bench.envoy(
+                front,
+                render_wasm(
+                    [backend], listen_port=ports[front], admin_port=admin[front], brain_port=ports[brain]
+                ),
+            )
         setups = {
             "envoy": ports["plain"],
+            "envoy+wasm": ports["wasm_front"],
+            "envoy+wasm-escalated": ports["escalating_front"],
             "envoy+extproc": ports["front"],
             "envoy+extproc+observer": ports["observed"],
             "envoy+python-floor": ports["floor_front"],
@@ -215,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "vllm-router"
                 else f"http://127.0.0.1:{port}/metrics"
             )
+        for brain in ("brain", "escalating_brain"):
+            wait_http(f"http://127.0.0.1:{ports[brain]}/v1/llm-extproc/snapshot")
         for server in ("extproc", "floor"):
             deadline = time.monotonic() + 20
             while True:
@@ -225,12 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{server} never reported SERVING")
                 time.sleep(0.1)
 
+        if args.setups:
+            setups = {name: port for name, port in setups.items() if name in args.setups}
         results: dict[tuple[str, int, int], list[dict[str, float]]] = {}
-        for prompt_bytes in (200, 200 * 1024):
+        for prompt_bytes in args.prompt_bytes:
             lua = work / f"post-{prompt_bytes}.lua"
             lua.write_text(LUA % max(1, prompt_bytes - 60))
             for _ in range(args.rounds):
-                for concurrency in (1, 8, 32):
+                for concurrency in args.concurrency:
                     for name, port in setups.items():
                         out = subprocess.run(
                             [
@@ -256,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         for (name, concurrency, prompt_bytes), runs in results.items():
             best = sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]  # the median run
             row = {"setup": name, "concurrency": concurrency, "prompt_bytes": prompt_bytes, **best}
+            # The spread over rounds: on a shared machine one round can be far off the others.
+            row["rps_min"] = min(r["rps"] for r in runs)
+            row["rps_max"] = max(r["rps"] for r in runs)
+            row["p50_ms_min"] = min(r["p50_ms"] for r in runs)
+            row["p50_ms_max"] = max(r["p50_ms"] for r in runs)
             rows.append(row)
             print(
                 f"{name:<23} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "

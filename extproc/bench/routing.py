@@ -5,7 +5,8 @@ python -m extproc.bench.routing [--trace FILE] [--load 0.85] [--duration 40] [--
 Every router gets a fresh simulated fleet with the same parameters (2 A100-class + 2 T4-class
 endpoints, docs/simulator.md) and the same replay of the trace (same synthetic prompts: a
 share of shared system prompts and of sessions). Compared: plain Envoy round_robin,
-least_request and random; vLLM's router (power_of_two, cache_aware) when installed; llm-extproc.
+least_request and random; vLLM's router (power_of_two, cache_aware) when installed; llm-extproc,
+and llm-extproc-wasm (the same stack on the Wasm data path) when asked for with --routers.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ def run_router(
     bench = Bench(work)
     stack: LocalStack | None = None
     try:
-        if name == "llm-extproc":
+        if name in ("llm-extproc", "llm-extproc-wasm"):
             stack = LocalStack(
                 StackConfig.on_free_ports(
                     sim_endpoints=4,
                     time_scale=TIME_SCALE,
                     log_dir=str(work / "stack"),
+                    # The Wasm data path: the filter decides from the brain's snapshot (docs/wasm.md).
+                    data_path="wasm" if name == "llm-extproc-wasm" else "extproc",
                 )
             )
             stack.start()

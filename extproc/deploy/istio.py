@@ -572,10 +572,11 @@ def _labels(text: str) -> dict[str, str]:
     return {k: v for k, v in pairs}
 
 
-def main(argv: list[str] | None = None, providers: Sequence[ProviderUpstream] = ()) -> int:
-    """``providers``: the policy's provider pools (`render istio --policy FILE`, extproc.cli)."""
+def parse_settings(argv: list[str] | None = None) -> tuple[IstioSettings, argparse.Namespace]:
+    """`render TARGET [flags]`: the settings, and the parsed arguments (target, --out, --policy)."""
     parser = argparse.ArgumentParser(prog="llm-extproc render", description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["istio"])
+    # istio-wasm: the Wasm data path's brain, WasmPlugin and EnvoyFilter (extproc.deploy.istio_wasm).
+    parser.add_argument("target", choices=["istio", "istio-wasm"])
     d = IstioSettings()
     parser.add_argument("--namespace", default=d.namespace, help="where llm-extproc runs")
     parser.add_argument("--model-namespace", default=d.model_namespace)
@@ -608,15 +609,25 @@ def main(argv: list[str] | None = None, providers: Sequence[ProviderUpstream] = 
         gateway_labels=args.gateway_labels,
         filter_namespace=args.filter_namespace,
     )
-    parts = manifests(settings, providers)
-    if args.out:
-        out = Path(args.out)
+    return settings, args
+
+
+def write_parts(parts: dict[str, list[dict[str, Any]]], out_dir: str | None) -> int:
+    """One file per part into ``out_dir``, or everything to stdout."""
+    if out_dir:
+        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, objects in parts.items():
             (out / name).write_text(dump(objects))
         return 0
     sys.stdout.write(dump([obj for objects in parts.values() for obj in objects]))
     return 0
+
+
+def main(argv: list[str] | None = None, providers: Sequence[ProviderUpstream] = ()) -> int:
+    """``providers``: the policy's provider pools (`render istio --policy FILE`, extproc.cli)."""
+    settings, args = parse_settings(argv)
+    return write_parts(manifests(settings, providers), args.out)
 
 
 if __name__ == "__main__":

@@ -117,11 +117,16 @@ class StackConfig:
     # Serve the policy's provider pools with the provider double (extproc.devstack.provider_sim):
     # each on loopback, speaking its pool's API, checking the key from its credential file.
     simulate_providers: bool = True
+    # "extproc": llm-extproc decides over ext_proc; "wasm": Envoy's Wasm filter decides, with
+    # llm-extproc as its brain on brain_port (docs/wasm.md).
+    data_path: str = "extproc"
+    brain_port: int = 9003
 
     @classmethod
     def on_free_ports(cls, **fields: Any) -> StackConfig:
         """A stack beside others (tests, benchmarks): every port chosen free, the rest as given."""
-        ports = {name: free_port() for name in ("listen_port", "admin_port", "extproc_port", "metrics_port")}
+        names = ("listen_port", "admin_port", "extproc_port", "metrics_port", "brain_port")
+        ports = {name: free_port() for name in names}
         return cls(**{**ports, **fields})
 
 
@@ -214,6 +219,8 @@ class LocalStack:
         if self.config.policy:
             argv += ["--policy", self.config.policy]
         no_observer = [] if self.config.observe else ["--no-observer"]
+        if self.config.data_path == "wasm":
+            argv += ["--data-path", "wasm", "--brain-port", str(self.config.brain_port)]
         child = self._spawn("extproc", argv + no_observer + self.config.extproc_args)
         _wait(
             lambda: grpc_serving(f"127.0.0.1:{self.extproc_port}"),
@@ -229,8 +236,18 @@ class LocalStack:
         child.proc.wait(10)
         self.children.remove(child)
 
-    def start_envoy(self) -> None:
-        config_text = render(
+    def _envoy_config(self) -> str:
+        if self.config.data_path == "wasm":
+            from extproc.deploy.wasm_config import render_wasm
+
+            return render_wasm(
+                [e["address"] for e in self.fleet],
+                listen_port=self.listen_port,
+                admin_port=self.admin_port,
+                brain_port=self.config.brain_port,
+                shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
+            )
+        return render(
             [e["address"] for e in self.fleet],
             EnvoyPorts(
                 listen_port=self.listen_port, admin_port=self.admin_port, extproc_port=self.extproc_port
@@ -244,6 +261,9 @@ class LocalStack:
             provider_addresses={name: sim["address"] for name, sim in self.provider_sims.items()},
             sds_dir=self.workdir,
         )
+
+    def start_envoy(self) -> None:
+        config_text = self._envoy_config()
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(config_text)
         argv = [envoy_binary(), "-c", str(config_path), "--concurrency", "1", "--disable-hot-restart"]

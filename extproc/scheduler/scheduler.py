@@ -213,6 +213,19 @@ class Scheduler:
         self._prepared = prepared
         return prepared
 
+    def prepared_scores(
+        self, snapshot: FleetSnapshot, candidates: IntArray, now: float
+    ) -> tuple[list[int], list[float], list[int], bool]:
+        """The fleet-only part of a pick, for deciders outside this process (the Wasm filter):
+        rows the hard and soft fleet filters keep, their weighted fleet scores, the rows only
+        soft filters removed (best first), and whether every kept row is saturated."""
+        prepared = self._prepare(snapshot, candidates, PickContext(model="", now=now))
+        rows = prepared.base.rows
+        saturated = bool(rows.size) and (
+            prepared.kv_all_high or bool((snapshot.waiting[rows] >= self.config.queue_threshold).all())
+        )
+        return rows.tolist(), prepared.fleet_total.tolist(), list(prepared.last_resort), saturated
+
     def _last_resort(self, snapshot: FleetSnapshot, demoted: list[IntArray], ctx: PickContext) -> list[int]:
         """Rows soft fleet filters removed that every hard one keeps, best first."""
         view = self.view(snapshot, np.concatenate(demoted), _NO_INFLIGHT_FOR[snapshot.size], ctx)

@@ -1,0 +1,269 @@
+"""The brain's HTTP surface for the Wasm filter (docs/wasm.md).
+
+- ``GET /v1/llm-extproc/snapshot``: the routing snapshot; ``if-none-match: <version>`` → 304.
+- ``POST /v1/llm-extproc/decide``: one request the snapshot could not decide, answered by the
+  ext_proc path's own code (ExternalProcessor's header and body phases, policy, capacity).
+- ``POST /v1/llm-extproc/observations``: the filter's per-tick batch of response observations,
+  fed to passive health and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc.deploy.wasm_config import DECISION_HEADERS
+from extproc.headers import DESTINATION_HEADER, LB_METADATA_NAMESPACE
+from extproc.router import Router
+from extproc.server import ExternalProcessor, _StreamState
+from extproc.wasm.snapshot import DEFAULT_STALE_AFTER_MS, build_snapshot
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_PATH = "/v1/llm-extproc/snapshot"
+DECIDE_PATH = "/v1/llm-extproc/decide"
+OBSERVATIONS_PATH = "/v1/llm-extproc/observations"
+# The filter sends the original request line in these (its call's own :path is DECIDE_PATH).
+ORIGINAL_PATH = "x-llm-extproc-path"
+ORIGINAL_METHOD = "x-llm-extproc-method"
+# A snapshot is rebuilt at most this often: the fleet changes every scrape (50-100 ms) anyway,
+# and N+1 Envoy VMs poll every 100 ms.
+REBUILD_EVERY_S = 0.05
+_DECIDABLE = frozenset(DECISION_HEADERS)
+
+
+def _pairs(mutation: ep.HeaderMutation) -> list[list[str]]:
+    return [
+        [option.header.key, option.header.raw_value.decode("utf-8", "replace") or option.header.value]
+        for option in mutation.set_headers
+    ]
+
+
+def answer_for(response: ep.ProcessingResponse) -> dict[str, Any]:
+    """The filter's view of an ext_proc reply: respond, route (headers, body) or continue."""
+    if response.HasField("immediate_response"):
+        immediate = response.immediate_response
+        return {
+            "action": "respond",
+            "status": immediate.status.code,
+            "headers": _pairs(immediate.headers),
+            "body": immediate.body.decode("utf-8", "replace"),
+        }
+    if response.HasField("request_body") and response.request_body.HasField("response"):
+        common = response.request_body.response
+        headers = [pair for pair in _pairs(common.header_mutation) if pair[0] in _DECIDABLE]
+        endpoints = (
+            response.dynamic_metadata.fields[LB_METADATA_NAMESPACE]
+            .struct_value.fields[DESTINATION_HEADER]
+            .string_value
+        )
+        answer: dict[str, Any] = {
+            "action": "route",
+            "headers": headers,
+            "primary": endpoints.split(",", 1)[0],
+        }
+        if common.HasField("body_mutation"):
+            answer["body"] = common.body_mutation.body.decode("utf-8")
+        return answer
+    return {"action": "continue"}
+
+
+@dataclass
+class EndpointReport:
+    responses: int = 0
+    errors: int = 0
+    ttft_us_sum: int = 0
+    ttft_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retried_away: int = 0
+    inflight: int = 0
+
+
+_SUMMED = (
+    "responses",
+    "errors",
+    "ttft_us_sum",
+    "ttft_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "retried_away",
+)
+
+
+@dataclass
+class Reports:
+    """What the filters reported, summed; in-flight is the latest batch's count."""
+
+    batches: int = 0
+    endpoints: dict[str, EndpointReport] = field(default_factory=dict)
+
+    def add(self, batch: dict[str, Any], router: Router) -> None:
+        self.batches += 1
+        on_response = router.on_response
+        for address, values in (batch.get("endpoints") or {}).items():
+            report = self.endpoints.setdefault(str(address), EndpointReport())
+            for name in _SUMMED:
+                setattr(report, name, getattr(report, name) + int(values.get(name, 0)))
+            report.inflight = int(values.get("inflight", 0))
+            if on_response is None:
+                continue
+            # Passive health sees each failed response; one success resets its failure streak.
+            for _ in range(min(int(values.get("errors", 0)), 100)):
+                on_response(str(address), 503, math.nan)
+            if int(values.get("responses", 0)) > int(values.get("errors", 0)):
+                count = int(values.get("ttft_count", 0))
+                mean_s = int(values.get("ttft_us_sum", 0)) / count / 1e6 if count else math.nan
+                on_response(str(address), 200, mean_s)
+        metrics = router.metrics
+        if metrics is None:
+            return
+        snapshot = router.fleet.snapshot
+        # Decisions the filter took itself: llm_extproc_requests counts them like the brain's own.
+        for key, count in (batch.get("decisions") or {}).items():
+            parts = str(key).split("|")
+            if len(parts) < 5:
+                continue
+            task, model, tier, outcome, primary = parts[0], "|".join(parts[1:-3]), *parts[-3:]
+            row = snapshot.index.get(primary)
+            pool = snapshot.endpoints[row].pool if row is not None else ""
+            metrics.requests.labels(task, pool, model, tier, outcome).inc(int(count))
+
+
+class Brain:
+    def __init__(
+        self,
+        processor: ExternalProcessor,
+        *,
+        stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.processor = processor
+        self.router = processor.router
+        self.stale_after_ms = stale_after_ms
+        self.clock = clock
+        self.reports = Reports()
+        self.decided = 0
+        self.snapshots_built = 0
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_body = b""
+        self._built_for: tuple[Any, ...] = ()
+        self._built_at = -math.inf
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def status(self) -> dict[str, Any]:
+        """For /healthz: what the filters asked and reported."""
+        endpoints = self.reports.endpoints.values()
+        return {
+            "snapshots_built": self.snapshots_built,
+            "snapshot_version": self._snapshot["version"] if self._snapshot else None,
+            "decided": self.decided,
+            "report_batches": self.reports.batches,
+            "responses": sum(e.responses for e in endpoints),
+            "prompt_tokens": sum(e.prompt_tokens for e in endpoints),
+            "completion_tokens": sum(e.completion_tokens for e in endpoints),
+            "first_byte_timings": sum(e.ttft_count for e in endpoints),
+            "inflight": sum(e.inflight for e in endpoints),
+        }
+
+    def snapshot(self) -> tuple[dict[str, Any], bytes]:
+        now = self.clock()
+        router = self.router
+        picker = router.picker
+        outliers = getattr(picker, "outliers", None)
+        key = (router.fleet.snapshot.version, id(router.policy()), getattr(outliers, "generation", 0))
+        if self._snapshot is None or key != self._built_for or now - self._built_at >= REBUILD_EVERY_S:
+            self._snapshot = build_snapshot(router, now, stale_after_ms=self.stale_after_ms)
+            self._snapshot_body = json.dumps(self._snapshot, separators=(",", ":")).encode()
+            self._built_for, self._built_at = key, now
+            self.snapshots_built += 1
+        return self._snapshot, self._snapshot_body
+
+    async def _get_snapshot(self, request: web.Request) -> web.Response:
+        if not self.router.fleet.synced:
+            return web.Response(status=503, text="fleet not synced yet")
+        snapshot, body = self.snapshot()
+        if request.headers.get("if-none-match") == snapshot["version"]:
+            return web.Response(status=304)
+        return web.Response(body=body, content_type="application/json")
+
+    async def decide(self, headers: list[tuple[str, str]], body: bytes) -> dict[str, Any]:
+        """One escalated request through the ext_proc path's phases; in-flight and capacity
+        leases are released at once (the filter counts its own in-flight)."""
+        processor = self.processor
+        message = ep.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
+            ),
+            end_of_stream=not body,
+        )
+        state = _StreamState()
+        try:
+            response = processor.on_request_headers(message, state)
+            if response.HasField("immediate_response") or state.headers is None or not body:
+                return answer_for(response)
+            response = processor.on_request_body(ep.HttpBody(body=body, end_of_stream=True), state)
+            if processor.capacity is not None and state.parsed is not None:
+                response = await processor.protect(state, response)
+            return answer_for(response)
+        finally:
+            processor._release(state)
+            if state.lease is not None and processor.capacity is not None:
+                processor.capacity.release(state.lease)
+            if state.record is not None and processor.telemetry is not None:
+                processor.telemetry.routed(state.record)
+            self.decided += 1
+
+    async def _decide(self, request: web.Request) -> web.Response:
+        headers: list[tuple[str, str]] = [
+            (":path", request.headers.get(ORIGINAL_PATH, "")),
+            (":method", request.headers.get(ORIGINAL_METHOD, "")),
+        ]
+        headers += [
+            (k.lower(), v)
+            for k, v in request.headers.items()
+            if k.lower() not in (ORIGINAL_PATH, ORIGINAL_METHOD, "content-length", "host")
+        ]
+        return web.json_response(await self.decide(headers, await request.read()))
+
+    async def _observations(self, request: web.Request) -> web.Response:
+        try:
+            batch = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="not JSON")
+        if isinstance(batch, dict):
+            self.reports.add(batch, self.router)
+        return web.Response(status=204)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=2 * self.router.config.max_body_bytes + 1024 * 1024)
+        app.router.add_get(SNAPSHOT_PATH, self._get_snapshot)
+        app.router.add_post(DECIDE_PATH, self._decide)
+        app.router.add_post(OBSERVATIONS_PATH, self._observations)
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        log.info("Wasm brain listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,120 @@
+"""The Wasm filter's pick, in Python: an EndpointPicker over a frozen routing snapshot.
+
+wasm/assembly/decide.ts orders a candidate set by prepared score - in-flight weight * in-flight
++ an affinity bonus (rendezvous hashing of the session key, else of the prompt's first bytes).
+Plugged into the ext_proc path's Router, this picker makes that path decide exactly as the
+filter does from the same snapshot: the parity harness (tests/wasm/test_parity.py) runs both
+and requires identical endpoint lists, headers, bodies and statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc.fleet.state import FleetSnapshot, IntArray
+from extproc.policy.types import Target
+from extproc.scheduler.picking import PickContext
+
+FNV_OFFSET = 2166136261
+FNV_PRIME = 16777619
+
+
+def fnv1a(data: bytes, seed: int = FNV_OFFSET) -> int:
+    hashed = seed
+    for byte in data:
+        hashed = ((hashed ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return hashed
+
+
+AFFINITY_TRIES = 8  # as wasm/assembly/decide.ts
+
+
+def preferred(addresses: list[str], key: bytes, own: list[int], load_factor_pct: int) -> int:
+    """Bounded-load rendezvous hashing over FNV-1a(key \\0 address): the highest-ranked of the
+    first AFFINITY_TRIES candidates whose in-flight is at most factor x average + 1; -1 if none."""
+    seed = fnv1a(key + b"\0")
+    hashes = [fnv1a(address.encode(), seed) for address in addresses]
+    ranked = sorted(range(len(addresses)), key=lambda i: (-hashes[i], i))
+    total, n = sum(own), len(addresses)
+    for index in ranked[:AFFINITY_TRIES]:
+        if own[index] * 100 * n <= load_factor_pct * total + 100 * n:
+            return index
+    return -1
+
+
+def affinity_key(
+    snapshot: dict[str, Any], session_key: str | None, prompt_text: str
+) -> tuple[bytes | None, int]:
+    """The key the affinity bonus hashes, and the bonus: the session's, else the prompt's."""
+    if session_key:
+        return session_key.encode("utf-8", "surrogatepass"), int(snapshot["session_weight"])
+    prefix = prompt_text.encode("utf-8", "surrogatepass")[: int(snapshot["prefix_bytes"])]
+    if prefix:
+        return prefix, int(snapshot["prefix_weight"])
+    return None, 0
+
+
+def order(
+    snapshot: dict[str, Any],
+    endpoints: list[list[Any]],
+    key: bytes | None,
+    bonus: int,
+    inflight: Callable[[str], int],
+) -> list[str]:
+    """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order)."""
+    addresses = [str(address) for address, _ in endpoints]
+    own = [inflight(address) for address in addresses]
+    factor = int(snapshot["affinity_load_factor_pct"])
+    favourite = preferred(addresses, key, own, factor) if key is not None else -1
+    weight = int(snapshot["inflight_weight"])
+    totals = [
+        int(score) - weight * own[i] + (bonus if i == favourite else 0)
+        for i, (_, score) in enumerate(endpoints)
+    ]
+    ranked = sorted(range(len(addresses)), key=lambda i: (-totals[i], i))
+    return [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
+
+
+class SnapshotPicker:
+    """EndpointPicker deciding from a frozen Wasm snapshot instead of live scheduler state."""
+
+    def __init__(
+        self,
+        snapshot: dict[str, Any],
+        fleet: FleetSnapshot,
+        candidates: Callable[[FleetSnapshot, Target], IntArray],
+    ) -> None:
+        self.snapshot = snapshot
+        # The Router hands over rows (model and pool already resolved): index entries by them.
+        self._entries: dict[tuple[str, tuple[int, ...]], list[list[Any]]] = {}
+        for name, entry in snapshot["candidates"].items():
+            model, _, pool = name.partition("|")
+            rows = candidates(fleet, Target(pool=pool, model=model))
+            self._entries[(model, tuple(sorted(int(r) for r in rows)))] = entry["endpoints"]
+
+    def pick(
+        self,
+        snapshot: FleetSnapshot,
+        candidates: IntArray,
+        inflight: npt.NDArray[np.int64],
+        ctx: PickContext,
+        count: int,
+    ) -> list[int]:
+        endpoints = self._entries.get((ctx.model, tuple(sorted(int(r) for r in candidates))))
+        if not endpoints:
+            return []
+        key, bonus = affinity_key(self.snapshot, ctx.session_key, ctx.prompt_text)
+
+        def own(address: str) -> int:
+            row = snapshot.index.get(address)
+            return int(inflight[row]) if row is not None else 0
+
+        chosen = order(self.snapshot, endpoints, key, bonus, own)[:count]
+        if ctx.want_scores:
+            scores = dict((str(a), float(s)) for a, s in endpoints)
+            ctx.scores = [scores[a] / 1e6 for a in chosen]
+        return [snapshot.index[address] for address in chosen]

@@ -1,0 +1,214 @@
+"""The routing snapshot the Wasm filter decides from (format 1; docs/wasm.md).
+
+Built by the brain from the same objects the ext_proc path decides with: the compiled policy,
+evaluated once per (task, stream, model, tenant) key where its verdict cannot depend on anything else,
+and per (model, pool) target the candidates the scheduler's fleet-only filters keep, with their
+prepared fleet scores. Anything the table cannot express is marked "escalate": the filter then
+asks the brain, which answers with the ext_proc path's own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from extproc.errors import ErrorKind, RoutingError
+from extproc.fleet.state import FleetSnapshot
+from extproc.policy.compile import CompiledPolicy
+from extproc.policy.schema import Action, Match
+from extproc.policy.types import PolicyInput, Target
+from extproc.router import Router
+from extproc.scheduler.scheduler import Scheduler
+from extproc.scheduler.scorers.session import Params as SessionParams
+
+SNAPSHOT_FORMAT = 1
+# Scores travel as integers (millionths): float parsing in the filter then cannot differ from
+# Python's, so both sides order candidates identically.
+SCORE_SCALE = 1_000_000
+TASK_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
+# A snapshot the filter has not been able to confirm with the brain for this long is not used:
+# requests go to the brain's decide endpoint (and, with the brain down too, to Envoy's
+# least_request fallback). Scrapes run every 50-100 ms; 2 s is many missed polls, not jitter.
+DEFAULT_STALE_AFTER_MS = 2000
+# Rows only soft filters removed fill a short list after every kept row.
+LAST_RESORT_SCORE = -(10**12)
+
+
+# What the table is keyed on (task, stream, model, tenant) and what follows from it. A field
+# not listed here (including one added to the schema later) makes the policy the brain's.
+_STATIC_MATCH_FIELDS = frozenset(
+    {"path", "method", "tenant", "tier", "model", "model_regex", "stream", "task", "any_of"}
+)
+# Actions the table carries: targets, fallbacks, route headers, priority, rejection.
+_STATIC_ACTION_FIELDS = frozenset(
+    {"name", "match", "route", "fallback", "timeout_s", "retries", "priority", "reject"}
+)
+
+
+def _given(model: Match | Action) -> set[str]:
+    return {name for name, value in model if value is not None}
+
+
+def _match_is_static(match: Match) -> bool:
+    if not _given(match) <= _STATIC_MATCH_FIELDS:
+        return False
+    return all(_match_is_static(inner) for inner in match.any_of or ())
+
+
+def _action_is_static(action: Action) -> bool:
+    return _given(action) <= _STATIC_ACTION_FIELDS
+
+
+def table_can_decide(policy: CompiledPolicy) -> bool:
+    """Whether the policy's verdict is a function of (task, stream, model, tenant) alone.
+
+    JWT claims, header and complexity matches, splits, mirrors, caches and default limits all
+    need more than the table holds: such policies send every request to the brain. (Tenants
+    whose plan has limits or a complexity upgrade are escalated one by one.)"""
+    source = policy.policy
+    tenants = source.tenants
+    if tenants.claim or tenants.default_limits is not None:
+        return False
+    if not _action_is_static(source.default):
+        return False
+    return all(_match_is_static(rule.match) and _action_is_static(rule) for rule in source.rules)
+
+
+def _match_tenants(match: Match) -> set[str]:
+    named = set(match.tenant or ())
+    for inner in match.any_of or ():
+        named |= _match_tenants(inner)
+    return named
+
+
+def tenant_keys(policy: CompiledPolicy) -> list[str]:
+    """Tenants the table has rows for; every other tenant (or none) shares the "*" rows."""
+    source = policy.policy
+    named = set(source.tenants.plans)
+    for rule in source.rules:
+        named |= _match_tenants(rule.match)
+    return sorted(named)
+
+
+def _tenant_escalates(policy: CompiledPolicy, tenant: str) -> bool:
+    plan = policy.policy.tenants.plans.get(tenant)
+    return plan is not None and (plan.allow_upgrade or plan.limits is not None)
+
+
+def _route_entry(
+    policy: CompiledPolicy, task: str, stream: bool, model: str, tenant: str, served: set[str]
+) -> dict[str, Any]:
+    if tenant != "*" and _tenant_escalates(policy, tenant):
+        return {"escalate": True}
+    headers = {} if tenant == "*" else {policy.policy.tenants.header.lower(): tenant}
+    verdict = policy.evaluate(
+        PolicyInput(
+            path=TASK_PATHS[task], method="POST", headers=headers, model=model, stream=stream, task=task
+        )
+    )
+    if verdict.limits is not None or verdict.cache is not None:
+        return {"escalate": True}
+    if verdict.reject is not None:
+        status, message = verdict.reject
+        error = RoutingError(
+            ErrorKind.REJECTED_BY_POLICY, message, "rejected_by_policy", status_override=status
+        )
+        return {"reject": {"status": error.status, "body": error.body().decode()}}
+    if not verdict.targets and model not in served:
+        return {"escalate": True}
+    return {
+        "targets": [[t.model, t.pool] for t in verdict.targets],
+        "headers": [list(pair) for pair in verdict.headers],
+    }
+
+
+def _candidates(router: Router, fleet: FleetSnapshot, target: Target, now: float) -> dict[str, Any]:
+    rows = router.candidates(fleet, target)
+    if rows.size == 0:
+        return {"endpoints": []}
+    picker = router.picker
+    if isinstance(picker, Scheduler):
+        kept, scores, last_resort, saturated = picker.prepared_scores(fleet, rows, now)
+        endpoints = [
+            [fleet.endpoints[row].address, round(score * SCORE_SCALE)]
+            for row, score in zip(kept, scores, strict=True)
+        ]
+        endpoints += [
+            [fleet.endpoints[row].address, LAST_RESORT_SCORE - i] for i, row in enumerate(last_resort)
+        ]
+        return {"endpoints": endpoints, "saturated": saturated}
+    # Any other picker: least loaded first, by the scrape (the filter adds its own in-flight).
+    ready = [int(r) for r in rows if fleet.ready_since[r] == fleet.ready_since[r]]
+    return {
+        "endpoints": [
+            [fleet.endpoints[r].address, -round((fleet.waiting[r] + fleet.running[r] * 1e-3) * SCORE_SCALE)]
+            for r in ready
+        ]
+    }
+
+
+def _targets(routes: dict[str, dict[str, Any]]) -> Iterable[Target]:
+    seen: dict[Target, None] = {}
+    for entry in routes.values():
+        for model, pool in entry.get("targets", ()):
+            seen[Target(pool=pool, model=model)] = None
+    return seen
+
+
+def build_snapshot(
+    router: Router, now: float, *, stale_after_ms: int = DEFAULT_STALE_AFTER_MS
+) -> dict[str, Any]:
+    """The snapshot for the router's current fleet and policy; "version" names its content."""
+    config = router.config
+    fleet = router.fleet.snapshot
+    policy = router.policy()
+    served_models: Sequence[str] = router.served_models()
+    served = set(served_models)
+    weights = router.picker.config.weights if isinstance(router.picker, Scheduler) else {}
+    # The complexity header needs the scorer; the brain omits it on the Wasm data path.
+    escalate_all = (router.complexity is not None and config.complexity_header) or (
+        policy is not None and not table_can_decide(policy)
+    )
+    routes: dict[str, dict[str, Any]] = {}
+    tenants = tenant_keys(policy) if policy is not None and not escalate_all else []
+    if not escalate_all:
+        models = list(dict.fromkeys([*served_models, *(policy.models if policy is not None else ())]))
+        for task in TASK_PATHS:
+            for stream in (False, True):
+                for model in models:
+                    for tenant in ("*", *tenants):
+                        key = f"{task}|{int(stream)}|{model}|{tenant}"
+                        if policy is None:
+                            routes[key] = {"targets": [[model, ""]], "headers": []}
+                        else:
+                            routes[key] = _route_entry(policy, task, stream, model, tenant, served)
+    candidates = {
+        f"{target.model}|{target.pool}": _candidates(router, fleet, target, now)
+        for target in _targets(routes)
+    }
+    snapshot: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT,
+        "endpoints_per_request": config.endpoints_per_request,
+        "max_body_bytes": config.max_body_bytes,
+        "session_header": config.session_header,
+        "tenant_header": policy.policy.tenants.header.lower() if policy is not None else "",
+        "tenants": tenants,
+        "stale_after_ms": stale_after_ms,
+        "escalate_all": escalate_all,
+        "escalate_unknown_models": policy is not None,
+        "inject_stream_usage": config.inject_stream_usage,
+        # The 404's list of models, already escaped for a JSON string.
+        "available": json.dumps(", ".join(served_models), ensure_ascii=False)[1:-1],
+        "inflight_weight": round(weights.get("inflight", 1.0) * SCORE_SCALE),
+        "session_weight": round(weights.get("session", 1.0) * SCORE_SCALE),
+        "prefix_weight": round(weights.get("prefix", 2.0) * SCORE_SCALE),
+        "prefix_bytes": 256,
+        # The session scorer's bound on affinity (its default parameters).
+        "affinity_load_factor_pct": round(SessionParams().load_factor * 100),
+        "routes": routes,
+        "candidates": candidates,
+    }
+    snapshot["version"] = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
+    return snapshot

@@ -1,0 +1,306 @@
+"""Parity: generated (policy, fleet, request) cases through the Wasm filter in a real Envoy and
+through the ext_proc path's code, against the same frozen snapshot.
+
+The ext_proc side is the brain's decide(): ExternalProcessor's header and body phases, the
+Router with the compiled policy, parse_body and the error bodies; its picker is the snapshot
+picker (extproc.wasm.reference), so both sides pick from the same frozen scores. Requests the
+filter escalates are answered by that same decide(), so they agree by construction: the harness
+counts them and requires the filter to decide most cases itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extproc.config import ServerConfig
+from extproc.deploy.wasm_config import DECISION_HEADERS
+from extproc.fleet.state import Endpoint, EndpointMetrics, FleetState, InFlight, build_snapshot
+from extproc.policy.compile import CompiledPolicy, load_policy
+from extproc.router import Router
+from extproc.scheduler.scheduler import Scheduler
+from extproc.server import ExternalProcessor
+from extproc.wasm.brain import Brain
+from extproc.wasm.reference import SnapshotPicker
+from extproc.wasm.snapshot import build_snapshot as build_routing_snapshot
+from tests.wasm.harness import StaticBrain, WasmEnvoy, wait_until
+
+pytestmark = pytest.mark.envoy
+
+EXPECTED_TIMEOUT = "x-envoy-expected-rq-timeout-ms"
+ROUTE_TIMEOUT_MS = 300_000  # extproc/deploy/envoy/wasm.yaml's route timeout
+SCENARIOS = 24
+REQUESTS_PER_SCENARIO = 130
+MODELS = ("llama-a", "llama-b", "qwen-c")
+ALIASES = ("gpt-x", "gpt-y")
+TENANTS = ("gold", "bronze", "upg", "capped", "stranger")
+
+RULES = [
+    "  - {name: premium-big, match: {tier: [premium]}, route: {model: gpt-x}}",
+    "  - {name: stream-timeout, match: {stream: true}, timeout_s: 30}",
+    "  - {name: blocked, match: {model: [qwen-c], task: [embedding]}, reject: {status: 403, message: 'qwen \"embeds\" are off'}}",
+    "  - {name: batch-pri, match: {tier: [batch]}, priority: batch}",
+    "  - {name: few-retries, match: {model: [llama-b]}, retries: {count: 1, per_try_timeout_s: 5}}",
+    "  - {name: to-b, match: {task: [completion]}, route: {model: llama-b, pool: p2}, fallback: [gpt-y]}",
+    "  - {name: gold-tenant, match: {tenant: [gold], stream: false}, route: {model: gpt-y}}",
+    "  - {name: any-of, match: {any_of: [{model: [gpt-y]}, {tenant: [stranger]}]}, priority: premium}",
+]
+# Rules the table cannot express: the whole policy then goes to the brain.
+DYNAMIC_RULES = [
+    "  - {name: debug, match: {headers: {x-debug: {present: true}}}, route: {model: llama-b}}",
+    "  - {name: long, match: {prompt_tokens: {gt: 50}}, route: {model: llama-a}}",
+]
+
+
+def policy_text(rng: random.Random) -> str:
+    rules = rng.sample(RULES, rng.randint(0, len(RULES)))
+    if rng.random() < 0.1:
+        rules.insert(rng.randint(0, len(rules)), rng.choice(DYNAMIC_RULES))
+    plans = [
+        "    gold: {tier: premium}",
+        "    bronze: {tier: batch}",
+        "    upg: {tier: standard, allow_upgrade: true}",
+    ]
+    if rng.random() < 0.5:
+        plans.append("    capped: {limits: {requests_per_minute: 100000}}")
+    fallbacks = "fallbacks:\n  llama-a: [llama-b]\n" if rng.random() < 0.6 else ""
+    default = rng.choice(["default: {}", "default: {timeout_s: 60}", "default: {retries: {count: 2}}"])
+    return (
+        "tenants:\n  header: x-tenant-id\n  plans:\n" + "\n".join(plans) + "\n"
+        "pools:\n  - {name: p1, models: [llama-a, llama-b]}\n  - {name: p2, models: [llama-b, qwen-c]}\n"
+        "models:\n  gpt-x: {model: llama-a, pool: p1}\n  gpt-y: {model: qwen-c}\n"
+        + fallbacks
+        + ("rules:\n" + "\n".join(rules) + "\n" if rules else "")
+        + default
+        + "\n"
+    )
+
+
+def fleet_for(addresses: list[str], rng: random.Random, now: float) -> FleetState:
+    endpoints, metrics = [], {}
+    for address in addresses:
+        pool = rng.choice(["p1", "p2"])
+        served = ("llama-a", "llama-b") if pool == "p1" else ("llama-b", "qwen-c")
+        models = tuple(m for m in served if rng.random() < 0.8) or served[:1]
+        endpoints.append(Endpoint(address, pool=pool, models=models, gpu_class=rng.choice(["a100", "t4"])))
+        metrics[address] = EndpointMetrics(
+            waiting=float(rng.choice([0, 0, 1, 3, 12])),
+            running=float(rng.randint(0, 8)),
+            kv_usage=rng.random(),
+            healthy=rng.random() > 0.1,
+            scraped_at=now - rng.choice([0.0, 0.01, 5.0]),
+        )
+    fleet = FleetState()
+    fleet.publish(build_snapshot(endpoints, metrics, version=1, now=now - 60), synced=True)
+    fleet.publish(
+        build_snapshot(endpoints, metrics, version=2, previous=fleet.snapshot, now=now), synced=True
+    )
+    return fleet
+
+
+def text(rng: random.Random) -> str:
+    return rng.choice(
+        [
+            "",
+            "hi",
+            'say "hi" \\ there',
+            "naïve café ✓ 漢字",
+            "tab\tnew\nline",
+            "x" * 300,
+            "🙂 emoji",
+            "same prefix " * 30,
+        ]
+    )
+
+
+def request_for(rng: random.Random) -> tuple[str, dict[str, str], bytes]:
+    # Mostly what clients send; a share of what they should not.
+    odd = rng.random() < 0.15
+    model = rng.choice(["unknown-model", "m'quote", ""]) if odd else rng.choice([*MODELS, *MODELS, *ALIASES])
+    content_type = (
+        rng.choice(["application/json; charset=utf-8", "text/plain"]) if odd else "application/json"
+    )
+    headers = {"content-type": content_type}
+    if rng.random() < 0.4:
+        headers["x-tenant-id"] = rng.choice(TENANTS)
+    if rng.random() < 0.3:
+        headers["x-user-id"] = f"user-{rng.randint(0, 5)}"
+    if rng.random() < 0.05:
+        headers["x-debug"] = "1"
+    task = rng.choice(["chat", "chat", "chat", "completion", "embedding"])
+    body: dict[str, Any] = {"model": model}
+    if rng.random() < 0.4:
+        body["stream"] = rng.choice(["yes", None]) if odd else rng.choice([True, False])
+    if rng.random() < 0.2:
+        body["user"] = rng.choice(["u1", "", 7] if odd else ["u1", "u2", ""])
+    if rng.random() < 0.2:
+        body["max_tokens"] = rng.choice([-1, 2.5, True] if odd else [5, 0, None])
+    if task == "chat":
+        path = "/v1/chat/completions"
+        messages: list[Any] = []
+        for _ in range(rng.randint(0 if odd else 1, 3)):
+            content: Any = text(rng)
+            if rng.random() < 0.25:
+                content = [
+                    {"type": "text", "text": text(rng)},
+                    {"type": "image_url", "image_url": {"url": "x"}},
+                    text(rng),
+                ]
+            messages.append({"role": rng.choice(["system", "user", "assistant"]), "content": content})
+        if odd and rng.random() < 0.3:
+            messages.append("not an object")
+        body["messages"] = messages
+    elif task == "completion":
+        path = "/v1/completions"
+        body["prompt"] = rng.choice([text(rng), [text(rng), text(rng)], [1, 2, 3]])
+    else:
+        path = "/v1/embeddings"
+        body["input"] = rng.choice([text(rng), [text(rng)]])
+    raw = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode()
+    roll = rng.random() if odd else 1.0
+    if roll < 0.2:
+        raw = raw[: len(raw) // 2]  # truncated JSON
+    elif roll < 0.3:
+        raw = b""
+    if rng.random() < 0.05:
+        raw = raw.replace(b'"model"', b'"mod\\u0065l"', 1)  # an escaped key
+    elif rng.random() < 0.05:
+        raw = b'{"model": "llama-a", ' + raw[1:]  # a duplicate key: the last wins
+    if rng.random() < 0.03:
+        path += "?api-version=1"
+    return path, headers, raw
+
+
+class ExtprocSide:
+    """The ext_proc path's code deciding from the frozen snapshot."""
+
+    def __init__(self, snapshot: dict[str, Any], fleet: FleetState, policy: CompiledPolicy | None) -> None:
+        config = ServerConfig(complexity_header=False, metrics_port=0)
+        building = Router(config, fleet, Scheduler(), InFlight(), policy=lambda: policy)
+        picker = SnapshotPicker(snapshot, fleet.snapshot, building.candidates)
+        router = Router(config, fleet, picker, InFlight(), policy=lambda: policy)
+        self.brain = Brain(ExternalProcessor(config, router))
+        self.loop = asyncio.new_event_loop()
+
+    def decide(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        pairs = [(":path", path), (":method", "POST"), *headers.items()]
+        return self.loop.run_until_complete(self.brain.decide(pairs, body))
+
+
+def outcome_via_envoy(envoy: WasmEnvoy, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    status, reply_headers, raw = envoy.request(path, body, headers)
+    if status == 200 and reply_headers.get("x-gateway-destination-endpoint-served"):
+        echoed = json.loads(raw)
+        seen = echoed["headers"]
+        return {
+            "action": "route",
+            "headers": {k: seen[k] for k in DECISION_HEADERS if k in seen and k != "content-length"}
+            | {EXPECTED_TIMEOUT: seen[EXPECTED_TIMEOUT]},
+            "served_by": echoed["endpoint"],
+            "body": json.loads(echoed["body"]),
+            "length_ok": int(seen["content-length"]) == len(echoed["body"].encode()),
+        }
+    return {
+        "action": "respond",
+        "status": status,
+        "body": raw,
+        "content-type": reply_headers.get("content-type"),
+        "retry-after": reply_headers.get("retry-after"),
+    }
+
+
+def outcome_via_extproc(answer: dict[str, Any], original: bytes) -> dict[str, Any]:
+    if answer["action"] == "route":
+        headers = dict(answer["headers"])
+        headers.pop("content-length", None)
+        # Envoy's router consumes its x-envoy-* request headers; what reaches the endpoint is
+        # the timeout they imply (the per-try timeout when there is one).
+        timeout = headers.pop("x-envoy-upstream-rq-timeout-ms", str(ROUTE_TIMEOUT_MS))
+        per_try = headers.pop("x-envoy-upstream-rq-per-try-timeout-ms", None)
+        headers.pop("x-envoy-max-retries", None)
+        headers.pop("x-envoy-retry-on", None)
+        headers[EXPECTED_TIMEOUT] = per_try or timeout
+        return {
+            "action": "route",
+            "headers": headers,
+            "served_by": headers["x-gateway-destination-endpoint"].split(",")[0],
+            "body": json.loads(answer.get("body", original)),
+            "length_ok": True,
+        }
+    headers = dict(answer["headers"])
+    return {
+        "action": "respond",
+        "status": answer["status"],
+        "body": answer["body"].encode(),
+        "content-type": headers.get("content-type"),
+        "retry-after": headers.get("retry-after"),
+    }
+
+
+@pytest.fixture(scope="module")
+def envoy_and_brain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WasmEnvoy, StaticBrain]]:
+    brain = StaticBrain()
+    brain.start()
+    envoy = WasmEnvoy(6, tmp_path_factory.mktemp("parity"), brain.port, poll_ms=20)
+    try:
+        yield envoy, brain
+    finally:
+        envoy.stop()
+
+
+def test_filter_and_extproc_path_agree_on_generated_cases(
+    envoy_and_brain: tuple[WasmEnvoy, StaticBrain], tmp_path: Path
+) -> None:
+    envoy, brain = envoy_and_brain
+    rng = random.Random(19)
+    cases = decided_by_filter = 0
+    started = time.monotonic()
+    for scenario in range(SCENARIOS):
+        now = time.monotonic()
+        fleet = fleet_for(envoy.addresses, rng, now)
+        policy = None
+        if scenario % 4:
+            (tmp_path / f"p{scenario}.yaml").write_text(policy_text(rng))
+            policy = load_policy(tmp_path / f"p{scenario}.yaml")
+        building = Router(
+            ServerConfig(complexity_header=False),
+            fleet,
+            Scheduler(),
+            InFlight(),
+            policy=lambda policy=policy: policy,  # type: ignore[misc]
+        )
+        snapshot = build_routing_snapshot(building, now)
+        snapshot["version"] = f"{scenario}-{snapshot['version']}"
+        extproc = ExtprocSide(snapshot, fleet, policy)
+        brain.decide = lambda headers, raw, side=extproc: side.decide(  # type: ignore[misc]
+            headers["x-llm-extproc-path"],
+            {k: v for k, v in headers.items() if not k.startswith(("x-llm-extproc-", "x-envoy-"))},
+            raw,
+        )
+        brain.snapshot = snapshot
+        wait_until(lambda version=snapshot["version"]: brain.confirmed.get(version, 0) >= 6)
+        for _ in range(REQUESTS_PER_SCENARIO):
+            path, headers, body = request_for(rng)
+            escalated = len(brain.decided)
+            via_envoy = outcome_via_envoy(envoy, path, headers, body)
+            decided_by_filter += len(brain.decided) == escalated
+            via_extproc = outcome_via_extproc(extproc.decide(path, headers, body), body)
+            assert via_envoy == via_extproc, (
+                f"{scenario} {path} {headers} {body!r}\n{via_envoy}\n{via_extproc}"
+            )
+            cases += 1
+        extproc.loop.close()
+    elapsed = time.monotonic() - started
+    print(f"parity: {cases} cases, {decided_by_filter} decided in the filter, {elapsed:.1f} s")
+    assert cases == SCENARIOS * REQUESTS_PER_SCENARIO
+    # Most generated cases are valid requests the table can decide: the filter must take them.
+    assert decided_by_filter > cases * 0.5
+    assert not math.isnan(elapsed)

@@ -1,0 +1,196 @@
+"""The Wasm data path end to end: `llm-extproc up --data-path wasm` (real Envoy, real brain,
+simulated fleet), with the default local-stack policy."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from extproc.deploy import LOCAL_STACK_POLICY
+from extproc.devstack.stack import LocalStack
+from tests.conftest import started_stack
+from tests.wasm.harness import wait_until
+
+pytestmark = pytest.mark.envoy
+
+
+@pytest.fixture(scope="module")
+def wasm_stack() -> Iterator[LocalStack]:
+    local = started_stack(data_path="wasm", policy=str(LOCAL_STACK_POLICY))
+    yield local
+    local.stop()
+
+
+def envoy_stats(stack: LocalStack) -> dict[str, int]:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{stack.admin_port}/stats?filter=llm_wasm", timeout=5
+    ) as reply:
+        text = reply.read().decode()
+    return {
+        line.split(": ")[0].rsplit(".", 1)[-1]: int(line.split(": ")[1])
+        for line in text.splitlines()
+        if line.split(": ")[-1].strip().isdigit()
+    }
+
+
+def healthz(stack: LocalStack) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{stack.config.metrics_port}/healthz"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        answer: dict[str, Any] = json.loads(reply.read())
+    return answer
+
+
+def chat(stack: LocalStack, model: str, tenant: str | None = None) -> Any:
+    client = openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=30)
+    headers = {"x-tenant-id": tenant} if tenant else {}
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=4, extra_headers=headers
+    )
+
+
+def test_the_filter_routes_table_decidable_requests_itself(wasm_stack: LocalStack) -> None:
+    wait_until(lambda: healthz(wasm_stack)["wasm"]["snapshot_version"] is not None, 10)
+    before = envoy_stats(wasm_stack)
+    raw = chat(wasm_stack, "llama-3-8b")
+    assert raw.parse().choices[0].message.content
+    served = raw.headers["x-gateway-destination-endpoint-served"]
+    assert served in {e["address"] for e in wasm_stack.fleet}
+    after = envoy_stats(wasm_stack)
+    assert after["routed"] == before["routed"] + 1
+    assert after["escalated"] == before["escalated"]
+
+
+def test_premium_tenant_is_routed_to_the_large_model_by_the_table(wasm_stack: LocalStack) -> None:
+    before = envoy_stats(wasm_stack)
+    raw = chat(wasm_stack, "llama-3-8b", tenant="acme")
+    assert raw.parse().model == "llama-3-70b"  # the policy's premium rule, and the body rewrite
+    assert envoy_stats(wasm_stack)["escalated"] == before["escalated"]
+
+
+def test_tenant_with_complexity_upgrade_is_decided_by_the_brain(wasm_stack: LocalStack) -> None:
+    decided = healthz(wasm_stack)["wasm"]["decided"]
+    raw = chat(wasm_stack, "llama-3-8b", tenant="startup")
+    assert raw.parse().choices
+    assert healthz(wasm_stack)["wasm"]["decided"] == decided + 1
+
+
+def test_unknown_model_gets_the_brains_404_with_a_policy(wasm_stack: LocalStack) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        chat(wasm_stack, "no-such-model")
+    assert caught.value.body is not None
+    assert caught.value.response.json()["error"]["code"] == "model_not_found"
+
+
+def test_observations_reach_the_brain(wasm_stack: LocalStack) -> None:
+    for _ in range(3):
+        chat(wasm_stack, "llama-3-8b")
+    wait_until(lambda: healthz(wasm_stack)["wasm"]["completion_tokens"] >= 12, 10)
+    assert healthz(wasm_stack)["wasm"]["responses"] >= 3
+
+
+def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: LocalStack) -> None:
+    before = healthz(wasm_stack)["wasm"]
+    client = openai.OpenAI(base_url=wasm_stack.base_url, api_key="unused", max_retries=0, timeout=30)
+    stream = client.chat.completions.create(
+        model="llama-3-8b",
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+    def reported() -> bool:
+        now = healthz(wasm_stack)["wasm"]
+        return (
+            now["first_byte_timings"] > before["first_byte_timings"]
+            and now["completion_tokens"] >= before["completion_tokens"] + 6
+        )
+
+    wait_until(reported, 10)
+
+
+def routed_count(stack: LocalStack, model: str, outcome: str) -> float:
+    """llm_extproc_requests_total summed over the labels not given."""
+    url = f"http://127.0.0.1:{stack.config.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("llm_extproc_requests_total{")
+        and f'model="{model}"' in line
+        and f'outcome="{outcome}"' in line
+    )
+
+
+def test_requests_the_filter_decided_are_counted_by_the_brain(wasm_stack: LocalStack) -> None:
+    before = routed_count(wasm_stack, "llama-3-8b", "routed")
+    for _ in range(4):
+        chat(wasm_stack, "llama-3-8b")
+    wait_until(lambda: routed_count(wasm_stack, "llama-3-8b", "routed") >= before + 4, 10)
+
+
+def post_chat(stack: LocalStack, body: bytes, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.listen_port}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            reply.read()
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        with error:
+            return int(error.code)
+
+
+def test_mangled_bodies_get_client_errors_never_5xx(wasm_stack: LocalStack) -> None:
+    rng = random.Random(7)
+    valid = json.dumps({"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi ✓"}]}).encode()
+    statuses = set()
+    for _ in range(150):
+        body = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            roll = rng.random()
+            at = rng.randrange(len(body))
+            if roll < 0.4:
+                body[at] = rng.randrange(256)
+            elif roll < 0.7:
+                del body[at : at + rng.randint(1, 5)]
+            else:
+                body[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+        statuses.add(post_chat(wasm_stack, bytes(body)))
+    assert statuses <= {200, 400, 404}, statuses
+    assert 400 in statuses
+
+
+def test_requests_keep_succeeding_when_the_brain_dies() -> None:
+    local = started_stack(data_path="wasm")
+    try:
+        wait_until(lambda: healthz(local)["wasm"]["snapshot_version"] is not None, 10)
+        body = json.dumps(
+            {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        )
+        assert post_chat(local, body.encode()) == 200
+        local.stop_extproc()
+        # Through the staleness bound (2 s): first the last snapshot decides, then every
+        # request would go to the brain, which is gone, so Envoy's fallback LB routes it.
+        deadline = time.monotonic() + 3.5
+        statuses = []
+        while time.monotonic() < deadline:
+            statuses.append(post_chat(local, body.encode()))
+        assert statuses and set(statuses) == {200}
+        assert envoy_stats(local)["fail_open"] > 0
+    finally:
+        local.stop()

@@ -1,0 +1,361 @@
+// The fast-path decision: request body + snapshot + this VM's in-flight counts → endpoints and
+// headers, an OpenAI-style error, or "escalate" (the brain decides). Mirrors
+// extproc/wasm/reference.py line for line; the parity harness holds the two together.
+import { Json, Kind, Field, fnv1a, FNV_OFFSET } from "./json";
+import { Snapshot, Route, Target, Candidate, CandidateSet } from "./snapshot";
+import { InFlight } from "./inflight";
+
+export const enum Outcome { Routed = 0, Error = 1, Escalate = 2 }
+
+export const DESTINATION_HEADER = "x-gateway-destination-endpoint";
+
+export class Decision {
+  outcome: Outcome = Outcome.Escalate;
+  status: i32 = 0;
+  body: string = "";
+  errorHeaders: Array<string> = new Array<string>();
+  endpoints: Array<string> = new Array<string>();
+  headers: Array<string> = new Array<string>(); // name, value, ...
+  newBody: ArrayBuffer | null = null;
+  primary: string = "";
+  model: string = ""; // requested, for the brain's request counter
+  outcomeLabel: string = ""; // llm_extproc_requests' outcome: routed, fallback_model, rejected, unavailable
+}
+
+const ESCALATE = new Decision();
+
+function error(status: i32, message: string, type: string, code: string, retryAfter: bool): Decision {
+  const decision = new Decision();
+  decision.outcome = Outcome.Error;
+  decision.status = status;
+  // json.dumps(..., ensure_ascii=False) layout; the message holds no character that needs escaping.
+  decision.body = '{"error": {"message": "' + message + '", "type": "' + type + '", "code": "' + code + '"}}';
+  decision.errorHeaders.push("content-type");
+  decision.errorHeaders.push("application/json");
+  if (retryAfter) {
+    decision.errorHeaders.push("retry-after");
+    decision.errorHeaders.push("1");
+  }
+  return decision;
+}
+
+/** True when Python's repr() of the string is the string in single quotes and JSON needs no escape. */
+function reprSafe(text: string): bool {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e || c == 0x27 || c == 0x22 || c == 0x5c) return false;
+  }
+  return true;
+}
+
+/** A JSON string literal, escaping what json.dumps(ensure_ascii=False) escapes. */
+export function jsonQuote(text: string): string {
+  let out = '"';
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c == 0x22) out += '\\"';
+    else if (c == 0x5c) out += "\\\\";
+    else if (c == 0x0a) out += "\\n";
+    else if (c == 0x0d) out += "\\r";
+    else if (c == 0x09) out += "\\t";
+    else if (c == 0x08) out += "\\b";
+    else if (c == 0x0c) out += "\\f";
+    else if (c < 0x20) out += "\\u00" + (c < 0x10 ? "0" : "") + c.toString(16);
+    else out += String.fromCharCode(c);
+  }
+  return out + '"';
+}
+
+export function mediaTypeIsJson(contentType: string): bool {
+  const semicolon = contentType.indexOf(";");
+  const media = (semicolon >= 0 ? contentType.substring(0, semicolon) : contentType).trim().toLowerCase();
+  return media == "application/json";
+}
+
+function lastField(fields: Array<Field>, key: string): Field | null {
+  for (let i = fields.length - 1; i >= 0; i--) {
+    if (fields[i].key == key) return fields[i];
+  }
+  return null;
+}
+
+function hasField(fields: Array<Field>, key: string): bool {
+  return lastField(fields, key) != null;
+}
+
+// Affinity tries at most this many of the key's highest-ranked candidates for one under the
+// load bound (as the scheduler's session scorer does).
+const AFFINITY_TRIES = 8;
+
+/** Affinity with bounded load: rendezvous hashing over FNV-1a(key \0 address) ranks the
+ * candidates; the key's endpoint is the highest-ranked one whose in-flight is at most
+ * affinity_load_factor × average + 1 (the scheduler's session bound), so a hot prefix or user
+ * cannot pile onto one endpoint.
+ * -1 when none of the first AFFINITY_TRIES qualifies. Ties in rank: the first wins. */
+function preferred(snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer, own: Array<i64>): i32 {
+  let seed = fnv1a(changetype<usize>(key), key.byteLength, FNV_OFFSET);
+  seed = seed * 16777619; // the \0 separator: hash ^= 0 is a no-op
+  const endpoints = set.endpoints;
+  const n = endpoints.length;
+  const hashes = new Array<u32>(n);
+  let total: i64 = 0;
+  for (let i = 0; i < n; i++) {
+    const address = endpoints[i].addressBytes;
+    hashes[i] = fnv1a(changetype<usize>(address), address.byteLength, seed);
+    total += own[i];
+  }
+  const tried = new Array<bool>(n);
+  for (let attempt = 0; attempt < min(AFFINITY_TRIES, n); attempt++) {
+    let best = -1;
+    for (let i = 0; i < n; i++) {
+      if (!tried[i] && (best < 0 || hashes[i] > hashes[best])) best = i;
+    }
+    tried[best] = true;
+    // own × 100 × n ≤ factor% × total + 100 × n: integers, so both sides decide alike.
+    if (own[best] * 100 * <i64>n <= <i64>snapshot.affinityLoadFactorPct * total + 100 * <i64>n) return best;
+  }
+  return -1;
+}
+
+/** Candidates best first: prepared score − in-flight weight × own in-flight + affinity bonus. */
+export function pick(
+  snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer | null, bonus: i64, inflight: InFlight,
+): Array<Candidate> {
+  const endpoints = set.endpoints;
+  const n = endpoints.length;
+  const totals = new Array<i64>(n);
+  const busy = new Array<i64>(n); // in flight, all workers
+  for (let i = 0; i < n; i++) {
+    const address = endpoints[i].address;
+    busy[i] = <i64>inflight.count(address);
+  }
+  const favourite = key != null ? preferred(snapshot, set, key, busy) : -1;
+  for (let i = 0; i < n; i++) {
+    totals[i] = endpoints[i].score - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
+  }
+  const count = min(snapshot.endpointsPerRequest, n);
+  const taken = new Array<bool>(n);
+  const out = new Array<Candidate>();
+  for (let k = 0; k < count; k++) {
+    let best = -1;
+    for (let i = 0; i < n; i++) {
+      if (taken[i]) continue;
+      if (best < 0 || totals[i] > totals[best]) best = i;
+    }
+    taken[best] = true;
+    out.push(endpoints[best]);
+  }
+  return out;
+}
+
+/** Appends the "\n"-joined texts of a prompt-like value (string, or array of strings) as parse_body
+ * reads `prompt` and `input`; token-id arrays have no text. */
+function appendPromptText(json: Json, pos: i32, out: Uint8Array, n: i32, limit: i32): i32 {
+  const kind = json.kind(pos);
+  if (kind == Kind.String) return json.decodeInto(pos, json.skipString(pos), out, n, limit);
+  if (kind != Kind.Array) return n;
+  const items = json.items(pos, 1)!;
+  for (let i = 0; i < items.length; i++) {
+    if (json.kind(items[i]) != Kind.String) return n;
+  }
+  for (let i = 0; i < items.length && n < limit; i++) {
+    if (i > 0) out[n++] = 0x0a;
+    n = json.decodeInto(items[i], json.skipString(items[i]), out, n, limit);
+  }
+  return n;
+}
+
+/** A message's content as _content_text reads it: a string, or the text parts of an array. */
+function appendContentText(json: Json, pos: i32, out: Uint8Array, n: i32, limit: i32): i32 {
+  const kind = json.kind(pos);
+  if (kind == Kind.String) return json.decodeInto(pos, json.skipString(pos), out, n, limit);
+  if (kind != Kind.Array) return n;
+  const items = json.items(pos, 2)!;
+  let parts = 0;
+  for (let i = 0; i < items.length && n < limit; i++) {
+    const at = items[i];
+    let text = -1;
+    if (json.kind(at) == Kind.String) {
+      text = at;
+    } else if (json.kind(at) == Kind.Object) {
+      const fields = json.fields(at, 3)!;
+      const type = lastField(fields, "type");
+      const value = lastField(fields, "text");
+      const name = type != null ? json.stringAt(type.start) : null;
+      if (name != null && (name == "text" || name == "input_text") && value != null && json.kind(value.start) == Kind.String) {
+        text = value.start;
+      }
+    }
+    if (text < 0) continue;
+    if (parts > 0) out[n++] = 0x0a;
+    parts++;
+    n = json.decodeInto(text, json.skipString(text), out, n, limit);
+  }
+  return n;
+}
+
+/** The first `limit` bytes of the prompt text parse_body builds (messages' texts joined by
+ * "\n", empty ones skipped): the prefix-affinity key, as extproc/wasm/reference.py computes it. */
+function promptPrefix(json: Json, task: string, fields: Array<Field>, limit: i32): Uint8Array {
+  const out = new Uint8Array(limit);
+  let n = 0;
+  if (task == "chat") {
+    const messages = json.items(lastField(fields, "messages")!.start, 1)!;
+    for (let i = 0; i < messages.length && n < limit; i++) {
+      const message = json.fields(messages[i], 2)!;
+      const content = lastField(message, "content");
+      if (content == null) continue;
+      const before = n;
+      if (n > 0) out[n++] = 0x0a;
+      const afterSeparator = n;
+      n = appendContentText(json, content.start, out, n, limit);
+      if (n == afterSeparator) n = before; // an empty text is not joined
+    }
+  } else {
+    n = appendPromptText(json, lastField(fields, task == "completion" ? "prompt" : "input")!.start, out, 0, limit);
+  }
+  return out.subarray(0, n);
+}
+
+/** Checks parse_body would pass; false means "not sure": the brain answers. */
+function validBody(json: Json, task: string, fields: Array<Field>): bool {
+  const model = lastField(fields, "model");
+  if (model == null || json.kind(model.start) != Kind.String || model.end - model.start <= 2) return false;
+  const stream = lastField(fields, "stream");
+  if (stream != null && json.kind(stream.start) != Kind.True && json.kind(stream.start) != Kind.False) return false;
+  let tokens = lastField(fields, "max_tokens");
+  if (tokens == null) tokens = lastField(fields, "max_completion_tokens");
+  if (tokens != null && json.kind(tokens.start) != Kind.Null && !json.isNonNegativeInt(tokens.start, tokens.end)) return false;
+  const user = lastField(fields, "user");
+  if (user != null && json.kind(user.start) != Kind.Null && json.kind(user.start) != Kind.String) return false;
+  if (task == "chat") {
+    const messages = lastField(fields, "messages");
+    if (messages == null || json.kind(messages.start) != Kind.Array) return false;
+    const items = json.items(messages.start, 1);
+    if (items == null || items.length == 0) return false;
+    for (let i = 0; i < items.length; i++) {
+      if (json.kind(items[i]) != Kind.Object) return false;
+    }
+    return true;
+  }
+  return hasField(fields, task == "completion" ? "prompt" : "input");
+}
+
+export function decide(
+  snapshot: Snapshot, task: string, contentType: string, sessionValue: string, tenantValue: string,
+  bodyPtr: usize, bodyLen: i32, inflight: InFlight,
+): Decision {
+  if (snapshot.escalateAll || !mediaTypeIsJson(contentType) || bodyLen == 0) return ESCALATE;
+  const json = new Json(bodyPtr, bodyLen);
+  const start = json.ws(0);
+  if (json.kind(start) != Kind.Object) return ESCALATE;
+  const fields = json.fields(start, 0);
+  if (fields == null || json.unsupported || json.ws(json.lastEnd) != json.len) return ESCALATE;
+  if (!validBody(json, task, fields)) return ESCALATE;
+  const modelField = lastField(fields, "model")!;
+  const model = json.stringAt(modelField.start)!;
+  const streamField = lastField(fields, "stream");
+  const stream = streamField != null && json.kind(streamField.start) == Kind.True;
+  if (json.unsupported || (stream && snapshot.injectStreamUsage)) return ESCALATE;
+
+  const route = snapshot.route(task, stream, model, tenantValue);
+  if (route == null) {
+    if (snapshot.escalateUnknownModels || !reprSafe(model)) return ESCALATE;
+    const missing = error(404, "model '" + model + "' does not exist; available: " + snapshot.available,
+      "model_not_found", "model_not_found", false);
+    missing.model = model;
+    missing.outcomeLabel = "rejected";
+    return missing;
+  }
+  if (route.escalate) return ESCALATE;
+  if (route.rejectStatus != 0) {
+    const rejected = new Decision();
+    rejected.outcome = Outcome.Error;
+    rejected.status = route.rejectStatus;
+    rejected.body = route.rejectBody;
+    rejected.errorHeaders.push("content-type");
+    rejected.errorHeaders.push("application/json");
+    rejected.model = model;
+    rejected.outcomeLabel = "rejected";
+    return rejected;
+  }
+
+  let key: ArrayBuffer | null = null;
+  let bonus: i64 = 0;
+  const userField = lastField(fields, "user");
+  const user = userField != null ? json.stringAt(userField.start) : null;
+  if (sessionValue.length > 0) {
+    key = String.UTF8.encode(sessionValue);
+    bonus = snapshot.sessionWeight;
+  } else if (user != null && user.length > 0) {
+    key = String.UTF8.encode(user);
+    bonus = snapshot.sessionWeight;
+  } else {
+    const prefix = promptPrefix(json, task, fields, snapshot.prefixBytes);
+    if (prefix.byteLength > 0) {
+      key = prefix.slice().buffer;
+      bonus = snapshot.prefixWeight;
+    }
+  }
+
+  let chosen: Array<Candidate> | null = null;
+  let served: Target | null = null;
+  let fallback = false;
+  for (let i = 0; i < route.targets.length; i++) {
+    const target = route.targets[i];
+    const set = snapshot.candidatesFor(target);
+    if (set == null || set.endpoints.length == 0) continue;
+    if (set.saturated) return ESCALATE; // shedding by priority is the brain's call
+    chosen = pick(snapshot, set, key, bonus, inflight);
+    served = target;
+    fallback = i > 0;
+    break;
+  }
+  if (chosen == null || served == null) {
+    if (!reprSafe(model)) return ESCALATE;
+    const unavailable = error(503, "no healthy endpoint for model '" + model + "'; retry later",
+      "service_unavailable", "no_healthy_endpoint", true);
+    unavailable.model = model;
+    unavailable.outcomeLabel = "unavailable";
+    return unavailable;
+  }
+
+  const decision = new Decision();
+  decision.outcome = Outcome.Routed;
+  decision.model = model;
+  decision.outcomeLabel = fallback ? "fallback_model" : "routed";
+  let list = "";
+  for (let i = 0; i < chosen.length; i++) {
+    decision.endpoints.push(chosen[i].address);
+    list += (i > 0 ? "," : "") + chosen[i].address;
+  }
+  decision.primary = chosen[0].address;
+  const headers = decision.headers;
+  headers.push(DESTINATION_HEADER);
+  headers.push(list);
+  headers.push("x-llm-model");
+  headers.push(served.model);
+  if (stream) {
+    headers.push("x-llm-stream");
+    headers.push("true");
+  }
+  for (let i = 0; i < route.headers.length; i++) headers.push(route.headers[i]);
+  if (served.model != model) {
+    // Splice the served model in place of the requested one: the same JSON document as the
+    // ext_proc path's re-serialised body, without re-serialising a 200 KB prompt.
+    const replacement = String.UTF8.encode(jsonQuote(served.model));
+    const size = bodyLen - (modelField.end - modelField.start) + replacement.byteLength;
+    const out = new Uint8Array(size);
+    memory.copy(out.dataStart, bodyPtr, <usize>modelField.start);
+    memory.copy(out.dataStart + <usize>modelField.start, changetype<usize>(replacement), replacement.byteLength);
+    memory.copy(
+      out.dataStart + <usize>modelField.start + <usize>replacement.byteLength,
+      bodyPtr + <usize>modelField.end,
+      <usize>(bodyLen - modelField.end),
+    );
+    decision.newBody = out.buffer;
+    headers.push("content-length");
+    headers.push(size.toString());
+  }
+  return decision;
+}

@@ -1,0 +1,483 @@
+// llm-extproc's proxy-wasm filter: the routing fast path inside Envoy (docs/wasm.md).
+//
+// Request: headers pass on (Envoy's buffer filter after us holds them), the body is buffered
+// here (bounded), read, and decided against the brain's snapshot. The decision goes out as
+// filter state "wasm.<header>", which Envoy's header_mutation copies into request headers and
+// header_to_metadata into envoy.lb for override_host: Wasm can neither set request headers
+// from the body callback nor write dynamic metadata. What the snapshot cannot decide (and
+// everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
+import {
+  BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
+  RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
+  incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setTickPeriod,
+} from "./abi";
+import { Json, Kind } from "./json";
+import { Decision, Outcome, decide, DESTINATION_HEADER } from "./decide";
+import { Snapshot, parseSnapshot } from "./snapshot";
+import { Observations } from "./observe";
+import { InFlight } from "./inflight";
+
+export { proxy_on_memory_allocate } from "./memory";
+
+const SNAPSHOT_PATH = "/v1/llm-extproc/snapshot";
+const DECIDE_PATH = "/v1/llm-extproc/decide";
+const OBSERVATIONS_PATH = "/v1/llm-extproc/observations";
+
+class Settings {
+  cluster: string = "llm_brain";
+  authority: string = "llm-brain";
+  pollMs: u32 = 100;
+  decideTimeoutMs: u32 = 1000;
+  reportEveryTicks: u32 = 10;
+  observe: bool = true; // response observation (status, time to first byte, usage)
+}
+
+let settings = new Settings();
+let snapshot: Snapshot | null = null;
+let confirmedAtNs: u64 = 0; // when the brain last confirmed our snapshot version
+let pollToken: u32 = 0;
+let reportToken: u32 = 0;
+let ticks: u32 = 0;
+let rootId: u32 = 0;
+const inflight = new InFlight(); // this VM's counts, plus the other workers' VMs'
+const callers = new Map<u32, u32>(); // http call token → request context id
+const observations = new Observations();
+
+let routedMetric: u32 = 0;
+let escalatedMetric: u32 = 0;
+let failOpenMetric: u32 = 0;
+let rejectedMetric: u32 = 0;
+let staleMetric: u32 = 0;
+
+const TASKS = new Map<string, string>();
+TASKS.set("/v1/chat/completions", "chat");
+TASKS.set("/v1/completions", "completion");
+TASKS.set("/v1/embeddings", "embedding");
+TASKS.set("/v1/models", "models");
+
+class Request {
+  task: string = "";
+  contentType: string = "";
+  session: string = "";
+  tenant: string = "";
+  primary: string = ""; // counted in this VM's in-flight until the request is logged
+  model: string = "";
+  tier: string = "";
+  escalated: bool = false;
+  headers: Uint8Array | null = null; // kept only until the body is read (escalation needs them)
+  bodySize: u32 = 0;
+  startedNs: u64 = 0;
+  status: i32 = 0;
+  observed: bool = false;
+  streamed: bool = false;
+  firstByte: bool = false;
+  servedBy: string = "";
+  token: u32 = 0; // the pending call to the brain, if any
+}
+
+const requests = new Map<u32, Request>();
+
+function fresh(): bool {
+  const current = snapshot;
+  if (current == null) return false;
+  return nowNanos() - confirmedAtNs <= <u64>current.staleAfterMs * 1000000;
+}
+
+// -- lifecycle ---------------------------------------------------------------------------------
+
+export function proxy_abi_version_0_2_1(): void {}
+
+export function proxy_on_context_create(id: u32, parent: u32): void {
+  if (parent == 0) {
+    rootId = id;
+    return;
+  }
+  requests.set(id, new Request());
+}
+
+export function proxy_on_vm_start(root: u32, size: u32): u32 {
+  routedMetric = defineMetric(MetricType.Counter, "llm_wasm.routed");
+  escalatedMetric = defineMetric(MetricType.Counter, "llm_wasm.escalated");
+  failOpenMetric = defineMetric(MetricType.Counter, "llm_wasm.fail_open");
+  rejectedMetric = defineMetric(MetricType.Counter, "llm_wasm.rejected");
+  staleMetric = defineMetric(MetricType.Counter, "llm_wasm.stale_snapshot");
+  return 1;
+}
+
+export function proxy_on_configure(root: u32, size: u32): u32 {
+  const next = new Settings();
+  if (size > 0) {
+    const raw = getBuffer(BufferType.PluginConfiguration, 0, size);
+    if (raw != null) {
+      const json = new Json(raw.dataStart, raw.byteLength);
+      const start = json.ws(0);
+      const fields = json.kind(start) == Kind.Object ? json.fields(start, 0) : null;
+      if (fields == null) {
+        log(LogLevel.Error, "llm-extproc: plugin configuration is not a JSON object");
+        return 0;
+      }
+      for (let i = 0; i < fields.length; i++) {
+        const field = fields[i];
+        if (field.key == "brain_cluster") next.cluster = json.stringAt(field.start) || next.cluster;
+        else if (field.key == "brain_authority") next.authority = json.stringAt(field.start) || next.authority;
+        else if (field.key == "poll_ms") next.pollMs = <u32>json.intAt(field.start, next.pollMs);
+        else if (field.key == "decide_timeout_ms") next.decideTimeoutMs = <u32>json.intAt(field.start, next.decideTimeoutMs);
+        else if (field.key == "report_every_ticks") next.reportEveryTicks = <u32>json.intAt(field.start, next.reportEveryTicks);
+        else if (field.key == "observe") next.observe = json.kind(field.start) == Kind.True;
+      }
+    }
+  }
+  settings = next;
+  setTickPeriod(settings.pollMs);
+  poll();
+  return 1;
+}
+
+export function proxy_on_tick(root: u32): void {
+  inflight.tick();
+  poll();
+  ticks++;
+  if (ticks % settings.reportEveryTicks == 0) report();
+}
+
+export function proxy_on_done(id: u32): u32 {
+  return 1;
+}
+
+export function proxy_on_delete(id: u32): void {
+  if (requests.has(id)) {
+    // Envoy cancels a dead request's pending call without answering it.
+    const token = requests.get(id).token;
+    if (token != 0) callers.delete(token);
+  }
+  requests.delete(id);
+}
+
+// -- the brain: snapshot polling, reports ---------------------------------------------------------
+
+function brainHeaders(method: string, path: string): Array<string> {
+  const headers = new Array<string>();
+  headers.push(":method"); headers.push(method);
+  headers.push(":path"); headers.push(path);
+  headers.push(":authority"); headers.push(settings.authority);
+  return headers;
+}
+
+function poll(): void {
+  if (pollToken != 0) return;
+  const headers = brainHeaders("GET", SNAPSHOT_PATH);
+  const current = snapshot;
+  if (current != null) {
+    headers.push("if-none-match");
+    headers.push(current.version);
+  }
+  // A slow answer is not a failed one: the staleness bound, not the poll's timeout, decides
+  // when the snapshot stops being used.
+  pollToken = httpCall(settings.cluster, headers, new ArrayBuffer(0), max<u32>(settings.pollMs * 5, 1000));
+}
+
+function report(): void {
+  if (reportToken != 0 || observations.empty()) return;
+  const body = String.UTF8.encode(observations.drain(inflight.own));
+  const headers = brainHeaders("POST", OBSERVATIONS_PATH);
+  headers.push("content-type"); headers.push("application/json");
+  reportToken = httpCall(settings.cluster, headers, body, 1000);
+}
+
+function onSnapshot(headerCount: u32, bodySize: u32): void {
+  pollToken = 0;
+  if (headerCount == 0) return; // the brain did not answer: keep what we have until it is stale
+  const status = getHeader(MapType.HttpCallResponseHeaders, ":status");
+  if (status == "304") {
+    confirmedAtNs = nowNanos();
+    return;
+  }
+  if (status != "200") return;
+  const body = getBuffer(BufferType.HttpCallResponseBody, 0, bodySize);
+  if (body == null) return;
+  const next = parseSnapshot(body);
+  if (next == null) {
+    log(LogLevel.Warn, "llm-extproc: ignoring a snapshot this filter cannot read");
+    return;
+  }
+  snapshot = next;
+  confirmedAtNs = nowNanos();
+}
+
+export function proxy_on_http_call_response(id: u32, token: u32, headers: u32, bodySize: u32, trailers: u32): void {
+  if (token == pollToken) {
+    onSnapshot(headers, bodySize);
+    return;
+  }
+  if (token == reportToken) {
+    reportToken = 0;
+    return;
+  }
+  if (!callers.has(token)) return;
+  const caller = callers.get(token);
+  callers.delete(token);
+  if (!requests.has(caller) || !setEffectiveContext(caller)) return;
+  const request = requests.get(caller);
+  request.token = 0;
+  onDecided(request, headers, bodySize);
+}
+
+// -- requests ------------------------------------------------------------------------------------
+
+function errorBody(message: string, type: string, code: string): string {
+  return '{"error": {"message": "' + message + '", "type": "' + type + '", "code": "' + code + '"}}';
+}
+
+function tooLarge(size: u64, limit: i64): void {
+  const headers = new Array<string>();
+  headers.push("content-type"); headers.push("application/json");
+  incrementMetric(rejectedMetric, 1);
+  sendLocalResponse(413, "llm_extproc_body_too_large", String.UTF8.encode(errorBody(
+    "request body is " + size.toString() + " bytes; the limit is " + limit.toString() + " bytes",
+    "request_too_large", "body_too_large")), headers);
+}
+
+/** Hands the request to the brain; false when the call could not even start (fail open). */
+function escalate(id: u32, request: Request, body: RawBytes | null): bool {
+  // Request headers cannot be read once they have passed on: escalations from the body phase
+  // use the copy made in the headers phase.
+  const kept = request.headers;
+  const pairs = decodeHeaders(kept != null ? kept : getHeaderPairsRaw(MapType.RequestHeaders));
+  request.headers = null;
+  const headers = brainHeaders("POST", DECIDE_PATH);
+  for (let i = 0; i + 1 < pairs.length; i += 2) {
+    const name = pairs[i];
+    if (name == ":path") { headers.push("x-llm-extproc-path"); headers.push(pairs[i + 1]); continue; }
+    if (name == ":method") { headers.push("x-llm-extproc-method"); headers.push(pairs[i + 1]); continue; }
+    if (name.startsWith(":") || name == "content-length" || name == "transfer-encoding") continue;
+    headers.push(name); headers.push(pairs[i + 1]);
+  }
+  const length = body != null ? body.length : 0;
+  headers.push("content-length"); headers.push(length.toString());
+  const token = httpCallRaw(settings.cluster, headers, body != null ? body.pointer : 0, length, settings.decideTimeoutMs);
+  incrementMetric(escalatedMetric, 1);
+  if (token == 0) {
+    incrementMetric(failOpenMetric, 1);
+    return false;
+  }
+  request.escalated = true;
+  request.token = token;
+  callers.set(token, id);
+  return true;
+}
+
+function routeTier(headers: Array<string>): string {
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i] == "x-llm-tier") return headers[i + 1];
+  }
+  return "";
+}
+
+function route(request: Request, headers: Array<string>, primary: string): void {
+  for (let i = 0; i + 1 < headers.length; i += 2) setFilterState(headers[i], headers[i + 1]);
+  if (primary.length > 0) {
+    request.primary = primary;
+    inflight.add(primary, 1);
+  }
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i] == "x-llm-model") request.model = headers[i + 1];
+    else if (headers[i] == "x-llm-tier") request.tier = headers[i + 1];
+  }
+  request.startedNs = nowNanos();
+  incrementMetric(routedMetric, 1);
+}
+
+function apply(request: Request, decision: Decision): void {
+  observations.decided(request.task, decision.model, routeTier(decision.headers), decision.outcomeLabel, decision.primary);
+  if (decision.outcome == Outcome.Error) {
+    incrementMetric(rejectedMetric, 1);
+    sendLocalResponse(<u32>decision.status, "llm_extproc", String.UTF8.encode(decision.body), decision.errorHeaders);
+    return;
+  }
+  const newBody = decision.newBody;
+  if (newBody != null) {
+    setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(newBody));
+  }
+  route(request, decision.headers, decision.primary);
+}
+
+/** The brain's answer (extproc/wasm/brain.py): route, respond or continue undecided. */
+function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
+  const status = headerCount > 0 ? getHeader(MapType.HttpCallResponseHeaders, ":status") : "";
+  const raw = status == "200" ? getBuffer(BufferType.HttpCallResponseBody, 0, bodySize) : null;
+  if (raw == null) {
+    // The brain is down or slow: Envoy's fallback LB routes, as when ext_proc fails open.
+    incrementMetric(failOpenMetric, 1);
+    continueRequest();
+    return;
+  }
+  const json = new Json(raw.dataStart, raw.byteLength);
+  const start = json.ws(0);
+  const fields = json.kind(start) == Kind.Object ? json.fields(start, 0) : null;
+  let action = "continue";
+  let code: i32 = 0;
+  let body: string | null = null;
+  let headers = new Array<string>();
+  let primary = "";
+  if (fields != null) {
+    for (let i = 0; i < fields.length; i++) {
+      const field = fields[i];
+      if (field.key == "action") action = json.stringAt(field.start) || action;
+      else if (field.key == "status") code = <i32>json.intAt(field.start, 0);
+      else if (field.key == "body") body = json.stringAt(field.start);
+      else if (field.key == "primary") primary = json.stringAt(field.start) || "";
+      else if (field.key == "headers") {
+        const items = json.items(field.start, 1);
+        if (items == null) continue;
+        for (let j = 0; j < items.length; j++) {
+          const pair = json.items(items[j], 2);
+          if (pair == null || pair.length != 2) continue;
+          const name = json.stringAt(pair[0]);
+          const value = json.stringAt(pair[1]);
+          if (name == null || value == null) continue;
+          headers.push(name); headers.push(value);
+        }
+      }
+    }
+  }
+  if (action == "respond") {
+    incrementMetric(rejectedMetric, 1);
+    sendLocalResponse(<u32>code, "llm_extproc", String.UTF8.encode(body != null ? body : ""), headers);
+    return;
+  }
+  if (action == "route") {
+    if (body != null) setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(String.UTF8.encode(body)));
+    route(request, headers, primary);
+  } else {
+    incrementMetric(failOpenMetric, 1);
+  }
+  continueRequest();
+}
+
+function taskOf(path: string): string {
+  const query = path.indexOf("?");
+  const bare = query >= 0 ? path.substring(0, query) : path;
+  return TASKS.has(bare) ? TASKS.get(bare) : "";
+}
+
+export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
+  if (!requests.has(id)) return HeadersStatus.Continue;
+  const request = requests.get(id);
+  const path = getHeader(MapType.RequestHeaders, ":path");
+  const method = getHeader(MapType.RequestHeaders, ":method");
+  request.task = taskOf(path);
+  request.contentType = getHeader(MapType.RequestHeaders, "content-type");
+  const current = snapshot;
+  if (current != null) {
+    request.session = getHeader(MapType.RequestHeaders, current.sessionHeader);
+    if (current.tenantHeader.length > 0) request.tenant = getHeader(MapType.RequestHeaders, current.tenantHeader);
+  }
+  // The headers phase of the ext_proc path (404, 405, /v1/models, empty body) is the brain's.
+  if (request.task == "" || request.task == "models" || method != "POST" || endOfStream != 0) {
+    return escalate(id, request, null) ? HeadersStatus.StopIteration : HeadersStatus.Continue;
+  }
+  if (current != null && fresh()) {
+    const length = getHeader(MapType.RequestHeaders, "content-length");
+    if (length.length > 0 && length.length < 19) {
+      const size = U64.parseInt(length);
+      if (size > <u64>current.maxBodyBytes) {
+        tooLarge(size, current.maxBodyBytes);
+        return HeadersStatus.StopIteration;
+      }
+    }
+  }
+  request.headers = getHeaderPairsRaw(MapType.RequestHeaders);
+  // Continue: Envoy's buffer filter after us holds the headers until the body is complete
+  // (StopIteration here would starve our body callback).
+  return HeadersStatus.Continue;
+}
+
+export function proxy_on_request_body(id: u32, size: u32, endOfStream: u32): u32 {
+  if (!requests.has(id)) return DataStatus.Continue;
+  const request = requests.get(id);
+  if (request.escalated) return DataStatus.StopIterationAndBuffer;
+  request.bodySize = size;
+  const current = snapshot;
+  const usable = current != null && fresh();
+  if (usable && <i64>size > current!.maxBodyBytes) {
+    tooLarge(size, current!.maxBodyBytes);
+    return DataStatus.StopIterationNoBuffer;
+  }
+  if (endOfStream == 0) return DataStatus.StopIterationAndBuffer;
+  const body = getBufferRaw(BufferType.RequestBody, 0, size);
+  if (body == null) return DataStatus.Continue;
+  const status = decideBody(id, request, body, usable ? current : null);
+  heap.free(body.pointer);
+  return status;
+}
+
+function decideBody(id: u32, request: Request, body: RawBytes, current: Snapshot | null): u32 {
+  if (current == null) {
+    incrementMetric(staleMetric, 1);
+    return escalate(id, request, body) ? DataStatus.StopIterationAndBuffer : DataStatus.Continue;
+  }
+  inflight.refresh(); // the other workers' counts, as of their last change
+  const decision = decide(current, request.task, request.contentType, request.session, request.tenant,
+    body.pointer, body.length, inflight);
+  if (decision.outcome == Outcome.Escalate) {
+    return escalate(id, request, body) ? DataStatus.StopIterationAndBuffer : DataStatus.Continue;
+  }
+  request.headers = null;
+  apply(request, decision);
+  return decision.outcome == Outcome.Error ? DataStatus.StopIterationNoBuffer : DataStatus.Continue;
+}
+
+export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32): u32 {
+  if (!requests.has(id)) return HeadersStatus.Continue;
+  const request = requests.get(id);
+  if (request.primary.length == 0) return HeadersStatus.Continue;
+  if (!settings.observe) {
+    if (endOfStream != 0) release(request);
+    return HeadersStatus.Continue;
+  }
+  const status = getHeader(MapType.ResponseHeaders, ":status");
+  request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
+  const served = getHeader(MapType.ResponseHeaders, DESTINATION_HEADER + "-served");
+  request.servedBy = served.length > 0 ? served : request.primary;
+  request.streamed = getHeader(MapType.ResponseHeaders, "content-type").startsWith("text/event-stream");
+  observations.headers(request.primary, request.servedBy, request.status, nowNanos() - request.startedNs, request.streamed);
+  request.observed = true;
+  if (endOfStream != 0) release(request);
+  return HeadersStatus.Continue;
+}
+
+export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u32 {
+  if (!requests.has(id)) return DataStatus.Continue;
+  const request = requests.get(id);
+  if (request.observed && size > 0) {
+    if (request.streamed && !request.firstByte) {
+      request.firstByte = true; // a stream's first chunk: its time to first token
+      observations.firstByte(request.servedBy, nowNanos() - request.startedNs);
+    }
+    const chunk = getBuffer(BufferType.ResponseBody, 0, size);
+    if (chunk != null) observations.body(request.servedBy, chunk);
+  }
+  if (endOfStream != 0) release(request);
+  return DataStatus.Continue;
+}
+
+/** The endpoint is free again: the response's last byte passed (or the stream ended early). */
+function release(request: Request): void {
+  const primary = request.primary;
+  if (primary.length > 0) {
+    inflight.add(primary, -1);
+    request.primary = "";
+  }
+}
+
+export function proxy_on_log(id: u32): void {
+  if (requests.has(id)) release(requests.get(id)); // resets and early ends
+}
+
+// Unused callbacks a host may still call.
+export function proxy_on_request_trailers(id: u32, count: u32): u32 { return HeadersStatus.Continue; }
+export function proxy_on_response_trailers(id: u32, count: u32): u32 { return HeadersStatus.Continue; }
+export function proxy_on_request_metadata(id: u32, count: u32): u32 { return 0; }
+export function proxy_on_response_metadata(id: u32, count: u32): u32 { return 0; }
+export function proxy_on_queue_ready(root: u32, queue: u32): void {}
+export function proxy_on_foreign_function(root: u32, fn: u32, size: u32): void {}

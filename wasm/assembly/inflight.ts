@@ -1,0 +1,98 @@
+// In-flight counts across Envoy's workers. Each worker thread runs its own VM: a VM counts its
+// own requests and publishes them in shared data whenever they change; before each decision it
+// reads the other VMs' entries (re-parsing only those whose CAS moved). Every tick it renews its
+// entry's timestamp and learns which VMs exist.
+import { getShared, nowNanos, setShared } from "./abi";
+
+const REGISTRY_KEY = "llm-extproc/vms"; // the VMs' ids, one per line
+const PREFIX = "llm-extproc/inflight/";
+// A VM that has not published for this long is gone (reloaded, or its worker stopped).
+const GONE_AFTER_NS: u64 = 2_000_000_000;
+
+class Peer {
+  cas: u32 = 0;
+  counts: Map<string, i32> = new Map<string, i32>();
+}
+
+export class InFlight {
+  own: Map<string, i32> = new Map<string, i32>();
+  others: Map<string, i32> = new Map<string, i32>();
+  id: string = "";
+  peers: Map<string, Peer> = new Map<string, Peer>();
+
+  count(address: string): i32 {
+    return (this.own.has(address) ? this.own.get(address) : 0) + (this.others.has(address) ? this.others.get(address) : 0);
+  }
+
+  add(address: string, delta: i32): void {
+    const n = (this.own.has(address) ? this.own.get(address) : 0) + delta;
+    if (n > 0) this.own.set(address, n);
+    else this.own.delete(address);
+    this.publish(nowNanos());
+  }
+
+  /** "time_ns\naddress count\n..." under this VM's key. */
+  private publish(now: u64): void {
+    if (this.id.length == 0) return; // not registered yet (before the first tick)
+    let text = now.toString() + "\n";
+    const keys = this.own.keys();
+    for (let i = 0; i < keys.length; i++) text += keys[i] + " " + this.own.get(keys[i]).toString() + "\n";
+    setShared(PREFIX + this.id, String.UTF8.encode(text), 0);
+  }
+
+  /** Every tick: renew this VM's entry, make sure it is registered, learn the other VMs. A lost
+   * update (two VMs creating the registry at once) heals on a later tick. */
+  tick(): void {
+    const now = nowNanos();
+    if (this.id.length == 0) this.id = now.toString();
+    this.publish(now);
+    const registry = getShared(REGISTRY_KEY);
+    const text = registry == null ? "" : String.UTF8.decodeUnsafe(registry.value.dataStart, registry.value.byteLength);
+    const ids = text.length > 0 ? text.split("\n") : new Array<string>();
+    if (!ids.includes(this.id)) {
+      setShared(REGISTRY_KEY, String.UTF8.encode(text.length > 0 ? text + "\n" + this.id : this.id), registry == null ? 0 : registry.cas);
+    }
+    const peers = new Map<string, Peer>();
+    for (let i = 0; i < ids.length; i++) {
+      if (ids[i] == this.id) continue;
+      peers.set(ids[i], this.peers.has(ids[i]) ? this.peers.get(ids[i]) : new Peer());
+    }
+    this.peers = peers;
+    this.refresh();
+  }
+
+  /** Re-reads the other VMs' counts (before a decision); parses only entries that changed. */
+  refresh(): void {
+    const ids = this.peers.keys();
+    if (ids.length == 0) return;
+    let changed = false;
+    const now = nowNanos();
+    for (let i = 0; i < ids.length; i++) {
+      const peer = this.peers.get(ids[i]);
+      const entry = getShared(PREFIX + ids[i]);
+      if (entry == null || entry.cas == peer.cas) continue;
+      changed = true;
+      peer.cas = entry.cas;
+      const counts = new Map<string, i32>();
+      const lines = String.UTF8.decodeUnsafe(entry.value.dataStart, entry.value.byteLength).split("\n");
+      if (lines.length > 0 && now - U64.parseInt(lines[0]) <= GONE_AFTER_NS) {
+        for (let j = 1; j < lines.length; j++) {
+          const space = lines[j].lastIndexOf(" ");
+          if (space > 0) counts.set(lines[j].substring(0, space), <i32>I32.parseInt(lines[j].substring(space + 1)));
+        }
+      }
+      peer.counts = counts;
+    }
+    if (!changed) return;
+    const others = new Map<string, i32>();
+    for (let i = 0; i < ids.length; i++) {
+      const counts = this.peers.get(ids[i]).counts;
+      const addresses = counts.keys();
+      for (let j = 0; j < addresses.length; j++) {
+        const a = addresses[j];
+        others.set(a, (others.has(a) ? others.get(a) : 0) + counts.get(a));
+      }
+    }
+    this.others = others;
+  }
+}

@@ -1,0 +1,373 @@
+// A validating JSON reader over raw bytes: skips values without building them, decodes only the
+// strings it is asked for. Accepts exactly what Python's json.loads accepts on UTF-8 input,
+// except NaN/Infinity literals, lone surrogate escapes and nesting deeper than MAX_DEPTH: those
+// are reported as `unsupported` so the caller hands the request to the brain (which answers as
+// the ext_proc path does) instead of guessing.
+
+export const MAX_DEPTH = 64;
+
+export const enum Kind { Invalid = 0, Object = 1, Array = 2, String = 3, Number = 4, True = 5, False = 6, Null = 7 }
+
+export class Field {
+  constructor(public key: string, public start: i32, public end: i32) {}
+}
+
+export class Json {
+  unsupported: bool = false; // valid for Python but not decided here, or invalid: escalate
+  lastEnd: i32 = 0; // where the object fields() read ended
+  constructor(public data: usize, public len: i32) {}
+
+  at(pos: i32): u32 {
+    return <u32>load<u8>(this.data + <usize>pos);
+  }
+
+  ws(pos: i32): i32 {
+    while (pos < this.len) {
+      const c = this.at(pos);
+      if (c != 0x20 && c != 0x0a && c != 0x0d && c != 0x09) break;
+      pos++;
+    }
+    return pos;
+  }
+
+  kind(pos: i32): Kind {
+    if (pos >= this.len) return Kind.Invalid;
+    const c = this.at(pos);
+    if (c == 0x7b) return Kind.Object;
+    if (c == 0x5b) return Kind.Array;
+    if (c == 0x22) return Kind.String;
+    if (c == 0x2d || (c >= 0x30 && c <= 0x39)) return Kind.Number;
+    if (c == 0x74) return Kind.True;
+    if (c == 0x66) return Kind.False;
+    if (c == 0x6e) return Kind.Null;
+    return Kind.Invalid;
+  }
+
+  private literal(pos: i32, text: string): i32 {
+    const n = text.length;
+    if (pos + n > this.len) return -1;
+    for (let i = 0; i < n; i++) {
+      if (this.at(pos + i) != <u32>text.charCodeAt(i)) return -1;
+    }
+    return pos + n;
+  }
+
+  /** End of the value starting at pos (no leading whitespace), or -1. */
+  skipValue(pos: i32, depth: i32): i32 {
+    const kind = this.kind(pos);
+    if (kind == Kind.String) return this.skipString(pos);
+    if (kind == Kind.Number) return this.skipNumber(pos);
+    if (kind == Kind.True) return this.literal(pos, "true");
+    if (kind == Kind.False) return this.literal(pos, "false");
+    if (kind == Kind.Null) return this.literal(pos, "null");
+    if (depth >= MAX_DEPTH) { this.unsupported = true; return -1; }
+    if (kind == Kind.Object) return this.skipObject(pos, depth + 1);
+    if (kind == Kind.Array) return this.skipArray(pos, depth + 1);
+    this.unsupported = true; // NaN, Infinity or garbage
+    return -1;
+  }
+
+  private skipObject(pos: i32, depth: i32): i32 {
+    pos = this.ws(pos + 1);
+    if (pos < this.len && this.at(pos) == 0x7d) return pos + 1;
+    while (true) {
+      if (this.kind(pos) != Kind.String) return -1;
+      pos = this.skipString(pos);
+      if (pos < 0) return -1;
+      pos = this.ws(pos);
+      if (pos >= this.len || this.at(pos) != 0x3a) return -1;
+      pos = this.ws(pos + 1);
+      pos = this.skipValue(pos, depth);
+      if (pos < 0) return -1;
+      pos = this.ws(pos);
+      if (pos >= this.len) return -1;
+      const c = this.at(pos);
+      if (c == 0x7d) return pos + 1;
+      if (c != 0x2c) return -1;
+      pos = this.ws(pos + 1);
+    }
+  }
+
+  private skipArray(pos: i32, depth: i32): i32 {
+    pos = this.ws(pos + 1);
+    if (pos < this.len && this.at(pos) == 0x5d) return pos + 1;
+    while (true) {
+      pos = this.skipValue(pos, depth);
+      if (pos < 0) return -1;
+      pos = this.ws(pos);
+      if (pos >= this.len) return -1;
+      const c = this.at(pos);
+      if (c == 0x5d) return pos + 1;
+      if (c != 0x2c) return -1;
+      pos = this.ws(pos + 1);
+    }
+  }
+
+  skipNumber(pos: i32): i32 {
+    if (this.at(pos) == 0x2d) pos++;
+    if (pos >= this.len) return -1;
+    let c = this.at(pos);
+    if (c == 0x30) {
+      pos++;
+    } else if (c >= 0x31 && c <= 0x39) {
+      while (pos < this.len && this.at(pos) >= 0x30 && this.at(pos) <= 0x39) pos++;
+    } else {
+      this.unsupported = true; // -Infinity
+      return -1;
+    }
+    if (pos < this.len && this.at(pos) == 0x2e) {
+      pos++;
+      const digits = pos;
+      while (pos < this.len && this.at(pos) >= 0x30 && this.at(pos) <= 0x39) pos++;
+      if (pos == digits) return -1;
+    }
+    if (pos < this.len && (this.at(pos) == 0x65 || this.at(pos) == 0x45)) {
+      pos++;
+      if (pos < this.len && (this.at(pos) == 0x2b || this.at(pos) == 0x2d)) pos++;
+      const digits = pos;
+      while (pos < this.len && this.at(pos) >= 0x30 && this.at(pos) <= 0x39) pos++;
+      if (pos == digits) return -1;
+    }
+    return pos;
+  }
+
+  /** True when the number at [start, end) is a plain non-negative integer (what Python reads as int >= 0). */
+  isNonNegativeInt(start: i32, end: i32): bool {
+    if (start >= end) return false;
+    for (let i = start; i < end; i++) {
+      const c = this.at(i);
+      if (c < 0x30 || c > 0x39) return false;
+    }
+    return true;
+  }
+
+  private hex(pos: i32): i32 {
+    if (pos + 4 > this.len) return -1;
+    let value = 0;
+    for (let i = 0; i < 4; i++) {
+      const c = this.at(pos + i);
+      let digit: i32;
+      if (c >= 0x30 && c <= 0x39) digit = c - 0x30;
+      else if (c >= 0x61 && c <= 0x66) digit = c - 0x61 + 10;
+      else if (c >= 0x41 && c <= 0x46) digit = c - 0x41 + 10;
+      else return -1;
+      value = (value << 4) | digit;
+    }
+    return value;
+  }
+
+  /** Bytes of one valid UTF-8 sequence starting with lead byte c at pos, or 0 (Python's strict codec). */
+  private utf8Length(pos: i32, c: u32): i32 {
+    let need = 0;
+    let low: u32 = 0x80;
+    let high: u32 = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) need = 1;
+    else if (c == 0xe0) { need = 2; low = 0xa0; }
+    else if (c >= 0xe1 && c <= 0xec) need = 2;
+    else if (c == 0xed) { need = 2; high = 0x9f; }
+    else if (c >= 0xee && c <= 0xef) need = 2;
+    else if (c == 0xf0) { need = 3; low = 0x90; }
+    else if (c >= 0xf1 && c <= 0xf3) need = 3;
+    else if (c == 0xf4) { need = 3; high = 0x8f; }
+    else return 0;
+    if (pos + need >= this.len) return 0;
+    const second = this.at(pos + 1);
+    if (second < low || second > high) return 0;
+    for (let i = 2; i <= need; i++) {
+      const next = this.at(pos + i);
+      if (next < 0x80 || next > 0xbf) return 0;
+    }
+    return need + 1;
+  }
+
+  /** End of the string starting at pos (a quote), or -1. Escapes and UTF-8 are validated. */
+  skipString(pos: i32): i32 {
+    pos++;
+    const quote = i8x16.splat(0x22);
+    const backslash = i8x16.splat(0x5c);
+    const control = i8x16.splat(0x20);
+    const ascii = i8x16.splat(0x7f);
+    while (pos < this.len) {
+      // Prompts are long runs of plain ASCII: 16 bytes per step until something needs a look.
+      while (pos + 16 <= this.len) {
+        const chunk = v128.load(this.data + <usize>pos);
+        const special = v128.or(
+          v128.or(i8x16.eq(chunk, quote), i8x16.eq(chunk, backslash)),
+          v128.or(i8x16.lt_u(chunk, control), i8x16.gt_u(chunk, ascii)),
+        );
+        if (v128.any_true(special)) break;
+        pos += 16;
+      }
+      if (pos >= this.len) break;
+      const c = this.at(pos);
+      if (c == 0x22) return pos + 1;
+      if (c == 0x5c) {
+        if (pos + 1 >= this.len) return -1;
+        const e = this.at(pos + 1);
+        if (e == 0x75) {
+          const unit = this.hex(pos + 2);
+          if (unit < 0) return -1;
+          pos += 6;
+        } else if (e == 0x22 || e == 0x5c || e == 0x2f || e == 0x62 || e == 0x66 || e == 0x6e || e == 0x72 || e == 0x74) {
+          pos += 2;
+        } else {
+          return -1;
+        }
+      } else if (c < 0x20) {
+        return -1; // json.loads is strict about control characters
+      } else if (c < 0x80) {
+        pos++;
+      } else {
+        const n = this.utf8Length(pos, c);
+        if (n == 0) { this.unsupported = true; return -1; }
+        pos += n;
+      }
+    }
+    return -1;
+  }
+
+  /** The string at pos (validated by skipString first), decoded; sets `unsupported` on a lone surrogate. */
+  decodeString(pos: i32, end: i32): string {
+    const start = pos + 1;
+    const last = end - 1;
+    let plain = true;
+    for (let i = start; i < last; i++) {
+      if (this.at(i) == 0x5c) { plain = false; break; }
+    }
+    if (plain) return String.UTF8.decodeUnsafe(this.data + <usize>start, <usize>(last - start));
+    const out = new Uint8Array(last - start + 8);
+    const n = this.decodeInto(pos, end, out, 0, out.byteLength);
+    return String.UTF8.decodeUnsafe(out.dataStart, <usize>n);
+  }
+
+  /** Decodes the string at pos as UTF-8 into out[n..limit); returns the new length. Stops at
+   * the limit, possibly inside a character (callers hash bytes, as Python's text.encode()[:n]). */
+  decodeInto(pos: i32, end: i32, out: Uint8Array, n: i32, limit: i32): i32 {
+    let i = pos + 1;
+    const last = end - 1;
+    while (i < last && n < limit) {
+      const c = this.at(i);
+      if (c != 0x5c) { out[n++] = <u8>c; i++; continue; }
+      const e = this.at(i + 1);
+      i += 2;
+      if (e == 0x75) {
+        let code = this.hex(i);
+        i += 4;
+        if (code >= 0xd800 && code <= 0xdbff && i + 6 <= last && this.at(i) == 0x5c && this.at(i + 1) == 0x75) {
+          const low = this.hex(i + 2);
+          if (low >= 0xdc00 && low <= 0xdfff) {
+            code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+            i += 6;
+          }
+        }
+        if (code >= 0xd800 && code <= 0xdfff) { this.unsupported = true; code = 0xfffd; }
+        if (code < 0x80) {
+          out[n++] = <u8>code;
+        } else if (code < 0x800) {
+          n = put(out, n, limit, 0xc0 | (code >> 6));
+          n = put(out, n, limit, 0x80 | (code & 0x3f));
+        } else if (code < 0x10000) {
+          n = put(out, n, limit, 0xe0 | (code >> 12));
+          n = put(out, n, limit, 0x80 | ((code >> 6) & 0x3f));
+          n = put(out, n, limit, 0x80 | (code & 0x3f));
+        } else {
+          n = put(out, n, limit, 0xf0 | (code >> 18));
+          n = put(out, n, limit, 0x80 | ((code >> 12) & 0x3f));
+          n = put(out, n, limit, 0x80 | ((code >> 6) & 0x3f));
+          n = put(out, n, limit, 0x80 | (code & 0x3f));
+        }
+      } else if (e == 0x62) out[n++] = 0x08;
+      else if (e == 0x66) out[n++] = 0x0c;
+      else if (e == 0x6e) out[n++] = 0x0a;
+      else if (e == 0x72) out[n++] = 0x0d;
+      else if (e == 0x74) out[n++] = 0x09;
+      else out[n++] = <u8>e; // " \ /
+    }
+    return n;
+  }
+
+  /** The members of the object at pos: each key decoded, with its value's span. null if invalid. */
+  fields(pos: i32, depth: i32): Array<Field> | null {
+    const out = new Array<Field>();
+    pos = this.ws(pos + 1);
+    if (pos < this.len && this.at(pos) == 0x7d) { this.lastEnd = pos + 1; return out; }
+    while (true) {
+      if (this.kind(pos) != Kind.String) return null;
+      const keyEnd = this.skipString(pos);
+      if (keyEnd < 0) return null;
+      const key = this.decodeString(pos, keyEnd);
+      pos = this.ws(keyEnd);
+      if (pos >= this.len || this.at(pos) != 0x3a) return null;
+      const valueStart = this.ws(pos + 1);
+      const valueEnd = this.skipValue(valueStart, depth + 1);
+      if (valueEnd < 0) return null;
+      out.push(new Field(key, valueStart, valueEnd));
+      pos = this.ws(valueEnd);
+      if (pos >= this.len) return null;
+      const c = this.at(pos);
+      if (c == 0x7d) { this.lastEnd = pos + 1; return out; }
+      if (c != 0x2c) return null;
+      pos = this.ws(pos + 1);
+    }
+  }
+
+  /** Start positions of the array's items at pos; null if invalid. */
+  items(pos: i32, depth: i32): Array<i32> | null {
+    const out = new Array<i32>();
+    pos = this.ws(pos + 1);
+    if (pos < this.len && this.at(pos) == 0x5d) return out;
+    while (true) {
+      const end = this.skipValue(pos, depth + 1);
+      if (end < 0) return null;
+      out.push(pos);
+      pos = this.ws(end);
+      if (pos >= this.len) return null;
+      const c = this.at(pos);
+      if (c == 0x5d) return out;
+      if (c != 0x2c) return null;
+      pos = this.ws(pos + 1);
+    }
+  }
+
+  /** A string value, or null if the value at pos is not a string. */
+  stringAt(pos: i32): string | null {
+    if (this.kind(pos) != Kind.String) return null;
+    const end = this.skipString(pos);
+    if (end < 0) return null;
+    return this.decodeString(pos, end);
+  }
+
+  /** An integer value (snapshot data only: our own brain writes these), or the default. */
+  intAt(pos: i32, otherwise: i64): i64 {
+    if (this.kind(pos) != Kind.Number) return otherwise;
+    const end = this.skipNumber(pos);
+    if (end < 0) return otherwise;
+    let negative = false;
+    let i = pos;
+    if (this.at(i) == 0x2d) { negative = true; i++; }
+    let value: i64 = 0;
+    for (; i < end; i++) {
+      const c = this.at(i);
+      if (c < 0x30 || c > 0x39) break; // fractions are not used in snapshots
+      value = value * 10 + <i64>(c - 0x30);
+    }
+    return negative ? -value : value;
+  }
+}
+
+function put(out: Uint8Array, n: i32, limit: i32, byte: i32): i32 {
+  if (n < limit) out[n++] = <u8>byte;
+  return n;
+}
+
+/** FNV-1a, 32 bits: the affinity hash, identical in extproc/wasm/reference.py. */
+export function fnv1a(bytes: usize, len: i32, seed: u32): u32 {
+  let hash = seed;
+  for (let i = 0; i < len; i++) {
+    hash ^= <u32>load<u8>(bytes + <usize>i);
+    hash *= 16777619;
+  }
+  return hash;
+}
+
+export const FNV_OFFSET: u32 = 2166136261;

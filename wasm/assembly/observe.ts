@@ -1,0 +1,111 @@
+import { jsonQuote } from "./decide";
+
+// Response observation inside the filter: status, time to first byte, token usage; aggregated
+// per endpoint and reported to the brain in batches (no second gRPC stream per request).
+
+class EndpointStats {
+  responses: i64 = 0;
+  errors: i64 = 0; // 5xx
+  ttftUsSum: i64 = 0;
+  ttftCount: i64 = 0;
+  promptTokens: i64 = 0;
+  completionTokens: i64 = 0;
+  retriedAway: i64 = 0; // answered by another endpoint than the primary
+}
+
+const USAGE = "\"usage\"";
+
+function findAscii(chunk: Uint8Array, needle: string, from: i32): i32 {
+  const n = needle.length;
+  const last = chunk.byteLength - n;
+  for (let i = from; i <= last; i++) {
+    let j = 0;
+    while (j < n && <i32>chunk[i + j] == needle.charCodeAt(j)) j++;
+    if (j == n) return i;
+  }
+  return -1;
+}
+
+function numberAfter(chunk: Uint8Array, key: string, from: i32): i64 {
+  const at = findAscii(chunk, key, from);
+  if (at < 0) return 0;
+  let i = at + key.length;
+  while (i < chunk.byteLength && (chunk[i] == 0x20 || chunk[i] == 0x3a)) i++;
+  let value: i64 = 0;
+  while (i < chunk.byteLength && chunk[i] >= 0x30 && chunk[i] <= 0x39) {
+    value = value * 10 + <i64>(chunk[i] - 0x30);
+    i++;
+  }
+  return value;
+}
+
+export class Observations {
+  stats: Map<string, EndpointStats> = new Map<string, EndpointStats>();
+  // Decisions taken here (escalated ones the brain counts itself), by
+  // "task|model|tier|outcome|primary endpoint": llm_extproc_requests on the brain.
+  decisions: Map<string, i64> = new Map<string, i64>();
+
+  decided(task: string, model: string, tier: string, outcome: string, primary: string): void {
+    const key = task + "|" + model + "|" + tier + "|" + outcome + "|" + primary;
+    this.decisions.set(key, (this.decisions.has(key) ? this.decisions.get(key) : 0) + 1);
+  }
+
+  private of(endpoint: string): EndpointStats {
+    if (!this.stats.has(endpoint)) this.stats.set(endpoint, new EndpointStats());
+    return this.stats.get(endpoint);
+  }
+
+  empty(): bool {
+    return this.stats.size == 0 && this.decisions.size == 0;
+  }
+
+  /** Response headers; for a non-streamed response their time is its latency. */
+  headers(primary: string, endpoint: string, status: i32, elapsedNs: u64, streamed: bool): void {
+    const stats = this.of(endpoint);
+    stats.responses++;
+    if (status >= 500) stats.errors++;
+    if (endpoint != primary) this.of(primary).retriedAway++;
+    if (!streamed) {
+      stats.ttftUsSum += <i64>(elapsedNs / 1000);
+      stats.ttftCount++;
+    }
+  }
+
+  firstByte(endpoint: string, elapsedNs: u64): void {
+    const stats = this.of(endpoint);
+    stats.ttftUsSum += <i64>(elapsedNs / 1000);
+    stats.ttftCount++;
+  }
+
+  /** A body chunk: the usage object of a JSON answer or of a stream's final chunk. */
+  body(endpoint: string, chunk: Uint8Array): void {
+    const at = findAscii(chunk, USAGE, 0);
+    if (at < 0) return;
+    const stats = this.of(endpoint);
+    stats.promptTokens += numberAfter(chunk, "\"prompt_tokens\"", at);
+    stats.completionTokens += numberAfter(chunk, "\"completion_tokens\"", at);
+  }
+
+  /** The batch as JSON (extproc/wasm/brain.py reads it), and a fresh start. */
+  drain(inflight: Map<string, i32>): string {
+    let out = '{"endpoints": {';
+    const keys = this.stats.keys();
+    for (let i = 0; i < keys.length; i++) {
+      const s = this.stats.get(keys[i]);
+      const own = inflight.has(keys[i]) ? inflight.get(keys[i]) : 0;
+      out += (i > 0 ? ", " : "") + jsonQuote(keys[i]) + ': {"responses": ' + s.responses.toString()
+        + ', "errors": ' + s.errors.toString() + ', "ttft_us_sum": ' + s.ttftUsSum.toString()
+        + ', "ttft_count": ' + s.ttftCount.toString() + ', "prompt_tokens": ' + s.promptTokens.toString()
+        + ', "completion_tokens": ' + s.completionTokens.toString()
+        + ', "retried_away": ' + s.retriedAway.toString() + ', "inflight": ' + own.toString() + "}";
+    }
+    this.stats.clear();
+    out += '}, "decisions": {';
+    const decided = this.decisions.keys();
+    for (let i = 0; i < decided.length; i++) {
+      out += (i > 0 ? ", " : "") + jsonQuote(decided[i]) + ": " + this.decisions.get(decided[i]).toString();
+    }
+    this.decisions.clear();
+    return out + "}}";
+  }
+}
