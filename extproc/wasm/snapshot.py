@@ -71,6 +71,8 @@ def table_can_decide(policy: CompiledPolicy) -> bool:
     tenants = source.tenants
     if tenants.claim or tenants.default_limits is not None:
         return False
+    if policy.provider_upstreams():  # hosted providers: the brain's (docs/wasm.md)
+        return False
     if not _action_is_static(source.default):
         return False
     return all(_match_is_static(rule.match) and _action_is_static(rule) for rule in source.rules)

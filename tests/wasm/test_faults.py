@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import started_stack
+from tests.conftest import ext_proc_counter, started_stack
 from tests.integration.test_envoy import sim_control
 from tests.integration.test_faults import ERRORS, Load, chat, post
 
@@ -40,21 +40,29 @@ def test_an_endpoint_answering_errors_stops_getting_traffic() -> None:
     the failing endpoint is ejected within a couple of batches rather than after three errors."""
     local = started_stack(data_path="wasm")
     try:
-        # The same prompt has one home endpoint (prefix affinity): make that one fail.
-        served = set()
-        for _ in range(5):
-            status, headers = post(local, chat())
+        # Sequential requests go where the scores and affinity say: fail the busiest endpoint.
+        served: dict[str, int] = {}
+        for i in range(12):
+            status, headers = post(local, chat(user=f"u{i}"))
             assert status == 200
-            served.add(headers["x-gateway-destination-endpoint-served"])
-        victim = served.pop()
+            address = headers["x-gateway-destination-endpoint-served"]
+            served[address] = served.get(address, 0) + 1
+        victim = max(served, key=lambda a: served[a])
         sim_control(victim, {"error_rate": 1.0})
         statuses: list[int] = []
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and len(statuses) < 400:
-            statuses.append(post(local, chat())[0])
-        tail = statuses[-20:]
-        assert 500 in statuses  # it did fail before the reports arrived...
-        assert tail == [200] * 20, statuses  # ...and no longer gets traffic
+        deadline = time.monotonic() + 10
+        while (
+            time.monotonic() < deadline
+            and ext_proc_counter(local, "llm_extproc_endpoint_ejections_total") < 1
+        ):
+            statuses.append(post(local, chat(user=f"u{len(statuses) % 12}"))[0])
+        assert 500 in statuses  # it failed until a report reached passive health...
+        assert ext_proc_counter(local, "llm_extproc_endpoint_ejections_total") >= 1
+        # ...and, ejected (for 5 s the first time), gets no traffic once the filters have the next
+        # snapshot (one rebuild, 50 ms, and one poll, 100 ms, later).
+        time.sleep(0.3)
+        after = [post(local, chat(user=f"u{i % 12}"))[0] for i in range(20)]
+        assert after == [200] * 20, (statuses, after)
     finally:
         local.stop()
 

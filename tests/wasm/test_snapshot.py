@@ -30,7 +30,10 @@ BASE = "pools:\n  - {name: p, models: [m]}\n"
         ("rules:\n  - {name: r, match: {headers: {x-a: {present: true}}}, priority: batch}\n", False),
         ("rules:\n  - {name: r, match: {any_of: [{complexity: {gt: 0.5}}]}, priority: batch}\n", False),
         ("rules:\n  - {name: r, match: {model: [m]}, cache: {ttl_s: 5}}\n", False),
-        ("rules:\n  - {name: r, split: {targets: [{model: m, weight: 50}, {model: m, weight: 50}]}}\n", False),
+        (
+            "rules:\n  - {name: r, split: {targets: [{model: m, weight: 50}, {model: m, weight: 50}]}}\n",
+            False,
+        ),
     ],
 )
 def test_only_policies_keyed_on_task_stream_model_tenant_become_a_table(
