@@ -341,7 +341,7 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
     }
   }
   if (action == "respond") {
-    incrementMetric(rejectedMetric, 1);
+    if (code >= 400) incrementMetric(rejectedMetric, 1); // /v1/models is answered too
     sendLocalResponse(<u32>code, "llm_extproc", String.UTF8.encode(body != null ? body : ""), headers);
     return;
   }
