@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,3 +136,25 @@ def ext_proc_counter(local: LocalStack, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def launch_up(
+    command: list[str], wait_s: float = 90.0, **popen: object
+) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """Start `llm-extproc up` (``command`` is how to run the CLI) on free ports and read its
+    output until it says the stack is up. Returns the process, the listener port and the lines."""
+    port = free_port()
+    argv = [*command, "up", "--port", str(port), "--admin-port", str(free_port())]
+    argv += ["--extproc-port", str(free_port()), "--metrics-port", str(free_port()), "--time-scale", "0.05"]
+    proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C stops everything" in line or not line:
+            break
+    return proc, port, lines

@@ -13,14 +13,13 @@ import signal
 import site
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import launch_up
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.envoy
@@ -104,26 +103,8 @@ def test_the_package_comes_from_the_wheel_not_the_checkout(installed: Installed)
 
 
 def test_up_answers_models_and_a_chat_through_envoy_then_stops_cleanly(installed: Installed) -> None:
-    port = free_port()
-    argv = [installed.cli, "up", "--port", str(port), "--admin-port", str(free_port())]
-    argv += ["--extproc-port", str(free_port()), "--metrics-port", str(free_port()), "--time-scale", "0.05"]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=installed.cwd,
-        env=installed.env,
-    )
+    proc, port, lines = launch_up([installed.cli], cwd=installed.cwd, env=installed.env)
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
         assert any("Ctrl-C stops everything" in line for line in lines), "".join(lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as reply:
             models = {m["id"] for m in json.loads(reply.read())["data"]}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import launch_up
 
 pytestmark = pytest.mark.envoy
 
@@ -63,19 +62,9 @@ def chat(port: int) -> tuple[int, dict[str, str]]:
 
 
 def test_up_serves_survives_an_ext_proc_crash_and_sigterm_stops_every_child() -> None:
-    port = free_port()
-    argv = [sys.executable, "-m", "extproc.cli", "up", "--port", str(port), "--admin-port", str(free_port())]
-    argv += ["--extproc-port", str(free_port()), "--metrics-port", str(free_port()), "--time-scale", "0.05"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port, lines = launch_up([sys.executable, "-m", "extproc.cli"], wait_s=60)
     try:
         assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
         assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines)
         children = children_of(proc.pid)
         assert len(children) == 3  # simulator, ext_proc, envoy
