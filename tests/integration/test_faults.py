@@ -261,32 +261,40 @@ def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_p
         local.stop()
 
 
+def mixed_traffic(local: LocalStack) -> Callable[[], int]:
+    """One request per call, mixing streams, errors we answer (400) and plain chats with sessions:
+    the soak tests' traffic. Returns 200 for an outcome as expected, else the status (0: no answer)."""
+    client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)
+    counter = iter(range(10**9))
+
+    def mixed() -> int:
+        i = next(counter)
+        if i % 4 == 0:
+            try:
+                with client.chat.completions.create(
+                    model="llama-3-8b",
+                    messages=[{"role": "user", "content": f"s{i}"}],
+                    max_tokens=8,
+                    stream=True,
+                ) as stream:
+                    for _ in stream:
+                        pass
+                return 200
+            except (openai.APIError, OSError):
+                return 0
+        if i % 4 == 1:
+            return (post(local, {"model": "nope", "messages": []})[0] // 100 * 100 == 400 and 200) or 0
+        return post(local, chat(max_tokens=4, user=f"u{i % 50}"))[0]
+
+    return mixed
+
+
 def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.CaptureFixture[str]) -> None:
     """CI runs a short soak; LLM_EXTPROC_SOAK_SECONDS=1800 runs the nightly one."""
     local = started_stack(time_scale=0.05)
     try:
         pid = local.child("extproc").proc.pid
-        client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)
-        counter = iter(range(10**9))
-
-        def mixed() -> int:
-            i = next(counter)
-            if i % 4 == 0:
-                try:
-                    with client.chat.completions.create(
-                        model="llama-3-8b",
-                        messages=[{"role": "user", "content": f"s{i}"}],
-                        max_tokens=8,
-                        stream=True,
-                    ) as stream:
-                        for _ in stream:
-                            pass
-                    return 200
-                except (openai.APIError, OSError):
-                    return 0
-            if i % 4 == 1:
-                return (post(local, {"model": "nope", "messages": []})[0] // 100 * 100 == 400 and 200) or 0
-            return post(local, chat(max_tokens=4, user=f"u{i % 50}"))[0]
+        mixed = mixed_traffic(local)
 
         with Load(mixed, workers=4, limit=10**6) as load:
             load.wait_for(300, timeout_s=60)  # warm-up: caches, pools, lazy imports

@@ -70,35 +70,14 @@ def test_an_endpoint_answering_errors_stops_getting_traffic() -> None:
 def test_soak_keeps_envoy_and_brain_memory_flat(capsys: pytest.CaptureFixture[str]) -> None:
     """Mixed load (streams, table decisions, escalated errors) on the Wasm data path: Envoy's
     RSS (the filter's VM heaps live there) and the brain's stay bounded."""
-    import openai
 
     from extproc.bench.memory import rss_kib
-    from tests.integration.test_faults import SOAK_SECONDS
+    from tests.integration.test_faults import SOAK_SECONDS, mixed_traffic
 
     local = started_stack(time_scale=0.05, data_path="wasm")
     try:
         pids = {"envoy": local.child("envoy").proc.pid, "brain": local.child("extproc").proc.pid}
-        client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)
-        counter = iter(range(10**9))
-
-        def mixed() -> int:
-            i = next(counter)
-            if i % 4 == 0:
-                try:
-                    with client.chat.completions.create(
-                        model="llama-3-8b",
-                        messages=[{"role": "user", "content": f"s{i}"}],
-                        max_tokens=8,
-                        stream=True,
-                    ) as stream:
-                        for _ in stream:
-                            pass
-                    return 200
-                except (openai.APIError, OSError):
-                    return 0
-            if i % 4 == 1:  # escalated: the brain answers 400
-                return (post(local, {"model": "nope", "messages": []})[0] // 100 * 100 == 400 and 200) or 0
-            return post(local, chat(max_tokens=4, user=f"u{i % 50}"))[0]
+        mixed = mixed_traffic(local)  # errors we answer are escalated: the brain answers 400
 
         with Load(mixed, workers=4, limit=10**6) as load:
             load.wait_for(300, timeout_s=60)  # warm-up
