@@ -13,12 +13,13 @@ from extproc.capacity.cache import MemoryCache, RedisCache, ResponseStore
 from extproc.capacity.limits import Limiter, MemoryLimiter, RedisLimiter
 from extproc.complexity.scorer import ComplexityModel
 from extproc.config import ServerConfig
-from extproc.fleet.state import FleetState, InFlight
+from extproc.fleet.state import FleetSnapshot, FleetState, FloatArray, InFlight
 from extproc.observability.decision_log import DecisionLog, DecisionLogConfig
 from extproc.observability.metrics import Metrics
 from extproc.observability.metrics_server import MetricsServer
 from extproc.observability.telemetry import Telemetry
 from extproc.observability.tracing import DecisionTracer, otlp_tracer
+from extproc.observe import Observation
 from extproc.policy.compile import CompiledPolicy
 from extproc.policy.reload import PolicyReloader
 from extproc.router import Router
@@ -26,6 +27,7 @@ from extproc.scheduler.config import SchedulerConfig
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import EndpointPicker
 from extproc.scheduler.scheduler import Scheduler
+from extproc.scheduler.speed import SpeedEstimator
 from extproc.server import ExternalProcessor, HealthGate, build_grpc_server
 
 if TYPE_CHECKING:
@@ -89,7 +91,10 @@ class App:
         # Several worker processes share one InFlight view (extproc.fleet.shared).
         self.inflight = inflight or InFlight()
         self.outliers = OutlierDetector(fleet_size=lambda: self.fleet.snapshot.size)
-        self.scheduler = Scheduler(scheduler_config, self.outliers)
+        # Endpoint speeds learned from scrapes and observed responses; survives policy reloads.
+        self.speeds = SpeedEstimator()
+        self.fleet.subscribe(self.speeds.on_publish)
+        self.scheduler = Scheduler(scheduler_config, self.outliers, speeds=self.speeds)
         self._picker_is_scheduler = picker is None
         self.policy = policy
         self.router = Router(
@@ -121,6 +126,7 @@ class App:
             tracer=tracer,
             metrics=self.metrics,
             on_ttft=self.outliers.observe_latency,
+            on_observation=self._observed_speed,
             pool_of=self._pool_of,
             expect_observer=config.expect_observer,
         )
@@ -168,6 +174,7 @@ class App:
                 ),
             },
         )
+        self.metrics.watch_speeds(self._speed_table)
         self.metrics.inflight.set_function(lambda: float(self.inflight.total()))
         self.metrics_server = MetricsServer(self.metrics, self.status)
         self.brain: Brain | None = None
@@ -189,6 +196,23 @@ class App:
             **({"wasm": self.brain.status()} if self.brain is not None else {}),
         }
 
+    def _speed_table(self) -> tuple[FleetSnapshot, FloatArray, FloatArray]:
+        snapshot = self.fleet.snapshot
+        speeds = self.scheduler.endpoint_speeds(snapshot)
+        return snapshot, speeds.prefill_s_per_token, speeds.decode_s_per_token
+
+    def _observed_speed(self, observation: Observation) -> None:
+        usage = observation.usage
+        if not observation.endpoint or not observation.streamed or not 200 <= observation.status < 300:
+            return
+        self.speeds.observe_response(
+            observation.endpoint,
+            usage.prompt_tokens if usage is not None else None,
+            observation.ttft_s,
+            observation.time_per_output_token_s,
+            usage.completion_tokens if usage is not None else None,
+        )
+
     def _pool_of(self, address: str) -> str:
         snapshot = self.fleet.snapshot
         row = snapshot.index.get(address)
@@ -204,7 +228,7 @@ class App:
         """
         if policy.scheduler == self.scheduler.config:
             return
-        self.scheduler = Scheduler(policy.scheduler, self.outliers)
+        self.scheduler = Scheduler(policy.scheduler, self.outliers, speeds=self.speeds)
         if self._picker_is_scheduler:
             self.router.picker = self.scheduler
 

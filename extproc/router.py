@@ -77,6 +77,7 @@ class Decision:
     complexity_features: list[str] | None = None  # the top contributions, when asked for
     model_fallback: bool = False  # served by a later target of the policy's fallback chain
     scores: list[float] | None = None  # the chosen endpoints' scores, when asked for
+    speeds: list[dict[str, float | str]] | None = None  # their estimated speeds, likewise
     decision_s: float = 0.0
     # From the policy: response-cache settings, the tenant's limits and its downgrade target.
     cache: Cache | None = None
@@ -387,6 +388,7 @@ class Router:
                 "model_rename_needs_small_upload",
             )
         decision.scores = ctx.scores
+        decision.speeds = ctx.speeds
         decision.endpoints = endpoints = [snapshot.endpoints[r].address for r in rows]
         self.inflight.add(snapshot, endpoints[0], +1)
         if not decision.pool:

@@ -589,6 +589,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
         record.tenant, record.rule, record.tier = decision.tenant, decision.rule, decision.tier
         record.model_requested, record.model_served = decision.requested_model, decision.model
         record.pool, record.endpoints, record.scores = decision.pool, decision.endpoints, decision.scores
+        record.speeds = decision.speeds
         record.complexity = round(decision.complexity, 4)
         record.strong_gain = round(decision.strong_gain, 4)
         record.complexity_features = decision.complexity_features

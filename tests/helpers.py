@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
 from extproc.config import ServerConfig
 from extproc.fleet.state import (
+    WORK_COUNTERS,
     Endpoint,
     EndpointMetrics,
     FleetSnapshot,
@@ -90,10 +91,14 @@ def fleet_snapshot(
     scraped_at: list[float] | None = None,
     ttft: list[float] | None = None,
     loras: list[tuple[str, ...]] | None = None,
+    counters: list[tuple[float, float, float, float]] | None = None,
     now: float = 100.0,
     ready_at: float = 0.0,
 ):  # type: ignore[no-untyped-def]
-    """A snapshot of n endpoints serving "m", with per-endpoint metric overrides."""
+    """A snapshot of n endpoints serving "m", with per-endpoint metric overrides.
+
+    ``counters``: per endpoint (prompt tokens, prefill s, decode tokens, decode s), cumulative.
+    """
     import math
 
     endpoints = [
@@ -115,6 +120,11 @@ def fleet_snapshot(
             scraped_at=(scraped_at or [now] * n)[i],
             ttft_mean_s=(ttft or [math.nan] * n)[i],
             running_lora_adapters=(loras or [()] * n)[i],
+            **(
+                dict(zip(WORK_COUNTERS, counters[i], strict=True))  # type: ignore[arg-type]
+                if counters
+                else {}
+            ),
         )
         for i, e in enumerate(endpoints)
     }

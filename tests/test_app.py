@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from extproc.app import App
 from extproc.collectors.collector import collector_from_fleet_file
 from extproc.config import ServerConfig
@@ -42,13 +44,17 @@ async def test_reloaded_gpu_weights_reach_the_scheduler_and_removed_ones_are_dro
     write(policy_file, "{a100: 3, b200: 8, t4: 1}")
     app = app_with(policy_file, tmp_path)
     snapshot = fleet_snapshot(3, gpu=["a100", "t4", "b200"])
-    assert app.scheduler._speed(snapshot).tolist() == [3.0, 1.0, 8.0]
+    a100, t4, b200 = app.scheduler._speed(snapshot).tolist()
+    assert (a100 / t4, b200 / t4) == pytest.approx((3.0, 8.0))
     assert app.router.picker is app.scheduler
 
     write(policy_file, "{a100: 10, t4: 1}", bump=1)
     assert app.policy is not None and await app.policy.check_once()
     # Same fleet membership as before: a cache keyed by it must not hand back the old speeds.
-    assert app.scheduler._speed(snapshot).tolist() == [10.0, 1.0, 1.0]  # b200 is gone: unknown = 1
+    a100, t4, b200 = app.scheduler._speed(snapshot).tolist()
+    assert a100 / t4 == pytest.approx(10.0)
+    assert b200 == 1.0  # b200 is gone from the prior: assumed the fleet's median
+    assert app.scheduler.speeds is app.speeds  # learned speeds survive the reload
     assert app.router.picker is app.scheduler
 
 

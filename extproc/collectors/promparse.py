@@ -37,6 +37,16 @@ class MetricMapping:
     prefix_cache_hits: str | None = None
     # Histogram base name: ``<name>_sum`` and ``<name>_count`` give the mean TTFT.
     ttft_histogram: str | None = None
+    # Evidence of the endpoint's own speed (see extproc.scheduler.speed): prompt tokens done,
+    # seconds spent in prefill (a histogram's ``_sum``; else TTFT minus queue time when the
+    # server has a queue-time histogram), and decode: a per-token latency histogram whose
+    # ``_sum`` is seconds and ``_count`` tokens (vLLM's inter-token latency).
+    prompt_tokens_counter: str | None = None
+    prefill_histogram: str | None = None
+    queue_histogram: str | None = None
+    decode_token_histogram: str | None = None
+    # Read only when the page lacks ``decode_token_histogram`` (an older server's name).
+    legacy_decode_token_histogram: str | None = None
     # Gauge whose labels carry the LoRA adapter state (vLLM's ``vllm:lora_requests_info``).
     lora_info: str | None = None
     lora_running_label: str = "running_lora_adapters"
@@ -49,7 +59,7 @@ class MetricMapping:
 
 # Names verified against the servers' sources: vLLM ``vllm/v1/metrics/loggers.py``
 # (prometheus_client appends ``_total`` to counters), SGLang ``srt/metrics/collector.py``,
-# TGI's metrics reference. SGLang exposes its prefix cache only as a hit-rate gauge and TGI
+# TGI's metrics reference (commits in docs/simulator.md). SGLang exposes its prefix cache only as a hit-rate gauge and TGI
 # has neither KV usage nor TTFT, so those stay unmapped.
 PRESETS: dict[str, MetricMapping] = {
     "vllm": MetricMapping(
@@ -60,16 +70,27 @@ PRESETS: dict[str, MetricMapping] = {
         prefix_cache_hits="vllm:prefix_cache_hits_total",
         ttft_histogram="vllm:time_to_first_token_seconds",
         lora_info="vllm:lora_requests_info",
+        prompt_tokens_counter="vllm:prompt_tokens_total",
+        prefill_histogram="vllm:request_prefill_time_seconds",
+        queue_histogram="vllm:request_queue_time_seconds",
+        decode_token_histogram="vllm:inter_token_latency_seconds",
+        legacy_decode_token_histogram="vllm:time_per_output_token_seconds",
     ),
     "sglang": MetricMapping(
         waiting="sglang:num_queue_reqs",
         running="sglang:num_running_reqs",
         kv_usage="sglang:token_usage",
         ttft_histogram="sglang:time_to_first_token_seconds",
+        prompt_tokens_counter="sglang:prompt_tokens_total",
+        queue_histogram="sglang:queue_time_seconds",
+        decode_token_histogram="sglang:inter_token_latency_seconds",
     ),
     "tgi": MetricMapping(
         waiting="tgi_queue_size",
         running="tgi_batch_current_size",
+        # One observation per request of its mean time per token: a mean of means, near
+        # enough per-token decode time for ranking endpoints. TGI has no TTFT histogram.
+        decode_token_histogram="tgi_request_mean_time_per_token_duration",
     ),
 }
 
@@ -94,6 +115,11 @@ class PageValues:
     prefix_cache_hits: float | None = None
     ttft_sum: float | None = None
     ttft_count: float | None = None
+    prompt_tokens: float | None = None
+    prefill_sum: float | None = None
+    queue_sum: float | None = None
+    decode_sum: float | None = None
+    decode_count: float | None = None
     running_lora_adapters: tuple[str, ...] | None = None
     waiting_lora_adapters: tuple[str, ...] | None = None
     max_lora: int | None = None
@@ -105,6 +131,15 @@ class PageValues:
             return math.nan
         return self.ttft_sum / self.ttft_count
 
+    @property
+    def prefill_seconds(self) -> float:
+        """Seconds spent in prefill so far: the prefill histogram's sum, else TTFT - queue."""
+        if self.prefill_sum is not None:
+            return self.prefill_sum
+        if self.ttft_sum is not None and self.queue_sum is not None and self.ttft_sum >= self.queue_sum:
+            return self.ttft_sum - self.queue_sum
+        return math.nan  # absent, or inconsistent (queue time is part of TTFT)
+
     def to_endpoint_metrics(self, *, scraped_at: float, healthy: bool = True) -> EndpointMetrics:
         return EndpointMetrics(
             waiting=_or(self.waiting, 0.0),
@@ -113,6 +148,10 @@ class PageValues:
             prefix_cache_queries=_or(self.prefix_cache_queries, 0.0),
             prefix_cache_hits=_or(self.prefix_cache_hits, 0.0),
             ttft_mean_s=self.ttft_mean_s,
+            prompt_tokens_total=_or(self.prompt_tokens, math.nan),
+            prefill_seconds_total=self.prefill_seconds,
+            decode_tokens_total=_or(self.decode_count, math.nan),
+            decode_seconds_total=_or(self.decode_sum, math.nan),
             running_lora_adapters=self.running_lora_adapters or (),
             max_lora=self.max_lora or 0,
             healthy=healthy,
@@ -166,6 +205,20 @@ class TargetedParser:
         if mapping.ttft_histogram:
             names[mapping.ttft_histogram + "_sum"] = "ttft_sum"
             names[mapping.ttft_histogram + "_count"] = "ttft_count"
+        if mapping.prompt_tokens_counter:
+            names[mapping.prompt_tokens_counter] = "prompt_tokens"
+        for histogram, field in (
+            (mapping.prefill_histogram, "prefill_sum"),
+            (mapping.queue_histogram, "queue_sum"),
+            (mapping.decode_token_histogram, "decode_sum"),
+        ):
+            if histogram:
+                names[histogram + "_sum"] = field
+        if mapping.decode_token_histogram:
+            names[mapping.decode_token_histogram + "_count"] = "decode_count"
+        if mapping.legacy_decode_token_histogram:
+            names[mapping.legacy_decode_token_histogram + "_sum"] = "legacy_decode_sum"
+            names[mapping.legacy_decode_token_histogram + "_count"] = "legacy_decode_count"
         if mapping.lora_info:
             names[mapping.lora_info] = "lora"
         # (needle, field) pairs: a sample line is "\n" + exact name; HELP/TYPE lines start with
@@ -236,6 +289,11 @@ class TargetedParser:
             prefix_cache_hits=sums.get("prefix_cache_hits"),
             ttft_sum=sums.get("ttft_sum"),
             ttft_count=sums.get("ttft_count"),
+            prompt_tokens=sums.get("prompt_tokens"),
+            prefill_sum=sums.get("prefill_sum"),
+            queue_sum=sums.get("queue_sum"),
+            decode_sum=sums.get("decode_sum", sums.get("legacy_decode_sum")),
+            decode_count=sums.get("decode_count", sums.get("legacy_decode_count")),
             running_lora_adapters=running_lora,
             waiting_lora_adapters=waiting_lora,
             max_lora=max_lora,

@@ -12,7 +12,8 @@ workers still spreads over the endpoints. One writer per cell: no locks, no atom
 Layout of the snapshot block (a seqlock: the writer makes ``seq`` odd while it writes; a
 reader retries until it sees the same even value before and after copying):
 ``[seq, version, synced, n, membership_bytes]`` int64, then the endpoint list as JSON, then
-per-endpoint float64 arrays: waiting, running, kv_usage, scraped_at, ttft_mean_s, healthy.
+per-endpoint float64 arrays: waiting, running, kv_usage, scraped_at, ttft_mean_s, healthy and the
+work counters speed estimates read.
 Prefix-cache counters and LoRA adapters are not shared (their scorers see neutral values).
 """
 
@@ -30,10 +31,18 @@ from dataclasses import asdict
 import numpy as np
 import numpy.typing as npt
 
-from extproc.fleet.state import Endpoint, EndpointMetrics, FleetSnapshot, FleetState, InFlight, build_snapshot
+from extproc.fleet.state import (
+    WORK_COUNTERS,
+    Endpoint,
+    EndpointMetrics,
+    FleetSnapshot,
+    FleetState,
+    InFlight,
+    build_snapshot,
+)
 
 _HEADER = 5
-_FIELDS = ("waiting", "running", "kv_usage", "scraped_at", "ttft_mean_s", "healthy")
+_FIELDS = ("waiting", "running", "kv_usage", "scraped_at", "ttft_mean_s", "healthy", *WORK_COUNTERS)
 MEMBERSHIP_BYTES = 4 * 1024 * 1024
 
 
@@ -169,6 +178,10 @@ class SharedFleetReader:
                     scraped_at=float(arrays[3, row]),
                     ttft_mean_s=float(arrays[4, row]),
                     healthy=bool(arrays[5, row]),
+                    prompt_tokens_total=float(arrays[6, row]),
+                    prefill_seconds_total=float(arrays[7, row]),
+                    decode_tokens_total=float(arrays[8, row]),
+                    decode_seconds_total=float(arrays[9, row]),
                 )
                 for row, e in enumerate(self._endpoints)
             }

@@ -45,11 +45,23 @@ class EndpointMetrics:
     prefix_cache_queries: float = 0.0
     prefix_cache_hits: float = 0.0
     ttft_mean_s: float = math.nan
+    # Cumulative counters the server reports (nan: not reported), for speed estimates.
+    prompt_tokens_total: float = math.nan
+    prefill_seconds_total: float = math.nan
+    decode_tokens_total: float = math.nan
+    decode_seconds_total: float = math.nan
     running_lora_adapters: tuple[str, ...] = ()
     max_lora: int = 0
     healthy: bool = True
     scraped_at: float = math.nan  # time.monotonic() of the successful scrape
 
+
+WORK_COUNTERS = (
+    "prompt_tokens_total",
+    "prefill_seconds_total",
+    "decode_tokens_total",
+    "decode_seconds_total",
+)
 
 _Scalar = TypeVar("_Scalar", bound=np.generic)
 
@@ -57,6 +69,9 @@ _Scalar = TypeVar("_Scalar", bound=np.generic)
 def _frozen(array: npt.NDArray[_Scalar]) -> npt.NDArray[_Scalar]:
     array.setflags(write=False)
     return array
+
+
+_NO_VALUES: FloatArray = _frozen(np.empty(0))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -78,6 +93,11 @@ class FleetSnapshot:
     index: Mapping[str, int] = field(default_factory=dict)
     rows_by_model: Mapping[str, IntArray] = field(default_factory=dict)
     rows_by_pool: Mapping[str, IntArray] = field(default_factory=dict)
+    # The servers' cumulative work counters (EndpointMetrics), nan where not reported.
+    prompt_tokens_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
+    prefill_seconds_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
+    decode_tokens_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
+    decode_seconds_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
 
     @property
     def size(self) -> int:
@@ -125,6 +145,7 @@ def build_snapshot(
     ttft = np.full(n, np.nan)
     healthy = np.zeros(n, dtype=np.bool_)
     ready_since = np.full(n, np.nan)
+    counters = np.full((len(WORK_COUNTERS), n), np.nan)
     loras: list[tuple[str, ...]] = []
     by_model: dict[str, list[int]] = {}
     by_pool: dict[str, list[int]] = {}
@@ -142,6 +163,8 @@ def build_snapshot(
         scraped_at[row] = m.scraped_at
         ttft[row] = m.ttft_mean_s
         healthy[row] = m.healthy
+        for i, name in enumerate(WORK_COUNTERS):
+            counters[i, row] = getattr(m, name)
         if m.healthy and endpoint.discovered_ready:
             since = math.nan
             if previous is not None:
@@ -167,6 +190,7 @@ def build_snapshot(
         index={e.address: i for i, e in enumerate(endpoints)},
         rows_by_model={k: _frozen(np.asarray(v, dtype=np.intp)) for k, v in by_model.items()},
         rows_by_pool={k: _frozen(np.asarray(v, dtype=np.intp)) for k, v in by_pool.items()},
+        **{name: _frozen(counters[i]) for i, name in enumerate(WORK_COUNTERS)},
     )
 
 

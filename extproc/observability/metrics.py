@@ -27,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from extproc.fleet.state import FleetSnapshot
+from extproc.fleet.state import FleetSnapshot, FloatArray
 from extproc.observe import Observation
 
 # _created series double the exposition and carry wall-clock timestamps nobody alerts on.
@@ -40,6 +40,32 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+
+class _SpeedCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[FleetSnapshot, FloatArray, FloatArray]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        snap, prefill, decode = self._read()
+        labels = ["endpoint", "pool", "gpu_class"]
+        prefill_rate = GaugeMetricFamily(
+            "llm_extproc_endpoint_prefill_tokens_per_second",
+            "Estimated prefill speed: prompt tokens per second (learned, or prior/fleet median).",
+            labels=labels,
+        )
+        decode_rate = GaugeMetricFamily(
+            "llm_extproc_endpoint_decode_tokens_per_second",
+            "Estimated decode speed of one stream: output tokens per second.",
+            labels=labels,
+        )
+        for row, endpoint in enumerate(snap.endpoints):
+            values = [endpoint.address, endpoint.pool, endpoint.gpu_class]
+            if prefill[row] > 0:
+                prefill_rate.add_metric(values, 1.0 / float(prefill[row]))
+            if decode[row] > 0:
+                decode_rate.add_metric(values, 1.0 / float(decode[row]))
+        yield from (prefill_rate, decode_rate)
 
 
 class _FleetCollector(Collector):
@@ -230,6 +256,10 @@ class Metrics:
         """Per-endpoint and per-pool gauges from the latest snapshot, computed at scrape time;
         ``counters`` maps a counter name (without _total) to (help, reader)."""
         self.registry.register(_FleetCollector(snapshot, clock, counters or {}))
+
+    def watch_speeds(self, read: Callable[[], tuple[FleetSnapshot, FloatArray, FloatArray]]) -> None:
+        """Per-endpoint speed estimates (snapshot, prefill and decode seconds per token)."""
+        self.registry.register(_SpeedCollector(read))
 
     def request(self, task: str, pool: str, model: str, tier: str, outcome: str) -> None:
         key = (task, pool, model, tier, outcome)

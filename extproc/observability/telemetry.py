@@ -39,6 +39,7 @@ class RouteRecord:
     pool: str = ""
     endpoints: list[str] = field(default_factory=list)
     scores: list[float] | None = None
+    speeds: list[dict[str, float | str]] | None = None
     complexity: float | None = None
     strong_gain: float | None = None
     complexity_features: list[str] | None = None  # e.g. ["proof cue +0.20", "length 1,900 tokens +0.11"]
@@ -62,6 +63,7 @@ class Telemetry:
         tracer: DecisionTracer | None = None,
         metrics: Metrics | None = None,
         on_ttft: Callable[[str, float], None] | None = None,
+        on_observation: Callable[[Observation], None] | None = None,
         pool_of: Callable[[str], str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         join_timeout_s: float = 10.0,
@@ -72,6 +74,7 @@ class Telemetry:
         self.tracer = tracer
         self.metrics = metrics
         self.on_ttft = on_ttft
+        self.on_observation = on_observation
         self.pool_of = pool_of
         self.clock = clock
         self.join_timeout_s = join_timeout_s
@@ -110,6 +113,8 @@ class Telemetry:
             self.metrics.observe_response(observation)
         if self.on_ttft is not None and observation.endpoint and not math.isnan(observation.ttft_s):
             self.on_ttft(observation.endpoint, observation.ttft_s)
+        if self.on_observation is not None:
+            self.on_observation(observation)
         if observation.request_id and self.wants(observation.request_id, traceparent):
             self._join(observation.request_id, None, observation)
 
@@ -162,6 +167,7 @@ class Telemetry:
             "endpoints": record.endpoints,
             "served_by": record.served_by or (record.endpoints[0] if record.endpoints else ""),
             "scores": record.scores,
+            "speeds": record.speeds,
             "complexity": record.complexity,
             "strong_gain": record.strong_gain,
             "complexity_features": record.complexity_features,

@@ -9,8 +9,9 @@ hot-reloaded with it), e.g.::
         load: 3.0                          # a weight
         prefix: {weight: 2.0, block_chars: 128}   # a weight and the plugin's own parameters
         lora: 0                            # 0 turns a default scorer off
-      gpu_weights: {h100: 5, a100: 3}
+      gpu_weights: {h100: 5, a100: 3}     # optional prior; measured speeds override it
       queue_threshold: 8
+      shed_standard: false                 # default priority is never shed unless true
 
 Scorers not named keep their default weight; ``filters`` replaces the default list.
 """
@@ -45,7 +46,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "session": 1.0,
     "lora": 1.0,
 }
-DEFAULT_GPU_WEIGHTS: dict[str, float] = {"h100": 5.0, "a100": 3.0, "l4": 1.5, "t4": 1.0}
+# A ready-made prior for ``gpu_weights`` (relative speed per class). Not applied by default:
+# endpoint speeds are learned from evidence (extproc.scheduler.speed); a prior only sets the
+# starting point for endpoints not yet measured.
+EXAMPLE_GPU_WEIGHTS: dict[str, float] = {"h100": 5.0, "a100": 3.0, "l4": 1.5, "t4": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +58,16 @@ class SchedulerConfig:
     scorers: tuple[PluginConfig, ...] = tuple(
         PluginConfig(name, weight=weight) for name, weight in DEFAULT_WEIGHTS.items()
     )
-    # Relative speed per GPU class (A100 : T4 = 3 : 1); unknown classes get 1.
-    gpu_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GPU_WEIGHTS))
+    # Optional prior: relative speed per GPU class (e.g. A100 : T4 = 3 : 1), used for endpoints
+    # with no speed evidence yet; evidence overrides it. Empty: no prior, unmeasured
+    # endpoints are assumed as fast as the fleet's median.
+    gpu_weights: Mapping[str, float] = field(default_factory=dict)
     slow_start_s: float = 10.0
-    # Saturation: every candidate above both thresholds. Batch is shed first; standard only
-    # beyond the severe factor; premium never.
+    # Saturation: every candidate above both thresholds. Sheddable (batch) traffic is shed;
+    # default priority only when ``shed_standard`` is set, and then beyond the severe factor
+    # (as in the Gateway API Inference Extension, only sheddable priorities are shed unless
+    # a policy says otherwise); premium never.
+    shed_standard: bool = False
     queue_threshold: float = 8.0
     kv_threshold: float = 0.9
     severe_factor: float = 3.0
@@ -78,7 +87,7 @@ class SchedulerConfig:
     def from_dict(cls, raw: Mapping[str, Any], where: str = "scheduler") -> SchedulerConfig:
         """Strict, in stages: known keys, known plugin types, then each plugin's own parameters
         (built once here, so a bad parameter fails when the file is loaded, not on a request)."""
-        known = {"filters", "scorers", "gpu_weights", *_NUMBERS}
+        known = {"filters", "scorers", "gpu_weights", "shed_standard", *_NUMBERS}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise PluginError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
@@ -103,6 +112,10 @@ class SchedulerConfig:
             for name, value in weights.items():
                 _number(value, f"{where}.gpu_weights.{name}", positive=True)
             settings["gpu_weights"] = {str(k): float(v) for k, v in weights.items()}
+        if "shed_standard" in raw:
+            if not isinstance(raw["shed_standard"], bool):
+                raise PluginError(f"{where}.shed_standard: must be true or false")
+            settings["shed_standard"] = raw["shed_standard"]
         for key in _NUMBERS:
             if key in raw:
                 settings[key] = _number(raw[key], f"{where}.{key}")

@@ -30,6 +30,9 @@ class PickContext:
     # then fills ``scores`` (one per chosen endpoint, in order).
     want_scores: bool = False
     scores: list[float] | None = None
+    # With want_scores: each chosen endpoint's estimated speed (prefill and decode tokens/s,
+    # and where the estimate came from: measured, prior or assumed).
+    speeds: list[dict[str, float | str]] | None = None
 
 
 class EndpointPicker(Protocol):

@@ -15,12 +15,62 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc.errors import ErrorKind, RoutingError
-from extproc.fleet.state import FleetSnapshot, FloatArray, IntArray
+from extproc.fleet.state import BoolArray, FleetSnapshot, FloatArray, IntArray
 from extproc.scheduler.config import SchedulerConfig
 from extproc.scheduler.framework import Filter, PickView, PluginContext, Scorer, Sparse
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.registry import PLUGINS
+from extproc.scheduler.speed import SpeedEstimator
+
+# Assumed when nothing is known about any endpoint (only ratios between endpoints matter).
+DEFAULT_PREFILL_S_PER_TOKEN = 1e-4
+DEFAULT_DECODE_S_PER_TOKEN = 0.02
+# Prompt tokens per output token assumed before traffic shows the mix.
+DEFAULT_PROMPT_PER_OUTPUT = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Speeds:
+    """Per snapshot row: what the scheduler believes about each endpoint's speed.
+
+    ``relative`` is 1 for the fleet's median endpoint and 2 for one that turns a request over
+    twice as fast (prefill and decode weighted by the traffic's prompt:output mix).
+    """
+
+    prefill_s_per_token: FloatArray
+    decode_s_per_token: FloatArray
+    relative: FloatArray
+    measured: BoolArray  # both rates from evidence
+    from_prior: BoolArray  # at least one rate from the GPU-class prior
+
+    def source(self, row: int) -> str:
+        """ "measured", "prior" (GPU-class weight) or "assumed" (the fleet's median)."""
+        return "measured" if self.measured[row] else "prior" if self.from_prior[row] else "assumed"
+
+
+def _fill(measured: FloatArray, prior: FloatArray, default: float) -> tuple[FloatArray, BoolArray]:
+    """Unmeasured rows from the prior (scaled to what was measured) or the measured median.
+
+    With a prior, seconds x weight is what a correct prior makes equal across classes: its
+    median over measured rows scales the prior to absolute seconds.
+    """
+    known = ~np.isnan(measured)
+    has_prior = ~np.isnan(prior)
+    filled = measured.copy()
+    use_prior = ~known & has_prior
+    if use_prior.any():
+        anchored = known & has_prior
+        reference = (
+            float(np.median(measured[anchored] * prior[anchored]))
+            if anchored.any()
+            else default * float(np.median(prior[has_prior]))
+        )
+        filled[use_prior] = reference / prior[use_prior]
+    rest = np.isnan(filled)
+    if rest.any():
+        filled[rest] = float(np.median(filled[~rest])) if (~rest).any() else default
+    return filled, use_prior
 
 
 def _normalise(raw: FloatArray) -> FloatArray:
@@ -123,10 +173,12 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         outliers: OutlierDetector | None = None,
         *,
+        speeds: SpeedEstimator | None = None,
         prepared_ttl_s: float = PREPARED_TTL_S,
     ) -> None:
         self.config = config or SchedulerConfig()
         self.outliers = outliers or OutlierDetector()
+        self.speeds = speeds or SpeedEstimator()
         context = PluginContext(self.outliers)
         filters: list[Filter] = [
             PLUGINS[f.type].build(f.params, context, f"scheduler.filters.{f.type}")  # type: ignore[misc]
@@ -145,19 +197,43 @@ class Scheduler:
         self.fleet_scorers = [(s, w) for s, w in self.scorers if not s.per_request]
         self.request_scorers = [(s, w) for s, w in self.scorers if s.per_request]
         self._fleet_weights = np.array([w for _, w in self.fleet_scorers], dtype=np.float64)
-        self._speed_cache: tuple[tuple[str, ...], FloatArray] | None = None
+        self._prior_cache: tuple[tuple[str, ...], FloatArray] | None = None
+        self._speeds_cache: tuple[FleetSnapshot, Speeds] | None = None
         self._prepared: _Prepared | None = None
         self.prepared_ttl_s = prepared_ttl_s
         self.sheds = 0
 
-    def _speed(self, snapshot: FleetSnapshot) -> FloatArray:
-        cached = self._speed_cache
+    def _prior(self, snapshot: FleetSnapshot) -> FloatArray:
+        """The configured GPU-class weight per row; nan for classes without one."""
+        cached = self._prior_cache
         if cached is not None and cached[0] is snapshot.membership:
             return cached[1]
         weights = self.config.gpu_weights
-        speed = np.array([weights.get(e.gpu_class, 1.0) for e in snapshot.endpoints], dtype=np.float64)
-        self._speed_cache = (snapshot.membership, speed)
-        return speed
+        prior = np.array([weights.get(e.gpu_class, np.nan) for e in snapshot.endpoints], dtype=np.float64)
+        self._prior_cache = (snapshot.membership, prior)
+        return prior
+
+    def endpoint_speeds(self, snapshot: FleetSnapshot) -> Speeds:
+        """Measured speeds, gaps filled from the prior or the fleet's median; once per snapshot."""
+        cached = self._speeds_cache
+        if cached is not None and cached[0] is snapshot:
+            return cached[1]
+        measured_prefill, measured_decode = self.speeds.evidence(snapshot)
+        prior = self._prior(snapshot)
+        prefill, prefill_prior = _fill(measured_prefill, prior, DEFAULT_PREFILL_S_PER_TOKEN)
+        decode, decode_prior = _fill(measured_decode, prior, DEFAULT_DECODE_S_PER_TOKEN)
+        mix = self.speeds.prompt_per_output_token()
+        mix = DEFAULT_PROMPT_PER_OUTPUT if math.isnan(mix) else mix
+        # Seconds one request holds an endpoint, per output token: its prefill plus its decode.
+        turnover = mix * prefill + decode
+        relative = float(np.median(turnover)) / turnover if turnover.size else turnover
+        measured = ~np.isnan(measured_prefill) & ~np.isnan(measured_decode)
+        speeds = Speeds(prefill, decode, relative, measured, prefill_prior | decode_prior)
+        self._speeds_cache = (snapshot, speeds)
+        return speeds
+
+    def _speed(self, snapshot: FleetSnapshot) -> FloatArray:
+        return self.endpoint_speeds(snapshot).relative
 
     def view(
         self, snapshot: FleetSnapshot, candidates: IntArray, inflight: npt.NDArray[np.int64], ctx: PickContext
@@ -319,6 +395,15 @@ class Scheduler:
             offset = 0.0 if slow_start is not None else flat
             ctx.scores = [round(float(total[where[row]]) + offset, 4) for row in chosen[:preferred]]
             ctx.scores += [0.0] * (len(chosen) - preferred)  # fallbacks outside the preferred set
+            speeds = self.endpoint_speeds(view.snapshot)
+            ctx.speeds = [
+                {
+                    "prefill_tokens_per_s": round(1.0 / float(speeds.prefill_s_per_token[row]), 1),
+                    "decode_tokens_per_s": round(1.0 / float(speeds.decode_s_per_token[row]), 2),
+                    "source": speeds.source(row),
+                }
+                for row in chosen
+            ]
         for scorer, _ in self.scorers:
             scorer.picked(view, chosen)
         return chosen
@@ -359,8 +444,8 @@ class Scheduler:
     def _shed_if_saturated(self, view: PickView) -> None:
         config = self.config
         priority = view.ctx.priority
-        if priority > 0:
-            return  # premium is never shed before standard
+        if priority > 0 or (priority == 0 and not config.shed_standard):
+            return  # only sheddable traffic, unless the policy sheds standard too; premium never
         queue = view.queued()
         kv = view.snapshot.kv_usage[view.rows]
         factor = 1.0 if priority < 0 else config.severe_factor

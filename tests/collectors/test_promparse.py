@@ -36,6 +36,20 @@ def reference(text: str, mapping: MetricMapping) -> PageValues:
     if mapping.ttft_histogram:
         names[mapping.ttft_histogram + "_sum"] = "ttft_sum"
         names[mapping.ttft_histogram + "_count"] = "ttft_count"
+    if mapping.prompt_tokens_counter:
+        names[mapping.prompt_tokens_counter] = "prompt_tokens"
+    for histogram, field in (
+        (mapping.prefill_histogram, "prefill_sum"),
+        (mapping.queue_histogram, "queue_sum"),
+        (mapping.decode_token_histogram, "decode_sum"),
+    ):
+        if histogram:
+            names[histogram + "_sum"] = field
+    if mapping.decode_token_histogram:
+        names[mapping.decode_token_histogram + "_count"] = "decode_count"
+    if mapping.legacy_decode_token_histogram:
+        names[mapping.legacy_decode_token_histogram + "_sum"] = "legacy_decode_sum"
+        names[mapping.legacy_decode_token_histogram + "_count"] = "legacy_decode_count"
     sums: dict[str, float] = {}
     lora: tuple[float, dict[str, str]] | None = None
     found = 0
@@ -74,6 +88,11 @@ def reference(text: str, mapping: MetricMapping) -> PageValues:
         prefix_cache_hits=sums.get("prefix_cache_hits"),
         ttft_sum=sums.get("ttft_sum"),
         ttft_count=sums.get("ttft_count"),
+        prompt_tokens=sums.get("prompt_tokens"),
+        prefill_sum=sums.get("prefill_sum"),
+        queue_sum=sums.get("queue_sum"),
+        decode_sum=sums.get("decode_sum", sums.get("legacy_decode_sum")),
+        decode_count=sums.get("decode_count", sums.get("legacy_decode_count")),
         running_lora_adapters=running,
         waiting_lora_adapters=waiting,
         max_lora=max_lora,
@@ -125,6 +144,15 @@ def test_recorded_vllm_page_values() -> None:
     assert values.max_lora == 4
     metrics = values.to_endpoint_metrics(scraped_at=12.0)
     assert metrics.running == 12.0 and metrics.max_lora == 4 and metrics.scraped_at == 12.0
+    # Speed evidence: this (older) vLLM has no prefill histogram nor inter-token latency, so
+    # prefill is TTFT minus queue time and decode comes from time_per_output_token.
+    assert metrics.prompt_tokens_total == 1.5e6 + 910000
+    assert values.queue_sum == pytest.approx(1126.7281392519553 + 1008.9414601803093)
+    # This recorded page's queue time exceeds its TTFT (impossible): no prefill evidence.
+    assert math.isnan(metrics.prefill_seconds_total)
+    assert PageValues(ttft_sum=5.0, queue_sum=2.0).prefill_seconds == 3.0
+    assert metrics.decode_seconds_total == pytest.approx(83.07767578038545 + 72.49493939460821)
+    assert metrics.decode_tokens_total > 0
 
 
 def test_edge_page() -> None:

@@ -10,6 +10,7 @@ from extproc.fleet.state import Endpoint, EndpointMetrics, build_snapshot
 from extproc.scheduler.outlier import OutlierConfig, OutlierDetector
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.scheduler import Scheduler, SchedulerConfig, _normalise, _normalise_rows
+from extproc.scheduler.speed import SpeedEstimator
 from tests.helpers import fleet_snapshot
 
 
@@ -32,7 +33,7 @@ def test_normalise_is_min_max_with_non_finite_as_worst() -> None:
 
 def test_prefers_the_idle_fast_endpoint_and_returns_distinct_fallbacks() -> None:
     snap = fleet_snapshot(4, waiting=[6, 0, 0, 3], gpu=["a100", "t4", "a100", "a100"])
-    chosen = pick(Scheduler(), snap)
+    chosen = pick(Scheduler(SchedulerConfig(gpu_weights={"a100": 3.0, "t4": 1.0})), snap)
     assert chosen[0] == 2 and len(set(chosen)) == 3
 
 
@@ -85,13 +86,16 @@ def test_new_gpu_weights_change_speeds_even_when_the_fleet_is_unchanged() -> Non
     """A reload builds a new config; the speed cache keyed by fleet membership must not survive it."""
     snap = fleet_snapshot(2, gpu=["a100", "t4"])
     before = Scheduler(SchedulerConfig().with_gpu_weights({"a100": 3.0, "t4": 1.0}))
-    assert before._speed(snap).tolist() == [3.0, 1.0]
+    fast, slow = before._speed(snap).tolist()
+    assert fast / slow == pytest.approx(3.0)
     after = Scheduler(SchedulerConfig().with_gpu_weights({"a100": 10.0, "t4": 1.0}))
-    assert after._speed(snap).tolist() == [10.0, 1.0]
+    fast, slow = after._speed(snap).tolist()
+    assert fast / slow == pytest.approx(10.0)
+    assert Scheduler()._speed(snap).tolist() == [1.0, 1.0]  # no prior by default: no class is favoured
 
 
 def test_saturation_sheds_batch_first_then_standard_never_premium() -> None:
-    scheduler = Scheduler()
+    scheduler = Scheduler(SchedulerConfig(shed_standard=True))
     busy = fleet_snapshot(2, waiting=[10, 12], kv=[0.95, 0.97])
     with pytest.raises(RoutingError) as info:
         pick(scheduler, busy, priority=-1)
@@ -185,8 +189,13 @@ def test_never_returns_ejected_unready_or_undiscovered_and_always_distinct(case)
     assert chosen[: len(fresh)] == [r for r in chosen if r in fresh] or not fresh
 
 
-def test_beats_round_robin_and_least_inflight_on_a_heterogeneous_fleet() -> None:
-    """A tiny discrete-time queueing model: 2 fast (3 req/tick) + 2 slow (1 req/tick) servers."""
+@pytest.mark.parametrize("prior", [False, True], ids=["learned", "gpu-prior"])
+def test_beats_round_robin_and_least_inflight_on_a_heterogeneous_fleet(prior: bool) -> None:
+    """A tiny discrete-time queueing model: 2 fast (3 req/tick) + 2 slow (1 req/tick) servers.
+
+    Without a prior the scheduler knows nothing of the GPUs: it learns their speed from the
+    work counters the servers report (prompt and decode tokens, and the seconds they took).
+    """
     speeds = [3.0, 3.0, 1.0, 1.0]
     gpus = ["a100", "a100", "t4", "t4"]
     rng = np.random.default_rng(7)
@@ -196,24 +205,35 @@ def test_beats_round_robin_and_least_inflight_on_a_heterogeneous_fleet() -> None
         queues = [0.0] * 4
         waited = 0.0
         served = 0
+        done = [0.0] * 4
         for tick, count in enumerate(arrivals):
             for _ in range(count):
-                target = choose(queues, tick)
+                target = choose(queues, done, tick)
                 waited += queues[target] / speeds[target]
                 queues[target] += 1
                 served += 1
+            done = [d + min(q, s) for d, q, s in zip(done, queues, speeds, strict=True)]
             queues = [max(0.0, q - s) for q, s in zip(queues, speeds, strict=True)]
         return waited / served
 
-    scheduler = Scheduler()
+    clock = [0.0]
+    config = SchedulerConfig(gpu_weights={"a100": 3.0, "t4": 1.0} if prior else {})
+    scheduler = Scheduler(config, speeds=SpeedEstimator(clock=lambda: clock[0]))
     counter = iter(range(10**9))
 
-    def ours(queues, _tick):  # type: ignore[no-untyped-def]
-        snap = fleet_snapshot(4, waiting=queues, gpu=gpus)
+    def ours(queues, done, tick):  # type: ignore[no-untyped-def]
+        # Each request: 100 prompt tokens at 1 ms/token and 10 output tokens at 10 ms/token
+        # on the fast servers, 3x that on the slow ones.
+        counters = [
+            (100 * d, 0.1 * d / s * 3, 10 * d, 0.1 * d / s * 3) for d, s in zip(done, speeds, strict=True)
+        ]
+        snap = fleet_snapshot(4, waiting=queues, gpu=gpus, counters=counters)
+        clock[0] = float(tick)
+        scheduler.speeds.on_publish(snap)
         return pick(scheduler, snap, count=1)[0]
 
-    round_robin = run(lambda q, t: next(counter) % 4)
-    least = run(lambda q, t: int(np.argmin(q)))
+    round_robin = run(lambda q, d, t: next(counter) % 4)
+    least = run(lambda q, d, t: int(np.argmin(q)))
     mine = run(ours)
     assert mine * 1.2 < least < round_robin
 
@@ -258,3 +278,23 @@ def pick_scores(scheduler: Scheduler, snap, inflight, **ctx):  # type: ignore[no
     context = PickContext(model="m", now=100.0, want_scores=True, **ctx)
     scheduler.pick(snap, rows, np.asarray(inflight, dtype=np.int64), context, 3)
     return [round(s, 3) for s in context.scores or []]
+
+
+def test_default_priority_is_never_shed_unless_the_policy_says_so() -> None:
+    severe = fleet_snapshot(2, waiting=[400, 500], kv=[1.0, 1.0])
+    assert pick(Scheduler(), severe, priority=0)  # no policy: standard is served however busy
+    with pytest.raises(RoutingError):
+        pick(Scheduler(), severe, priority=-1)  # sheddable traffic is shed
+    assert SchedulerConfig.from_dict({"shed_standard": True}).shed_standard
+    with pytest.raises(ValueError, match="shed_standard: must be true or false"):
+        SchedulerConfig.from_dict({"shed_standard": "yes"})
+
+
+def test_the_decision_detail_names_each_chosen_endpoints_speed_and_its_source() -> None:
+    snap = fleet_snapshot(2, gpu=["a100", "t4"])
+    context = PickContext(model="m", now=100.0, want_scores=True)
+    scheduler = Scheduler(SchedulerConfig(gpu_weights={"a100": 3.0}))
+    chosen = scheduler.pick(snap, np.arange(2, dtype=np.intp), np.zeros(2, dtype=np.int64), context, 2)
+    sources = {row: speed["source"] for row, speed in zip(chosen, context.speeds or [], strict=True)}
+    assert sources == {0: "prior", 1: "assumed"}
+    assert all(float(s["prefill_tokens_per_s"]) > 0 for s in context.speeds or [])
