@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import json
+import math
 import random
 import signal
 import sys
 import time
 import uuid
-import zlib
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,14 +32,35 @@ from typing import Any
 import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from extproc.devstack.sim_apis import add_api_routes
 
-# Per GPU class: relative slowness (1.0 = A100-class). A T4 has ~1/5 of an A100's FP16
-# throughput and ~1/5 of its memory bandwidth; ~3x is what vLLM users see for small models.
-GPU_SPEED: dict[str, float] = {"h100": 0.6, "a100": 1.0, "l4": 2.0, "t4": 3.0}
-BLOCK_CHARS = 64  # prefix-cache block: 64 characters ~ 16 tokens, vLLM's default block size
+@dataclass(frozen=True, slots=True)
+class GpuProfile:
+    """Llama-3-8B-class serving on one GPU: prefill per uncached prompt token (compute-bound)
+    and inter-token latency at batch ~1 (memory-bandwidth-bound), set independently.
+
+    Derived in docs/simulator.md from Vidur's measured A100/H100 profiles and the vendors'
+    FLOPs and bandwidth figures: prefill follows the FLOPs ratio, decode the bandwidth ratio,
+    so an L40S prefills like an A100 but decodes 2.3x slower.
+    """
+
+    prefill_s_per_token: float
+    inter_token_latency_s: float
+
+
+GPU_PROFILES: dict[str, GpuProfile] = {
+    "h100": GpuProfile(24e-6, 0.0078),
+    "a100": GpuProfile(76e-6, 0.0122),
+    "l40s": GpuProfile(66e-6, 0.0276),
+    "l4": GpuProfile(236e-6, 0.077),
+    "t4": GpuProfile(440e-6, 0.026),  # INT4/AWQ weights: 8B in BF16 does not fit 16 GB
+}
+CHARS_PER_TOKEN = 4
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 
 
@@ -52,22 +75,33 @@ class EndpointSpec:
     zone: str = ""
     max_num_seqs: int = 64
     kv_capacity_tokens: int = 60_000
-    # llm-d-inference-sim's per-token latency model and its example values for a Llama-3-8B
-    # class model (docs/simulator.md): prefill = overhead + uncached tokens x per-token time;
-    # each decode step takes the inter-token latency, stretched up to time_factor_under_load
-    # when the batch is full.
-    prefill_overhead_s: float = 0.020
-    prefill_s_per_token: float = 0.0001
-    inter_token_latency_s: float = 0.010
+    # llm-d-inference-sim's per-token latency model (docs/simulator.md): prefill = overhead +
+    # uncached tokens x per-token time; each decode step takes the inter-token latency,
+    # stretched up to time_factor_under_load when the batch is full. Per-token times default
+    # to the GPU class's profile (GPU_PROFILES); 0 means "the class's".
+    prefill_overhead_s: float = 0.010
+    prefill_s_per_token: float = 0.0
+    inter_token_latency_s: float = 0.0
     time_factor_under_load: float = 1.8
+    # Prefix-cache block in tokens (vLLM's default 16); hashed as the server does, not as
+    # any router does.
+    block_size_tokens: int = 16
+    # Degradation (thermal throttling, a noisy neighbour): every duration is multiplied by
+    # slowdown_factor once slowdown_after_s wall-clock seconds have passed since start.
+    slowdown_after_s: float = math.inf
+    slowdown_factor: float = 2.0
     default_max_tokens: int = 32
     warmup_s: float = 0.0
     error_rate: float = 0.0
     lora_adapters: tuple[str, ...] = ()
 
     @property
-    def speed(self) -> float:
-        return GPU_SPEED.get(self.gpu_class, 1.0)
+    def profile(self) -> GpuProfile:
+        base = GPU_PROFILES.get(self.gpu_class, GPU_PROFILES["a100"])
+        return GpuProfile(
+            self.prefill_s_per_token or base.prefill_s_per_token,
+            self.inter_token_latency_s or base.inter_token_latency_s,
+        )
 
 
 @dataclass
@@ -76,12 +110,13 @@ class _Request:
     model: str
     prompt_tokens: int
     max_tokens: int
-    blocks: list[int]
+    blocks: list[bytes]
     arrived: float
     tokens: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
     generated: int = 0
     cached_tokens: int = 0
     first_token_at: float = 0.0
+    admitted_at: float = 0.0
 
 
 def estimate_tokens(text: str) -> int:
@@ -89,12 +124,17 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def prompt_blocks(text: str) -> list[int]:
-    """Chained hashes of the prompt's full blocks: equal prefixes give equal leading hashes."""
-    blocks, running = [], 0
-    for start in range(0, len(text) - BLOCK_CHARS + 1, BLOCK_CHARS):
-        running = zlib.crc32(text[start : start + BLOCK_CHARS].encode(), running)
-        blocks.append(running)
+def prompt_blocks(text: str, block_size_tokens: int = 16) -> list[bytes]:
+    """Chained hashes of the prompt's full blocks, as vLLM hashes (parent hash, block tokens):
+    equal prefixes give equal leading hashes. Blake2b over ``block_size_tokens`` simulated
+    tokens, unlike any router's own hashing."""
+    width = block_size_tokens * CHARS_PER_TOKEN
+    blocks: list[bytes] = []
+    parent = b""
+    data = text.encode()
+    for start in range(0, len(data) - width + 1, width):
+        parent = hashlib.blake2b(parent + data[start : start + width], digest_size=16).digest()
+        blocks.append(parent)
     return blocks
 
 
@@ -108,8 +148,11 @@ class Engine:
         self.waiting: deque[_Request] = deque()
         self.running: list[_Request] = []
         self.kv_used = 0
-        self.prefix: OrderedDict[int, None] = OrderedDict()
-        self.prefix_capacity = max(1, spec.kv_capacity_tokens // 16)
+        self.prefix: OrderedDict[bytes, None] = OrderedDict()
+        self.prefix_capacity = max(1, spec.kv_capacity_tokens // spec.block_size_tokens)
+        self.profile = spec.profile
+        self.started = time.monotonic()
+        self.slowdown = 1.0  # set by /sim/control
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.records: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -155,14 +198,22 @@ class Engine:
                 self.prefix[block] = None
             while len(self.prefix) > self.prefix_capacity:
                 self.prefix.popitem(last=False)
-            request.cached_tokens = min(request.prompt_tokens - 1, hits * BLOCK_CHARS // 4)
+            request.cached_tokens = min(request.prompt_tokens - 1, hits * spec.block_size_tokens)
+            request.admitted_at = time.monotonic()
             self.metrics.prefix_queries.inc(request.prompt_tokens)
             self.metrics.prefix_hits.inc(request.cached_tokens)
+            self.metrics.queue_time.observe((request.admitted_at - request.arrived) / self.time_scale)
             prefill += spec.prefill_overhead_s
-            prefill += (request.prompt_tokens - request.cached_tokens) * spec.prefill_s_per_token
+            prefill += (request.prompt_tokens - request.cached_tokens) * self.profile.prefill_s_per_token
             self.kv_used += need
             self.running.append(request)
-        return prefill * spec.speed
+        return prefill
+
+    def slowness(self) -> float:
+        if self.slowdown != 1.0:
+            return self.slowdown
+        elapsed = (time.monotonic() - self.started) / self.time_scale
+        return self.spec.slowdown_factor if elapsed >= self.spec.slowdown_after_s else 1.0
 
     async def _loop(self) -> None:
         spec = self.spec
@@ -173,15 +224,21 @@ class Engine:
             prefill = self._admit()
             load = len(self.running) / spec.max_num_seqs
             stretch = 1.0 + (spec.time_factor_under_load - 1.0) * load
-            step = prefill + spec.inter_token_latency_s * stretch * spec.speed
+            step = (prefill + self.profile.inter_token_latency_s * stretch) * self.slowness()
             self.metrics.update(self)
+            step_started = time.monotonic()
             await asyncio.sleep(step * self.time_scale)
             now = time.monotonic()
             still = []
+            decoded = 0
             for request in self.running:
                 if request.generated == 0:
                     request.first_token_at = now
                     self.metrics.ttft.observe((now - request.arrived) / self.time_scale)
+                    self.metrics.prefill_time.observe((now - request.admitted_at) / self.time_scale)
+                    self.metrics.prompt_tokens.inc(request.prompt_tokens)
+                else:
+                    decoded += 1
                 request.generated += 1
                 request.tokens.put_nowait(request.generated)
                 if request.generated >= request.max_tokens:
@@ -191,6 +248,8 @@ class Engine:
                 else:
                     still.append(request)
             self.running = still
+            if decoded:
+                self.metrics.inter_token_latency.observe_many((now - step_started) / self.time_scale, decoded)
             self.metrics.update(self)
 
     def _finished(self, request: _Request, now: float) -> None:
@@ -198,7 +257,6 @@ class Engine:
         scale = self.time_scale
         e2e = (now - request.arrived) / scale
         self.metrics.e2e.observe(e2e)
-        self.metrics.prompt_tokens.inc(request.prompt_tokens)
         self.metrics.generation_tokens.inc(request.generated)
         self.records.append(
             {
@@ -211,6 +269,32 @@ class Engine:
                 "e2e_s": e2e,
             }
         )
+
+
+class BulkHistogram(Collector):
+    """A histogram that takes one value for many observations at once (every sequence in a
+    decode step saw the same inter-token latency): one call per step, not per sequence."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], labels: dict[str, str]
+    ) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe_many(self, value: float, count: int) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += count
+        self.total += value * count
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), float(cumulative)))
+        family.add_metric(list(self.labels.values()), buckets, self.total)
+        yield family
 
 
 class SimMetrics:
@@ -248,6 +332,25 @@ class SimMetrics:
             "End-to-end request latency in seconds.",
             buckets=E2E_BUCKETS,
         )
+        self.queue_time = per_model(
+            Histogram,
+            "vllm:request_queue_time_seconds",
+            "Time spent in WAITING phase for request.",
+            buckets=E2E_BUCKETS,
+        )
+        self.prefill_time = per_model(
+            Histogram,
+            "vllm:request_prefill_time_seconds",
+            "Time spent in PREFILL phase for request.",
+            buckets=E2E_BUCKETS,
+        )
+        self.inter_token_latency = BulkHistogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            ITL_BUCKETS,
+            {"model_name": model, "engine": "0"},
+        )
+        registry.register(self.inter_token_latency)
         Gauge(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
@@ -331,6 +434,7 @@ class SimEndpoint:
         add_api_routes(app, self)  # Responses, Messages, rerank, score, tokenize, audio
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/load", self.load)
         app.router.add_post("/sim/control", self.control)
         app.router.add_get("/sim/stats", self.stats)
         return app
@@ -363,7 +467,14 @@ class SimEndpoint:
 
     def generate(self, rid: str, model: str, text: str, max_tokens: int) -> _Request:
         """Queue a generation on this endpoint's engine (the other APIs' handlers use it)."""
-        job = _Request(rid, model, estimate_tokens(text), max_tokens, prompt_blocks(text), time.monotonic())
+        job = _Request(
+            rid,
+            model,
+            estimate_tokens(text),
+            max_tokens,
+            prompt_blocks(text, self.spec.block_size_tokens),
+            time.monotonic(),
+        )
         self.engine.submit(job)
         return job
 
@@ -428,7 +539,12 @@ class SimEndpoint:
         )
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         job = _Request(
-            rid, model, estimate_tokens(text), int(max_tokens), prompt_blocks(text), time.monotonic()
+            rid,
+            model,
+            estimate_tokens(text),
+            int(max_tokens),
+            prompt_blocks(text, self.spec.block_size_tokens),
+            time.monotonic(),
         )
         self.engine.submit(job)
         created = int(time.time())
@@ -533,6 +649,10 @@ class SimEndpoint:
             return web.Response(body=b"# padding\n" * 1_000_000, content_type="text/plain")
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
+    async def load(self, _request: web.Request) -> web.Response:
+        """vLLM's ``GET /load`` (with --enable-server-load-tracking): in-flight HTTP requests."""
+        return web.json_response({"server_load": len(self.in_flight)})
+
     async def control(self, request: web.Request) -> web.Response:
         change = await request.json()
         if "error_rate" in change:
@@ -543,6 +663,8 @@ class SimEndpoint:
             self.ready_at = time.monotonic() if change["ready"] else float("inf")
         if "metrics_mode" in change:
             self.metrics_mode = str(change["metrics_mode"])
+        if "slowdown" in change:
+            self.engine.slowdown = float(change["slowdown"])
         if change.get("crash"):
             # Answer first, then close the listener.
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.crash()))

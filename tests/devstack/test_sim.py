@@ -189,3 +189,76 @@ async def test_unknown_model_is_404_in_openai_format(fleet: SimFleet) -> None:
         ) as reply:
             assert reply.status == 404
             assert "does not exist" in (await reply.json())["error"]["message"]
+
+
+async def test_load_endpoint_counts_in_flight_requests_like_vllm() -> None:
+    sim = await start_fleet([EndpointSpec(gpu_class="a100")], time_scale=SCALE)
+    address = sim.endpoints[0].address
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def load() -> int:
+                async with session.get(f"http://{address}/load") as reply:
+                    return int((await reply.json())["server_load"])
+
+            assert await load() == 0
+            pending = asyncio.ensure_future(chat(session, address, "hi", 400))
+            for _ in range(200):
+                if await load() == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert await load() == 1
+            await pending
+            assert await load() == 0
+    finally:
+        await sim.stop()
+
+
+async def test_prefill_and_decode_speeds_differ_by_class_and_show_in_the_servers_metrics() -> None:
+    """The router's own parser reads the evidence it learns from; classes differ unevenly."""
+    from extproc.collectors.promparse import parse_page
+
+    sim = await start_fleet([EndpointSpec(gpu_class="a100"), EndpointSpec(gpu_class="l40s")], time_scale=0.2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            rates = []
+            for endpoint in sim.endpoints:
+                await chat(session, endpoint.address, "q " * 2000, 8)
+                async with session.get(f"http://{endpoint.address}/metrics") as reply:
+                    page = parse_page(await reply.text())
+                metrics = page.to_endpoint_metrics(scraped_at=0.0)
+                rates.append(
+                    (
+                        metrics.prefill_seconds_total / metrics.prompt_tokens_total,
+                        metrics.decode_seconds_total / metrics.decode_tokens_total,
+                    )
+                )
+        (a100_prefill, a100_decode), (l40s_prefill, l40s_decode) = rates
+        assert l40s_decode > 1.8 * a100_decode  # decode: bandwidth-bound, the L40S is far slower
+        assert l40s_prefill < 1.3 * a100_prefill  # prefill: compute-bound, about equal
+    finally:
+        await sim.stop()
+
+
+async def test_an_endpoint_degrades_on_command_and_on_schedule() -> None:
+    sim = await start_fleet(
+        [
+            EndpointSpec(gpu_class="a100"),
+            EndpointSpec(gpu_class="a100", slowdown_after_s=0.0, slowdown_factor=3.0),
+        ],
+        time_scale=0.2,
+    )
+    steady, scheduled = (e.address for e in sim.endpoints)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await chat(session, steady, "q", 20)
+            await chat(session, scheduled, "q", 20)
+            async with session.post(f"http://{steady}/sim/control", json={"slowdown": 2.0}) as reply:
+                assert reply.status == 200
+            await chat(session, steady, "q", 20)
+            steady_before, steady_after = (r["e2e_s"] for r in (await stats(session, steady))["records"])
+            slowed = (await stats(session, scheduled))["records"][0]["e2e_s"]
+        assert steady_after > 1.6 * steady_before
+        assert slowed > 2.4 * steady_before
+    finally:
+        await sim.stop()
