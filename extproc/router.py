@@ -295,6 +295,7 @@ class Router:
         ctx = PickContext(
             model=request.model,
             prompt_text=request.text,
+            prompt_tokens=request.estimated_prompt_tokens,
             session_key=headers.headers.get(self.config.session_header) or request.user,
             priority=decision.priority,
             zone=self.config.zone or None,

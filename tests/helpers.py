@@ -97,7 +97,8 @@ def fleet_snapshot(
 ):  # type: ignore[no-untyped-def]
     """A snapshot of n endpoints serving "m", with per-endpoint metric overrides.
 
-    ``counters``: per endpoint (prompt tokens, prefill s, decode tokens, decode s), cumulative.
+    ``counters``: per endpoint (prompt tokens, prefill s, decode tokens, decode s[, requests]),
+    cumulative.
     """
     import math
 
@@ -121,7 +122,7 @@ def fleet_snapshot(
             ttft_mean_s=(ttft or [math.nan] * n)[i],
             running_lora_adapters=(loras or [()] * n)[i],
             **(
-                dict(zip(WORK_COUNTERS, counters[i], strict=True))  # type: ignore[arg-type]
+                dict(zip(WORK_COUNTERS, counters[i], strict=False))  # type: ignore[arg-type]
                 if counters
                 else {}
             ),
@@ -132,12 +133,24 @@ def fleet_snapshot(
 
 
 def pick_view(
-    snapshot, *, inflight=None, prompt="", session=None, zone=None, lora=None, priority=0, now=100.0
+    snapshot,
+    *,
+    inflight=None,
+    prompt="",
+    session=None,
+    zone=None,
+    lora=None,
+    priority=0,
+    now=100.0,
+    gpu_weights=None,
 ):  # type: ignore[no-untyped-def]
+    """A view as the scheduler builds it; speeds from ``gpu_weights`` as a prior (A100 3x a T4
+    by default) since a bare snapshot carries no evidence."""
     import numpy as np
 
+    from extproc.scheduler.config import SchedulerConfig
     from extproc.scheduler.picking import PickContext
-    from extproc.scheduler.scheduler import PickView
+    from extproc.scheduler.scheduler import Scheduler
 
     rows = np.arange(snapshot.size, dtype=np.intp)
     ctx = PickContext(
@@ -149,16 +162,8 @@ def pick_view(
         priority=priority,
         now=now,
     )
-    return PickView(
-        snapshot,
-        rows,
-        np.asarray(inflight or [0.0] * snapshot.size, dtype=np.float64),
-        ctx,
-        snapshot.age_s(now)[rows],
-        np.array([{"a100": 3.0, "t4": 1.0}.get(e.gpu_class, 1.0) for e in snapshot.endpoints]),
-        snapshot.waiting[rows],
-        snapshot.running[rows],
-    )
+    scheduler = Scheduler(SchedulerConfig(gpu_weights=gpu_weights or {"a100": 3.0, "t4": 1.0}))
+    return scheduler.view(snapshot, rows, np.asarray(inflight or [0] * snapshot.size, dtype=np.int64), ctx)
 
 
 class LeastInFlightPicker:

@@ -14,7 +14,10 @@ BENCHMARKS = {
         "extproc.bench.overhead",
         "added latency and req/s: Envoy vs Envoy + llm-extproc vs vllm-router",
     ),
-    "routing": ("extproc.bench.routing", "trace-driven routing quality on a heterogeneous simulated fleet"),
+    "routing": (
+        "extproc.bench.routing",
+        "trace-driven routing quality on simulated fleets (scenarios) against fair baselines",
+    ),
     "pick": ("extproc.bench.pick", "scheduler and policy decision CPU time vs fleet size"),
     "scale": (
         "extproc.bench.scale",

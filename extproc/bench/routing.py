@@ -1,12 +1,21 @@
-"""Routing quality on a heterogeneous simulated fleet driven by a real arrival trace.
+"""Routing quality on simulated fleets driven by a real arrival trace, against fair baselines.
 
-python -m extproc.bench.routing [--trace FILE] [--load 0.85] [--duration 40] [--json docs/bench/routing.json]
+llm-extproc bench routing [--scenario NAME|all] [--trace FILE] [--load 0.85] [--duration S]
+                          [--repeats 3] [--json docs/bench/routing.json]
 
-Every router gets a fresh simulated fleet with the same parameters (2 A100-class + 2 T4-class
-endpoints, docs/simulator.md) and the same replay of the trace (same synthetic prompts: a
-share of shared system prompts and of sessions). Compared: plain Envoy round_robin,
-least_request and random; vLLM's router (power_of_two, cache_aware) when installed; llm-extproc,
-and llm-extproc-wasm (the same stack on the Wasm data path) when asked for with --routers.
+Every router gets a fresh simulated fleet (extproc.devstack.sim; per-class prefill and decode
+rates from docs/simulator.md) and the same replay of the trace. The simulator does not share
+the router's model: GPU classes differ unevenly at prefill and decode, prefix-cache blocks are
+hashed the server's way, and llm-extproc runs with no GPU-class prior (it learns speeds).
+
+Routers: Envoy round_robin, least_request, random, and least_request_weighted (least_request
+with each endpoint's load_balancing_weight from its GPU class, as an engineer who knows the
+fleet would configure it); vLLM's router (power_of_two polling each server's load endpoint,
+cache_aware) when installed; llm-extproc; llm-extproc:prior (the ablation with the same GPU
+weights as least_request_weighted, as a prior); llm-extproc-wasm (the same stack on the Wasm
+data path) when asked for with --routers. Each cell is the median of the repeats, run
+in shuffled order, with min-max. A failed request counts as an infinite TTFT and misses the
+objective.
 """
 
 from __future__ import annotations
@@ -14,29 +23,175 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from string import Template
 from typing import Any
 
+import aiohttp
+import yaml
+
 from extproc.bench.machine import command, machine
 from extproc.bench.overhead import Bench, wait_http
 from extproc.deploy.envoy_config import ENVOY_DIR, lb_endpoints
-from extproc.devstack.loadgen import DEFAULT_TRACE, Workload, read_trace, run_load
+from extproc.devstack.loadgen import DEFAULT_TRACE, LoadResult, TraceRequest, Workload, read_trace, run_load
+from extproc.devstack.sim import GPU_PROFILES, EndpointSpec
 from extproc.devstack.stack import LocalStack, StackConfig, free_port
 
-TIME_SCALE = 0.2  # simulated seconds run 5x faster; reported latencies are wall-clock
-# Trace speed-up giving ~100 % of this fleet's capacity at TIME_SCALE: the fleet peaked at ~10,500
-# output tokens/s when overloaded, ~59 req/s of this trace's mix (mean 177 output tokens after
-# the 256 cap), ~12x the trace's own rate (4.8 req/s over its first 3,000 requests).
-FULL_LOAD_SPEEDUP = 12.0
+TIME_SCALE = 0.5  # simulated seconds run 2x faster; reported latencies are wall-clock
+# What a careful engineer would write down for this fleet, from vendor figures: used for
+# Envoy's load_balancing_weight and as llm-extproc:prior's GPU-class prior, never by the
+# llm-extproc row. The L40S has A100-like FLOPs but 40 % of its bandwidth: 2.
+GPU_WEIGHTS: dict[str, float] = {"h100": 5.0, "a100": 3.0, "l40s": 2.0, "l4": 1.5, "t4": 1.0}
+ROUTERS = (
+    "round_robin",
+    "least_request",
+    "least_request_weighted",
+    "random",
+    "vllm-router:power_of_two",
+    "vllm-router:cache_aware",
+    "llm-extproc",
+    "llm-extproc:prior",
+)
+# Measured capacity is below the analytic one (event-loop overhead, KV stalls, partial
+# batches): the earlier calibration peaked at ~90 % of it.
+CAPACITY_EFFICIENCY = 0.9
 
 
-def start_sim(bench: Bench, work: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    endpoints: tuple[EndpointSpec, ...]
+    workload: Workload
+    duration_s: float  # default replay length, wall seconds
+    # (endpoint index, seconds into the replay, factor): that endpoint slows down then.
+    degrade: tuple[int, float, float] | None = None
+
+
+CHAT = Workload(
+    stream=True, shared_prefix_share=0.5, session_share=0.3, max_prompt_tokens=4096, max_output_tokens=256
+)
+
+
+def _a100(**changes: Any) -> EndpointSpec:
+    return replace(EndpointSpec(gpu_class="a100", pool="default"), **changes)
+
+
+def _small(gpu: str, **changes: Any) -> EndpointSpec:
+    """A smaller-memory GPU: fewer sequences, less KV room."""
+    spec = EndpointSpec(gpu_class=gpu, pool="default", max_num_seqs=32, kv_capacity_tokens=20_000)
+    return replace(spec, **changes)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "heterogeneous",
+            "2 A100 + 2 T4 (T4 prefill 5.8x slower, decode 2.1x slower than A100)",
+            (_a100(), _a100(), _small("t4"), _small("t4")),
+            CHAT,
+            15.0,
+        ),
+        Scenario(
+            "unknown-ratio",
+            "2 A100 + 2 'l4' that are 4x slower at prefill and 2x slower at decode (the prior says 2x)",
+            (
+                _a100(),
+                _a100(),
+                _small("l4", prefill_s_per_token=4 * 76e-6, inter_token_latency_s=2 * 0.0122),
+                _small("l4", prefill_s_per_token=4 * 76e-6, inter_token_latency_s=2 * 0.0122),
+            ),
+            CHAT,
+            15.0,
+        ),
+        Scenario(
+            "degrading",
+            "2 A100 + L40S + T4; one A100 becomes 2x slower a third of the way in",
+            (_a100(), _a100(), _small("l40s", kv_capacity_tokens=40_000, max_num_seqs=48), _small("t4")),
+            CHAT,
+            36.0,
+            degrade=(0, 12.0, 2.0),
+        ),
+        Scenario(
+            "many-prefix",
+            "8 A100 with small KV caches; 90 % of prompts start with one of 48 long system prompts",
+            tuple(_a100(kv_capacity_tokens=24_000, block_size_tokens=32) for _ in range(8)),
+            Workload(
+                stream=True,
+                shared_prefix_share=0.9,
+                shared_prefixes=48,
+                prefix_tokens=1536,
+                session_share=0.0,
+                min_prompt_tokens=1600,
+                max_prompt_tokens=4096,
+                max_output_tokens=128,
+            ),
+            15.0,
+        ),
+    )
+}
+
+
+def capacity_rps(scenario: Scenario, trace: list[TraceRequest]) -> float:
+    """Requests per wall second the fleet sustains with no prefix-cache help (analytic).
+
+    Per endpoint, with B sequences in the batch (max_num_seqs, or what the KV cache holds):
+    one request costs its prefill (overhead + prompt x per-token) plus its share of the
+    decode steps (output x inter-token latency, stretched as under full load, / B).
+    """
+    work = scenario.workload
+    prompt = statistics.fmean(
+        max(work.min_prompt_tokens, min(r.prompt_tokens, work.max_prompt_tokens)) for r in trace
+    )
+    output = statistics.fmean(min(r.output_tokens, work.max_output_tokens) for r in trace)
+    total = 0.0
+    for spec in scenario.endpoints:
+        profile = spec.profile
+        batch = max(1.0, min(spec.max_num_seqs, spec.kv_capacity_tokens / (prompt + output)))
+        decode = output * profile.inter_token_latency_s * spec.time_factor_under_load / batch
+        prefill = spec.prefill_overhead_s + prompt * profile.prefill_s_per_token
+        total += 1.0 / (decode + prefill)
+    return CAPACITY_EFFICIENCY * total / TIME_SCALE
+
+
+def speedup_for(trace: list[TraceRequest], rate_rps: float, duration_s: float) -> float:
+    """The trace speed-up that puts rate x duration requests in the replay window: the
+    trace's own rate varies along it, so its mean over the whole file would not do."""
+    wanted = max(2, min(len(trace) - 1, round(rate_rps * duration_s)))
+    return max(1e-6, trace[wanted].at_s - trace[0].at_s) / duration_s
+
+
+def _fleet_file(scenario: Scenario, work: Path) -> Path:
+    path = work / "fleet.yaml"
+    entries = []
+    for spec in scenario.endpoints:
+        entry = {
+            "models": list(spec.models),
+            "pool": spec.pool,
+            "gpu_class": spec.gpu_class,
+            "max_num_seqs": spec.max_num_seqs,
+            "kv_capacity_tokens": spec.kv_capacity_tokens,
+            "prefill_s_per_token": spec.prefill_s_per_token,
+            "inter_token_latency_s": spec.inter_token_latency_s,
+            "block_size_tokens": spec.block_size_tokens,
+        }
+        entries.append(entry)
+    path.write_text(yaml.safe_dump({"endpoints": entries}))
+    return path
+
+
+def start_sim(bench: Bench, work: Path, fleet_file: Path) -> list[dict[str, Any]]:
     ready = work / "fleet.json"
     ready.unlink(missing_ok=True)
     bench.spawn(
@@ -45,8 +200,8 @@ def start_sim(bench: Bench, work: Path) -> list[dict[str, Any]]:
             sys.executable,
             "-m",
             "extproc.devstack.sim",
-            "--endpoints",
-            "4",
+            "--fleet",
+            str(fleet_file),
             "--time-scale",
             str(TIME_SCALE),
             "--ready-file",
@@ -60,32 +215,102 @@ def start_sim(bench: Bench, work: Path) -> list[dict[str, Any]]:
     return endpoints
 
 
-def prefix_hit_rate(fleet: list[dict[str, Any]]) -> float:
-    """Share of prompt tokens the simulated servers found in their prefix cache (their records)."""
-    hit = total = 0
+def sim_stats(fleet: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    stats = []
     for endpoint in fleet:
         with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=10) as reply:
-            for record in json.loads(reply.read())["records"]:
-                hit += int(record["prefix_hit_tokens"])
-                total += int(record["prompt_tokens"])
+            stats.append(json.loads(reply.read()))
+    return stats
+
+
+def prefix_hit_rate(stats: list[dict[str, Any]]) -> float:
+    """Share of prompt tokens the simulated servers found in their prefix cache (their records)."""
+    hit = total = 0
+    for endpoint in stats:
+        for record in endpoint["records"]:
+            hit += int(record["prefix_hit_tokens"])
+            total += int(record["prompt_tokens"])
     return hit / total if total else 0.0
 
 
-def run_router(
-    name: str, trace: list[Any], args: argparse.Namespace, load: float, work: Path
-) -> dict[str, Any]:
-    workload = Workload(
-        stream=True, shared_prefix_share=0.5, session_share=0.3, max_prompt_tokens=4096, max_output_tokens=256
+def share_halved_after(
+    result: LoadResult, address: str, at_s: float, window_s: float = 3.0, step_s: float = 0.5
+) -> float | None:
+    """Seconds after ``at_s`` until ``address``'s share of requests sent within a trailing
+    window falls to half its share before ``at_s``; None if it never does."""
+    sent = sorted((r.sent_at_s, r.served_by == address) for r in result.results)
+    before = [hit for t, hit in sent if t < at_s]
+    if not before or not any(before):
+        return None
+    baseline = sum(before) / len(before)
+    end = at_s + step_s
+    last = sent[-1][0] if sent else at_s
+    while end <= last:
+        window = [hit for t, hit in sent if end - window_s <= t < end and t >= at_s]
+        if len(window) >= 10 and sum(window) / len(window) <= baseline / 2:
+            return end - at_s
+        end += step_s
+    return None
+
+
+def _weights(fleet: list[dict[str, Any]]) -> list[int]:
+    # Envoy weights are integers: twice the table's values keeps the ratios exact.
+    return [round(2 * GPU_WEIGHTS.get(e["gpu_class"], 1.0)) for e in fleet]
+
+
+def _prior_policy(work: Path) -> Path:
+    path = work / "prior.yaml"
+    path.write_text(yaml.safe_dump({"scheduler": {"gpu_weights": GPU_WEIGHTS}, "default": {}}))
+    return path
+
+
+async def _replay(
+    base: str,
+    trace: list[TraceRequest],
+    scenario: Scenario,
+    speedup: float,
+    args: argparse.Namespace,
+    duration_s: float,
+    slow_down: Callable[[], Any] | None,
+) -> LoadResult:
+    load = asyncio.ensure_future(
+        run_load(
+            base,
+            trace,
+            scenario.workload,
+            speedup=speedup,
+            max_requests=args.max_requests,
+            duration_s=duration_s,
+            concurrency=1024,
+            timeout_s=args.timeout,
+        )
     )
-    speedup = FULL_LOAD_SPEEDUP * load
+    if slow_down is not None and scenario.degrade is not None:
+        await asyncio.sleep(scenario.degrade[1])
+        await slow_down()
+    return await load
+
+
+def run_once(
+    name: str,
+    scenario: Scenario,
+    trace: list[TraceRequest],
+    args: argparse.Namespace,
+    load: float,
+    work: Path,
+) -> dict[str, Any]:
+    duration_s = args.duration or scenario.duration_s
+    speedup = speedup_for(trace, load * capacity_rps(scenario, trace), duration_s)
+    fleet_file = _fleet_file(scenario, work)
     bench = Bench(work)
     stack: LocalStack | None = None
     try:
-        if name in ("llm-extproc", "llm-extproc-wasm"):
+        if name.startswith("llm-extproc"):
             stack = LocalStack(
                 StackConfig.on_free_ports(
-                    sim_endpoints=4,
+                    sim_fleet_file=str(fleet_file),
                     time_scale=TIME_SCALE,
+                    policy=str(_prior_policy(work)) if name == "llm-extproc:prior" else None,
                     log_dir=str(work / "stack"),
                     # The Wasm data path: the filter decides from the brain's snapshot (docs/wasm.md).
                     data_path="wasm" if name == "llm-extproc-wasm" else "extproc",
@@ -95,15 +320,14 @@ def run_router(
             base = stack.base_url
             fleet = stack.fleet
         else:
-            fleet = start_sim(bench, work)
+            fleet = start_sim(bench, work, fleet_file)
             port = free_port()
             addresses = [e["address"] for e in fleet]
             if name.startswith("vllm-router:"):
-                router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
                 bench.spawn(
                     "router",
                     [
-                        router,
+                        vllm_router_binary(),
                         "--port",
                         str(port),
                         "--worker-urls",
@@ -116,91 +340,166 @@ def run_router(
                 )
                 wait_http(f"http://127.0.0.1:{port}/health", 30)
             else:
-                policy = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM"}[
-                    name
-                ]
+                policy = {
+                    "round_robin": "ROUND_ROBIN",
+                    "least_request": "LEAST_REQUEST",
+                    "least_request_weighted": "LEAST_REQUEST",
+                    "random": "RANDOM",
+                }[name]
+                weights = _weights(fleet) if name == "least_request_weighted" else None
                 bench.envoy(
                     "envoy",
                     Template((ENVOY_DIR / "bench-plain.yaml").read_text()).substitute(
                         admin_port=free_port(),
                         listen_port=port,
                         lb_policy=policy,
-                        lb_endpoints=lb_endpoints(addresses),
+                        lb_endpoints=lb_endpoints(addresses, weights),
                     ),
                 )
                 wait_http(f"http://{addresses[0]}/health")
-                time.sleep(1.0)
+                wait_http(f"http://127.0.0.1:{port}/health", 30)
             base = f"http://127.0.0.1:{port}/v1"
+        degraded = fleet[scenario.degrade[0]]["address"] if scenario.degrade else ""
+
+        async def slow_down() -> None:
+            assert scenario.degrade is not None
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"http://{degraded}/sim/control", json={"slowdown": scenario.degrade[2]}
+                ) as reply,
+            ):
+                reply.raise_for_status()
+
         result = asyncio.run(
-            run_load(
-                base,
-                trace,
-                workload,
-                speedup=speedup,
-                max_requests=args.max_requests,
-                duration_s=args.duration,
-                timeout_s=120,
-            )
+            _replay(base, trace, scenario, speedup, args, duration_s, slow_down if degraded else None)
         )
         summary = result.summary(ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo)
-        served: dict[str, int] = {}
-        for r in result.results:
-            served[r.served_by] = served.get(r.served_by, 0) + 1
-        gpu = {e["address"]: e["gpu_class"] for e in fleet}
-        fast_share = sum(n for a, n in served.items() if gpu.get(a) == "a100") / max(1, len(result.results))
-        return {
+        row: dict[str, Any] = {
             "router": name,
+            "scenario": scenario.name,
             "load": load,
             **summary,
-            "a100_share": fast_share,
-            "prefix_cache_hit_rate": prefix_hit_rate(fleet),
+            "prefix_hit_rate": prefix_hit_rate(sim_stats(fleet)),
         }
+        if scenario.degrade is not None:
+            row["share_halved_after_s"] = share_halved_after(result, degraded, scenario.degrade[1])
+        return row
     finally:
         if stack is not None:
             stack.stop()
         bench.stop()
 
 
+def vllm_router_binary() -> str:
+    return shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
+
+
+def has_vllm_router() -> bool:
+    return bool(shutil.which("vllm-router") or (Path(sys.executable).parent / "vllm-router").exists())
+
+
+SUMMED = ("requests", "errors", "ttft_p50_s", "ttft_p99_s", "e2e_p99_s", "output_tokens_per_s", "goodput_rps")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell: the median of each number over the repeats, and the spread of the headline ones."""
+    first = runs[0]
+    cell: dict[str, Any] = {"router": first["router"], "scenario": first["scenario"], "load": first["load"]}
+    for key in (*SUMMED, "prefix_hit_rate"):
+        cell[key] = statistics.median(r[key] for r in runs)
+    cell["repeats"] = len(runs)
+    for key in ("ttft_p99_s", "goodput_rps"):
+        cell[f"{key}_min"] = min(r[key] for r in runs)
+        cell[f"{key}_max"] = max(r[key] for r in runs)
+    if "share_halved_after_s" in first:
+        halved = [r["share_halved_after_s"] for r in runs]
+        cell["share_halved_after_s"] = [h for h in halved]
+    return cell
+
+
+def _fmt(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.3f}"
+
+
+@dataclass
+class Matrix:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m extproc.bench.routing", description=__doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog="llm-extproc bench routing", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trace", default=str(DEFAULT_TRACE), help="CSV: TIMESTAMP,ContextTokens,GeneratedTokens"
     )
-    parser.add_argument("--trace", default=str(DEFAULT_TRACE))
+    parser.add_argument(
+        "--scenario", default="heterogeneous", help=f"one of {sorted(SCENARIOS)}, or 'all' (comma-separated)"
+    )
     parser.add_argument("--load", default="0.85", help="share(s) of the fleet's capacity, comma-separated")
-    parser.add_argument("--duration", type=float, default=40.0, help="seconds of replay per router")
-    parser.add_argument("--max-requests", type=int, default=1500)
+    parser.add_argument("--duration", type=float, default=0.0, help="replay seconds (0: the scenario's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-requests", type=int, default=3000)
+    parser.add_argument("--timeout", type=float, default=30.0, help="per request, wall seconds")
     parser.add_argument("--ttft-slo", type=float, default=1.0, help="seconds (wall clock)")
     parser.add_argument("--tpot-slo", type=float, default=0.05, help="seconds per output token (wall clock)")
-    parser.add_argument(
-        "--routers",
-        default="round_robin,least_request,random,vllm-router:power_of_two,"
-        "vllm-router:cache_aware,llm-extproc",
-    )
+    parser.add_argument("--routers", default=",".join(ROUTERS))
+    parser.add_argument("--seed", type=int, default=1, help="shuffles the order of runs")
     parser.add_argument("--json", default="docs/bench/routing.json")
     args = parser.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
     trace = read_trace(Path(args.trace), limit=args.max_requests)
-    has_vllm_router = bool(
-        shutil.which("vllm-router") or (Path(sys.executable).parent / "vllm-router").exists()
-    )
-    rows = []
-    print(
-        f"{'router':<26} {'load':>5} {'reqs':>5} {'err':>4} {'ttft p50':>9} {'ttft p99':>9} {'e2e p99':>8} "
-        f"{'tok/s':>8} {'goodput':>8} {'a100':>5} {'prefix':>6}"
-    )
-    runs = [(float(load), name) for load in args.load.split(",") for name in args.routers.split(",")]
-    for load, name in runs:
-        if name.startswith("vllm-router") and not has_vllm_router:
-            print(f"{name:<26} skipped: vllm-router is not installed (pip install vllm-router)")
-            continue
-        with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
-            row = run_router(name, trace, args, load, Path(tmp))
-        rows.append(row)
-        print(
-            f"{name:<26} {row['load']:>5.2f} {row['requests']:>5} {row['errors']:>4} {row['ttft_p50_s']:>9.3f} "
-            f"{row['ttft_p99_s']:>9.3f} {row['e2e_p99_s']:>8.2f} {row['output_tokens_per_s']:>8.0f} "
-            f"{row['goodput_rps']:>8.2f} {row['a100_share']:>5.2f} {row['prefix_cache_hit_rate']:>6.2f}",
-            flush=True,
-        )
+    routers = args.routers.split(",")
+    if not has_vllm_router():
+        skipped = [r for r in routers if r.startswith("vllm-router")]
+        print(f"skipped {skipped}: vllm-router is not installed (pip install vllm-router)", flush=True)
+        routers = [r for r in routers if r not in skipped]
+    rng = random.Random(args.seed)
+    matrix = Matrix()
+    started = time.monotonic()
+    for scenario_name in names:
+        scenario = SCENARIOS[scenario_name]
+        for load in (float(x) for x in args.load.split(",")):
+            runs: dict[str, list[dict[str, Any]]] = {r: [] for r in routers}
+            for repeat in range(args.repeats):
+                order = routers[:]
+                rng.shuffle(order)
+                for name in order:
+                    with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
+                        run = run_once(name, scenario, trace, args, load, Path(tmp))
+                    run["repeat"] = repeat
+                    runs[name].append(run)
+                    matrix.runs.append(run)
+                    print(
+                        f"  [{time.monotonic() - started:6.0f}s] {scenario_name} #{repeat} {name}: "
+                        f"p99 {_fmt(run['ttft_p99_s'])} s, goodput {run['goodput_rps']:.2f}/s, "
+                        f"errors {run['errors']}",
+                        flush=True,
+                    )
+            print(
+                f"\n{scenario.name} at load {load}: {scenario.description}\n"
+                f"{'router':<26} {'reqs':>5} {'err':>4} {'ttft p50':>9} {'ttft p99 (min-max)':>24} "
+                f"{'e2e p99':>8} {'tok/s':>7} {'goodput':>8} {'prefix':>6}"
+            )
+            for name in routers:
+                cell = aggregate(runs[name])
+                matrix.rows.append(cell)
+                spread = f"{_fmt(cell['ttft_p99_s'])} ({_fmt(cell['ttft_p99_s_min'])}-{_fmt(cell['ttft_p99_s_max'])})"
+                print(
+                    f"{name:<26} {cell['requests']:>5.0f} {cell['errors']:>4.0f} {_fmt(cell['ttft_p50_s']):>9} "
+                    f"{spread:>24} {_fmt(cell['e2e_p99_s']):>8} {cell['output_tokens_per_s']:>7.0f} "
+                    f"{cell['goodput_rps']:>8.2f} {cell['prefix_hit_rate']:>6.2f}"
+                    + (
+                        f"  halved after {cell['share_halved_after_s']} s"
+                        if "share_halved_after_s" in cell
+                        else ""
+                    ),
+                    flush=True,
+                )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps(
             {
@@ -208,7 +507,14 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": machine(),
                 "trace": args.trace,
                 "time_scale": TIME_SCALE,
-                "results": rows,
+                "gpu_weights_for_baselines_and_prior": GPU_WEIGHTS,
+                "scenarios": {n: SCENARIOS[n].description for n in names},
+                "gpu_profiles": {
+                    k: [v.prefill_s_per_token, v.inter_token_latency_s] for k, v in GPU_PROFILES.items()
+                },
+                "wall_s": round(time.monotonic() - started),
+                "results": matrix.rows,
+                "runs": matrix.runs,
             },
             indent=1,
         )

@@ -152,6 +152,7 @@ class PageValues:
             prefill_seconds_total=self.prefill_seconds,
             decode_tokens_total=_or(self.decode_count, math.nan),
             decode_seconds_total=_or(self.decode_sum, math.nan),
+            requests_total=_or(self.ttft_count, math.nan),
             running_lora_adapters=self.running_lora_adapters or (),
             max_lora=self.max_lora or 0,
             healthy=healthy,

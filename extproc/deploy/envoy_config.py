@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import yaml
 
@@ -27,14 +28,18 @@ class EnvoyPorts:
     extproc_host: str = "127.0.0.1"
 
 
-def lb_endpoints(addresses: Sequence[str]) -> str:
-    """A YAML flow list of Envoy LbEndpoints for "host:port" addresses."""
-    entries = []
-    for address in addresses:
+def lb_endpoints(addresses: Sequence[str], weights: Sequence[int] | None = None) -> str:
+    """A YAML flow list of Envoy LbEndpoints for "host:port" addresses, optionally with each
+    one's ``load_balancing_weight``."""
+    entries: list[dict[str, Any]] = []
+    for i, address in enumerate(addresses):
         host, _, port = address.rpartition(":")
-        entries.append(
-            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
-        )
+        entry: dict[str, Any] = {
+            "endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
+        }
+        if weights is not None:
+            entry["load_balancing_weight"] = int(weights[i])
+        entries.append(entry)
     return json.dumps(entries)
 
 

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import random
 import re
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import numpy.typing as npt
 
 # A copy of ../shared/data/traces/azure_llm_2023_conv.csv (Azure LLM inference trace 2023, CC-BY 4.0;
 # Patel et al., "Splitwise", ISCA 2024), shipped so that the installed package replays it too.
@@ -85,6 +87,7 @@ class Workload:
     session_share: float = 0.3  # requests that belong to a session (x-user-id)
     sessions: int = 16
     max_prompt_tokens: int = 4096
+    min_prompt_tokens: int = 1  # e.g. RAG: every prompt at least its shared prefix long
     max_output_tokens: int = 512
     seed: int = 1
 
@@ -93,7 +96,7 @@ def synthesise(
     request: TraceRequest, workload: Workload, rng: random.Random
 ) -> tuple[dict[str, object], dict[str, str]]:
     """An OpenAI chat body with ~prompt_tokens tokens (4 characters each) and its headers."""
-    tokens = min(request.prompt_tokens, workload.max_prompt_tokens)
+    tokens = max(workload.min_prompt_tokens, min(request.prompt_tokens, workload.max_prompt_tokens))
     parts = []
     if rng.random() < workload.shared_prefix_share:
         which = rng.randrange(workload.shared_prefixes)
@@ -124,6 +127,7 @@ class Result:
     output_tokens: int
     served_by: str
     error: str = ""
+    sent_at_s: float = 0.0  # when it was due, seconds after the replay started
 
 
 @dataclass
@@ -132,9 +136,13 @@ class LoadResult:
     wall_s: float = 0.0
 
     def summary(self, ttft_slo_s: float = 2.0, tpot_slo_s: float = 0.2) -> dict[str, float]:
+        """Latency percentiles over every request: a failed one counts as an infinite TTFT
+        and e2e (shedding or dropping must not make the tail look better) and never meets
+        the objective."""
         ok = [r for r in self.results if r.status == 200 and not r.error]
-        ttft = np.array([r.ttft_s for r in ok]) if ok else np.zeros(1)
-        e2e = np.array([r.e2e_s for r in ok]) if ok else np.zeros(1)
+        failed = len(self.results) - len(ok)
+        ttft = np.array([r.ttft_s for r in ok] + [math.inf] * failed) if self.results else np.zeros(1)
+        e2e = np.array([r.e2e_s for r in ok] + [math.inf] * failed) if self.results else np.zeros(1)
         tokens = sum(r.output_tokens for r in ok)
 
         def meets_slo(r: Result) -> bool:
@@ -145,12 +153,18 @@ class LoadResult:
         return {
             "requests": len(self.results),
             "errors": len(self.results) - len(ok),
-            "ttft_p50_s": float(np.percentile(ttft, 50)),
-            "ttft_p99_s": float(np.percentile(ttft, 99)),
-            "e2e_p99_s": float(np.percentile(e2e, 99)),
+            "ttft_p50_s": _percentile(ttft, 50),
+            "ttft_p99_s": _percentile(ttft, 99),
+            "e2e_p99_s": _percentile(e2e, 99),
             "output_tokens_per_s": tokens / wall,
             "goodput_rps": sum(1 for r in ok if meets_slo(r)) / wall,
         }
+
+
+def _percentile(values: npt.NDArray[np.float64], q: float) -> float:
+    """As numpy's "lower" method, which keeps an infinite sample infinite (interpolating
+    between a finite and an infinite one would give nan)."""
+    return float(np.percentile(values, q, method="lower"))
 
 
 async def _one(
@@ -159,8 +173,9 @@ async def _one(
     body: dict[str, object],
     headers: dict[str, str],
     timeout_s: float,
+    started: float,
 ) -> Result:
-    started = time.monotonic()
+    """``started``: when the request was due, so waiting for a client connection slot counts."""
     ttft, tokens = 0.0, 0
     try:
         async with session.post(
@@ -208,9 +223,11 @@ async def run_load(
     outcome = LoadResult()
     started = time.monotonic()
 
-    async def send(body: dict[str, object], headers: dict[str, str]) -> None:
+    async def send(body: dict[str, object], headers: dict[str, str], due: float) -> None:
         async with limit:
-            outcome.results.append(await _one(session, url, body, headers, timeout_s))
+            result = await _one(session, url, body, headers, timeout_s, due)
+        result.sent_at_s = due - started
+        outcome.results.append(result)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -225,7 +242,7 @@ async def run_load(
             if delay > 0:
                 await asyncio.sleep(delay)
             body, headers = synthesise(request, workload, rng)
-            tasks.append(asyncio.create_task(send(body, headers)))
+            tasks.append(asyncio.create_task(send(body, headers, due)))
         await asyncio.gather(*tasks)
     outcome.wall_s = time.monotonic() - started
     return outcome

@@ -407,6 +407,7 @@ class SimEndpoint:
         # Requests per SHA-256 prefix of each credential header value received: a hosted
         # provider's key reaching a self-hosted endpoint shows up here without the key itself.
         self.credential_hashes: dict[str, int] = {}
+        self.load_polls = 0
 
     @property
     def address(self) -> str:
@@ -435,6 +436,8 @@ class SimEndpoint:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_get("/load", self.load)
+        # SGLang's name, which vllm-router (forked from SGLang's router) polls.
+        app.router.add_get("/get_load", self.load)
         app.router.add_post("/sim/control", self.control)
         app.router.add_get("/sim/stats", self.stats)
         return app
@@ -650,8 +653,11 @@ class SimEndpoint:
         return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
     async def load(self, _request: web.Request) -> web.Response:
-        """vLLM's ``GET /load`` (with --enable-server-load-tracking): in-flight HTTP requests."""
-        return web.json_response({"server_load": len(self.in_flight)})
+        """vLLM's ``GET /load`` (with --enable-server-load-tracking): in-flight HTTP requests;
+        also under SGLang's ``load`` key."""
+        self.load_polls += 1
+        load = len(self.in_flight)
+        return web.json_response({"server_load": load, "load": load})
 
     async def control(self, request: web.Request) -> web.Response:
         change = await request.json()
@@ -676,6 +682,7 @@ class SimEndpoint:
             {
                 "address": self.address,
                 "served": engine.served,
+                "load_polls": self.load_polls,
                 "running": len(engine.running),
                 "waiting": len(engine.waiting),
                 "kv_used_tokens": engine.kv_used,

@@ -182,6 +182,7 @@ class SharedFleetReader:
                     prefill_seconds_total=float(arrays[7, row]),
                     decode_tokens_total=float(arrays[8, row]),
                     decode_seconds_total=float(arrays[9, row]),
+                    requests_total=float(arrays[10, row]),
                 )
                 for row, e in enumerate(self._endpoints)
             }

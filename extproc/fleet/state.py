@@ -50,6 +50,7 @@ class EndpointMetrics:
     prefill_seconds_total: float = math.nan
     decode_tokens_total: float = math.nan
     decode_seconds_total: float = math.nan
+    requests_total: float = math.nan  # requests that got their first token
     running_lora_adapters: tuple[str, ...] = ()
     max_lora: int = 0
     healthy: bool = True
@@ -61,6 +62,7 @@ WORK_COUNTERS = (
     "prefill_seconds_total",
     "decode_tokens_total",
     "decode_seconds_total",
+    "requests_total",
 )
 
 _Scalar = TypeVar("_Scalar", bound=np.generic)
@@ -98,6 +100,7 @@ class FleetSnapshot:
     prefill_seconds_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
     decode_tokens_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
     decode_seconds_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
+    requests_total: FloatArray = field(default_factory=lambda: _NO_VALUES)
 
     @property
     def size(self) -> int:

@@ -22,6 +22,15 @@ from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import PickContext
 
 
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Recent traffic's shape (fleet-wide), from the same evidence as the speeds."""
+
+    prompt_tokens: float  # per request
+    output_tokens: float  # per request
+    typical_ttft_s: float  # a typical prompt's prefill plus a step, on the median endpoint
+
+
 @dataclass(slots=True)
 class PickView:
     """One pick's inputs, restricted to the candidate rows (all arrays are per candidate)."""
@@ -31,7 +40,9 @@ class PickView:
     inflight: npt.NDArray[np.float64]
     ctx: PickContext
     age_s: FloatArray
-    speed: FloatArray  # relative serving speed per candidate (GPU class weight)
+    prefill_s: FloatArray  # estimated seconds per uncached prompt token, per candidate
+    decode_s: FloatArray  # estimated seconds per output token of one stream, per candidate
+    traffic: Traffic
     waiting: FloatArray  # the snapshot's rows gathered once per candidate set, not per plugin
     running: FloatArray
 
@@ -57,14 +68,25 @@ class PickView:
             self.inflight[keep],
             self.ctx,
             self.age_s[keep],
-            self.speed[keep],
+            self.prefill_s[keep],
+            self.decode_s[keep],
+            self.traffic,
             self.waiting[keep],
             self.running[keep],
         )
 
     def with_request(self, inflight: npt.NDArray[np.float64], ctx: PickContext) -> PickView:
         return PickView(
-            self.snapshot, self.rows, inflight, ctx, self.age_s, self.speed, self.waiting, self.running
+            self.snapshot,
+            self.rows,
+            inflight,
+            ctx,
+            self.age_s,
+            self.prefill_s,
+            self.decode_s,
+            self.traffic,
+            self.waiting,
+            self.running,
         )
 
 

@@ -21,6 +21,7 @@ class PickContext:
 
     model: str
     prompt_text: str = ""
+    prompt_tokens: int = 0  # the request's estimate; 0: unknown (len(prompt_text) / 4 is used)
     session_key: str | None = None
     priority: int = 0  # <0 sheddable (batch), 0 standard, >0 premium
     lora_adapter: str | None = None

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import BoolArray, FleetSnapshot, FloatArray, IntArray
 from extproc.scheduler.config import SchedulerConfig
-from extproc.scheduler.framework import Filter, PickView, PluginContext, Scorer, Sparse
+from extproc.scheduler.framework import Filter, PickView, PluginContext, Scorer, Sparse, Traffic
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.registry import PLUGINS
@@ -26,8 +26,9 @@ from extproc.scheduler.speed import SpeedEstimator
 # Assumed when nothing is known about any endpoint (only ratios between endpoints matter).
 DEFAULT_PREFILL_S_PER_TOKEN = 1e-4
 DEFAULT_DECODE_S_PER_TOKEN = 0.02
-# Prompt tokens per output token assumed before traffic shows the mix.
-DEFAULT_PROMPT_PER_OUTPUT = 4.0
+# The traffic's shape assumed before any is seen.
+DEFAULT_PROMPT_TOKENS = 1000.0
+DEFAULT_OUTPUT_TOKENS = 200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Speeds:
     relative: FloatArray
     measured: BoolArray  # both rates from evidence
     from_prior: BoolArray  # at least one rate from the GPU-class prior
+    traffic: Traffic
 
     def source(self, row: int) -> str:
         """ "measured", "prior" (GPU-class weight) or "assumed" (the fleet's median)."""
@@ -222,13 +224,25 @@ class Scheduler:
         prior = self._prior(snapshot)
         prefill, prefill_prior = _fill(measured_prefill, prior, DEFAULT_PREFILL_S_PER_TOKEN)
         decode, decode_prior = _fill(measured_decode, prior, DEFAULT_DECODE_S_PER_TOKEN)
-        mix = self.speeds.prompt_per_output_token()
-        mix = DEFAULT_PROMPT_PER_OUTPUT if math.isnan(mix) else mix
-        # Seconds one request holds an endpoint, per output token: its prefill plus its decode.
-        turnover = mix * prefill + decode
+        prompt = self.speeds.mean_prompt_tokens()
+        prompt = DEFAULT_PROMPT_TOKENS if math.isnan(prompt) else prompt
+        output = self.speeds.mean_output_tokens()
+        output = DEFAULT_OUTPUT_TOKENS if math.isnan(output) else output
+        # Seconds a typical request holds an endpoint: its prefill plus its decode.
+        turnover = prompt * prefill + output * decode
         relative = float(np.median(turnover)) / turnover if turnover.size else turnover
+        typical_ttft = (
+            prompt * float(np.median(prefill)) + float(np.median(decode)) if prefill.size else 1.0
+        )
         measured = ~np.isnan(measured_prefill) & ~np.isnan(measured_decode)
-        speeds = Speeds(prefill, decode, relative, measured, prefill_prior | decode_prior)
+        speeds = Speeds(
+            prefill,
+            decode,
+            relative,
+            measured,
+            prefill_prior | decode_prior,
+            Traffic(prompt, output, typical_ttft),
+        )
         self._speeds_cache = (snapshot, speeds)
         return speeds
 
@@ -238,13 +252,16 @@ class Scheduler:
     def view(
         self, snapshot: FleetSnapshot, candidates: IntArray, inflight: npt.NDArray[np.int64], ctx: PickContext
     ) -> PickView:
+        speeds = self.endpoint_speeds(snapshot)
         return PickView(
             snapshot,
             candidates,
             inflight[candidates].astype(np.float64),
             ctx,
             snapshot.age_s(ctx.now)[candidates],
-            self._speed(snapshot)[candidates],
+            speeds.prefill_s_per_token[candidates],
+            speeds.decode_s_per_token[candidates],
+            speeds.traffic,
             snapshot.waiting[candidates],
             snapshot.running[candidates],
         )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from extproc.fleet.state import FleetSnapshot, FloatArray
+from extproc.fleet.state import WORK_COUNTERS, FleetSnapshot, FloatArray
 
 HALF_LIFE_S = 10.0
 # Evidence below this many (decayed) tokens is too thin to trust over the prior or the fleet.
@@ -38,23 +38,24 @@ MIN_DECODE_TOKENS = 16.0
 
 @dataclass(slots=True)
 class Decayed:
-    """Seconds and tokens, both decayed by elapsed time since the last sample."""
+    """A ratio of two sums (e.g. seconds per token), both decayed by the time since the last
+    sample, so recent samples dominate."""
 
-    seconds: float = 0.0
-    tokens: float = 0.0
+    total: float = 0.0
+    count: float = 0.0
     at: float = math.nan
 
-    def add(self, seconds: float, tokens: float, now: float, half_life_s: float) -> None:
+    def add(self, total: float, count: float, now: float, half_life_s: float) -> None:
         if not math.isnan(self.at) and now > self.at:
             keep = 0.5 ** ((now - self.at) / half_life_s)
-            self.seconds *= keep
-            self.tokens *= keep
-        self.seconds += seconds
-        self.tokens += tokens
+            self.total *= keep
+            self.count *= keep
+        self.total += total
+        self.count += count
         self.at = now if math.isnan(self.at) else max(self.at, now)
 
-    def per_token(self, min_tokens: float) -> float:
-        return self.seconds / self.tokens if self.tokens >= min_tokens and self.seconds > 0 else math.nan
+    def ratio(self, min_count: float) -> float:
+        return self.total / self.count if self.count >= min_count and self.total > 0 else math.nan
 
 
 @dataclass(slots=True)
@@ -63,16 +64,16 @@ class _Evidence:
     server_decode: Decayed = field(default_factory=Decayed)
     observed_prefill: Decayed = field(default_factory=Decayed)
     observed_decode: Decayed = field(default_factory=Decayed)
-    # The last cumulative counters seen: prompt tokens, prefill s, decode tokens, decode s.
-    counters: tuple[float, float, float, float] = (math.nan, math.nan, math.nan, math.nan)
+    # The last cumulative counters seen (WORK_COUNTERS' order).
+    counters: tuple[float, ...] = ()
 
     def prefill_s_per_token(self) -> float:
-        server = self.server_prefill.per_token(MIN_PREFILL_TOKENS)
-        return server if not math.isnan(server) else self.observed_prefill.per_token(MIN_PREFILL_TOKENS)
+        server = self.server_prefill.ratio(MIN_PREFILL_TOKENS)
+        return server if not math.isnan(server) else self.observed_prefill.ratio(MIN_PREFILL_TOKENS)
 
     def decode_s_per_token(self) -> float:
-        server = self.server_decode.per_token(MIN_DECODE_TOKENS)
-        return server if not math.isnan(server) else self.observed_decode.per_token(MIN_DECODE_TOKENS)
+        server = self.server_decode.ratio(MIN_DECODE_TOKENS)
+        return server if not math.isnan(server) else self.observed_decode.ratio(MIN_DECODE_TOKENS)
 
 
 def _delta(new: float, old: float) -> float:
@@ -87,8 +88,9 @@ class SpeedEstimator:
         self.half_life_s = half_life_s
         self.clock = clock
         self._by_address: dict[str, _Evidence] = {}
-        # Fleet-wide prompt and decode tokens (decayed): the workload's prompt:output mix.
-        self._mix = Decayed()
+        # Fleet-wide prompt and output tokens per request (decayed): the traffic's shape.
+        self._prompt_per_request = Decayed()
+        self._output_per_request = Decayed()
         self._cache: tuple[FleetSnapshot, FloatArray, FloatArray] | None = None
 
     def _evidence(self, address: str) -> _Evidence:
@@ -103,34 +105,31 @@ class SpeedEstimator:
             return
         now = self.clock()
         half_life = self.half_life_s
-        columns = (
-            snapshot.prompt_tokens_total,
-            snapshot.prefill_seconds_total,
-            snapshot.decode_tokens_total,
-            snapshot.decode_seconds_total,
-        )
-        reported = ~np.all(np.isnan(np.vstack(columns)), axis=0)
+        columns = np.vstack([getattr(snapshot, name) for name in WORK_COUNTERS])
+        reported = ~np.all(np.isnan(columns), axis=0)
         for row in np.flatnonzero(reported).tolist():
             address = snapshot.endpoints[row].address
             evidence = self._evidence(address)
-            new = (
-                float(columns[0][row]),
-                float(columns[1][row]),
-                float(columns[2][row]),
-                float(columns[3][row]),
-            )
+            new = tuple(columns[:, row].tolist())
             old = evidence.counters
             if new == old:
                 continue
             evidence.counters = new
-            prompt, prefill_s = _delta(new[0], old[0]), _delta(new[1], old[1])
-            decode_tokens, decode_s = _delta(new[2], old[2]), _delta(new[3], old[3])
+            if not old:
+                continue  # the first sight of a server: its totals so far are not a rate
+            prompt, prefill_s, decode_tokens, decode_s, requests = (
+                _delta(a, b) for a, b in zip(new, old, strict=True)
+            )
             if prompt > 0 and prefill_s > 0:
                 evidence.server_prefill.add(prefill_s, prompt, now, half_life)
             if decode_tokens > 0 and decode_s > 0:
                 evidence.server_decode.add(decode_s, decode_tokens, now, half_life)
-            if prompt > 0 and decode_tokens > 0:
-                self._mix.add(prompt, decode_tokens, now, half_life)
+            if requests > 0:
+                if prompt > 0:
+                    self._prompt_per_request.add(prompt, requests, now, half_life)
+                if decode_tokens >= 0:
+                    # Decode tokens are intervals between tokens: one fewer than the output.
+                    self._output_per_request.add(decode_tokens + requests, requests, now, half_life)
 
     def observe_response(
         self,
@@ -150,16 +149,21 @@ class SpeedEstimator:
             evidence.observed_decode.add(
                 time_per_output_token_s * (output_tokens - 1), float(output_tokens - 1), now, half_life
             )
-            if prompt_tokens:
-                self._mix.add(float(prompt_tokens), float(output_tokens), now, half_life)
+            self._output_per_request.add(float(output_tokens), 1.0, now, half_life)
+        if prompt_tokens:
+            self._prompt_per_request.add(float(prompt_tokens), 1.0, now, half_life)
 
     def forget(self, keep: set[str]) -> None:
         for address in [a for a in self._by_address if a not in keep]:
             del self._by_address[address]
 
-    def prompt_per_output_token(self) -> float:
-        """Prompt tokens per generated token in recent traffic (nan before any evidence)."""
-        return self._mix.per_token(1.0)
+    def mean_prompt_tokens(self) -> float:
+        """Prompt tokens per request in recent traffic (nan before any evidence)."""
+        return self._prompt_per_request.ratio(1.0)
+
+    def mean_output_tokens(self) -> float:
+        """Output tokens per request in recent traffic (nan before any evidence)."""
+        return self._output_per_request.ratio(1.0)
 
     def evidence(self, snapshot: FleetSnapshot) -> tuple[FloatArray, FloatArray]:
         """Per snapshot row: prefill and decode seconds per token (nan: no evidence yet).

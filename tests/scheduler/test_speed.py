@@ -19,8 +19,9 @@ class Clock:
 
 
 def feed(estimator: SpeedEstimator, clock: Clock, rates: list[tuple[float, float]], seconds: int) -> None:
-    """Endpoints doing 1,000 prompt and 100 decode tokens a second at (prefill, decode) s/token."""
-    totals = getattr(estimator, "_test_totals", None) or [[0.0] * 4 for _ in rates]
+    """Endpoints doing 10 requests a second of 100 prompt and 11 output tokens (10 decode
+    intervals) each, at (prefill, decode) s/token."""
+    totals = getattr(estimator, "_test_totals", None) or [[0.0] * 5 for _ in rates]
     for _ in range(seconds):
         clock.now += 1.0
         for total, (prefill, decode) in zip(totals, rates, strict=True):
@@ -28,6 +29,7 @@ def feed(estimator: SpeedEstimator, clock: Clock, rates: list[tuple[float, float
             total[1] += 1000 * prefill
             total[2] += 100
             total[3] += 100 * decode
+            total[4] += 10
         estimator.on_publish(fleet_snapshot(len(rates), counters=[tuple(t) for t in totals]))  # type: ignore[misc]
     estimator._test_totals = totals  # type: ignore[attr-defined]
 
@@ -39,6 +41,8 @@ def test_server_counters_give_prefill_and_decode_rates_that_scale_independently(
     prefill, decode = estimator.evidence(fleet_snapshot(2))
     assert prefill.tolist() == pytest.approx([1e-4, 4e-4])
     assert decode.tolist() == pytest.approx([0.01, 0.02])
+    assert estimator.mean_prompt_tokens() == pytest.approx(100)
+    assert estimator.mean_output_tokens() == pytest.approx(11)
 
 
 def test_a_throttled_endpoint_is_noticed_within_a_few_half_lives() -> None:
@@ -54,7 +58,7 @@ def test_a_counter_reset_is_not_read_as_negative_work() -> None:
     clock = Clock()
     estimator = SpeedEstimator(clock=clock)
     feed(estimator, clock, [(1e-4, 0.01)], 3)
-    estimator.on_publish(fleet_snapshot(1, counters=[(10.0, 100.0, 1.0, 100.0)]))  # restarted
+    estimator.on_publish(fleet_snapshot(1, counters=[(10.0, 100.0, 1.0, 100.0, 1.0)]))  # restarted
     prefill, decode = estimator.evidence(fleet_snapshot(1))
     assert prefill[0] == pytest.approx(1e-4) and decode[0] == pytest.approx(0.01)
 
@@ -68,7 +72,8 @@ def test_observed_responses_are_evidence_when_the_server_reports_none() -> None:
     prefill, decode = estimator.evidence(fleet_snapshot(2))
     assert prefill[0] == pytest.approx(5e-4) and decode[0] == pytest.approx(0.04)
     assert math.isnan(prefill[1]) and math.isnan(decode[1])
-    assert estimator.prompt_per_output_token() == pytest.approx(1000 / 11)
+    assert estimator.mean_prompt_tokens() == pytest.approx(1000)
+    assert estimator.mean_output_tokens() == pytest.approx(11)
 
 
 def test_evidence_overrides_a_wrong_prior_and_fills_the_unmeasured() -> None:

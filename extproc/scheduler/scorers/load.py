@@ -1,15 +1,21 @@
-"""Scorer: expected wait, i.e. work ahead of this request divided by the endpoint's speed.
+"""Scorer: the predicted time to this request's first token on each endpoint, from its speeds.
 
-On a heterogeneous fleet a queue of 4 on an A100 clears faster than a queue of 2 on a T4;
-scoring raw queue length alone sends too much to slow GPUs. Work ahead counts queued
-requests (the scrape's, or ours sent since if more), a quarter of the running batch and half
-of this request's own prefill.
+Speeds are each endpoint's own, learned from evidence (extproc.scheduler.speed): prefill
+seconds per prompt token and decode seconds per output token, which scale differently across
+GPU classes. The prediction, in seconds:
 
-Why those weights: a queued request delays a new one's first token by a whole slot turnover,
-a running one only slows each decode step a little. Counting half the running batch (an
-earlier version) let a fast GPU's *queue* grow to ~12 before a idle-slotted slow GPU won; in
-the 100-1,000 GPU simulation (python -m extproc.bench.scale) the lighter weights cut median TTFT
-at full load from 0.21-0.28 s to 0.13-0.22 s with the same tail.
+- this request's own prefill: its prompt tokens x the endpoint's prefill time per token,
+  plus one decode step;
+- the requests queued ahead of it (the scrape's count, or ours sent since if more): each
+  must be prefilled, and each waits for a seat, which frees as the running batch finishes:
+  a typical output's decode time divided by the running sequences.
+
+A running batch with free seats barely delays a new request (continuous batching admits it
+at the next step); a queue on a fast GPU can still lose to an idle slow one, once the wait
+behind it exceeds the slow GPU's own prefill.
+
+The value is returned in units of a typical request's TTFT on the median endpoint, so the
+framework's minimum spread (one unit) means "one typical TTFT", whatever the hardware.
 """
 
 from __future__ import annotations
@@ -21,8 +27,7 @@ import numpy as np
 from extproc.fleet.state import FloatArray
 from extproc.scheduler.framework import NoParams, PickView, PluginContext, PluginType
 
-RUNNING_WEIGHT = 0.25
-OWN_WORK = 0.5
+CHARS_PER_TOKEN = 4  # when the request's token estimate is missing
 
 
 class LoadScorer:
@@ -30,8 +35,15 @@ class LoadScorer:
     per_request: ClassVar[bool] = True
 
     def score(self, view: PickView) -> FloatArray:
-        work = view.queued() + RUNNING_WEIGHT * np.maximum(view.running, view.inflight) + OWN_WORK
-        result: FloatArray = -work / view.speed
+        ctx = view.ctx
+        prompt = ctx.prompt_tokens or max(1, len(ctx.prompt_text) // CHARS_PER_TOKEN)
+        traffic = view.traffic
+        prefill, decode = view.prefill_s, view.decode_s
+        queued = view.queued()
+        running = np.maximum(view.running, view.inflight - queued)
+        seat_wait = traffic.output_tokens * decode / np.maximum(running, 1.0)
+        predicted = prompt * prefill + decode + queued * (traffic.prompt_tokens * prefill + seat_wait)
+        result: FloatArray = -predicted / max(traffic.typical_ttft_s, 1e-6)
         return result
 
     def picked(self, view: PickView, chosen_rows: list[int]) -> None:
