@@ -336,6 +336,9 @@ def run_once(
                         name.split(":", 1)[1],
                         "--log-level",
                         "error",
+                        # Its metrics listener defaults to port 29000: clashes with any other.
+                        "--prometheus-port",
+                        str(free_port()),
                     ],
                 )
                 wait_http(f"http://127.0.0.1:{port}/health", 30)
