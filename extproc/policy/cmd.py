@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from extproc.errors import RoutingError
 from extproc.policy.compile import CompiledPolicy, PolicyError, load_policy
@@ -130,6 +133,12 @@ def explain_main(argv: Sequence[str]) -> int:
     parser.add_argument("--complexity", type=float, help="override the computed complexity score")
     parser.add_argument("--strong-gain", type=float, help="override the computed strong_gain score")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--speeds",
+        metavar="URL|FILE",
+        help="a running ext_proc's /metrics (URL or saved page): also show the learned speed of "
+        "each endpoint of the chosen pool",
+    )
     args = parser.parse_args(argv)
     try:
         policy = load_policy(args.policy)
@@ -176,6 +185,8 @@ def explain_main(argv: Sequence[str]) -> int:
         )
     )
     decision = explanation.decision
+    pools = {t.pool for t in decision.targets[:1]}
+    speeds = _speeds(args.speeds, pools) if args.speeds else []
     if args.json:
         out = {
             "policy_version": policy.version,
@@ -186,6 +197,8 @@ def explain_main(argv: Sequence[str]) -> int:
             "providers": _provider_lines(policy, decision, request.model),
             "skipped": [{"rule": r, "why": w} for r, w in explanation.skipped],
         }
+        if args.speeds:
+            out["speeds"] = speeds
         print(json.dumps(out, indent=2, default=str))
         return 0
     print(f"policy     {args.policy} (version {policy.version})")
@@ -208,4 +221,46 @@ def explain_main(argv: Sequence[str]) -> int:
         print(f"mirror     {decision.mirror.pool}")
     for key, value in decision.headers:
         print(f"header     {key}: {value}")
+    for speed in speeds:
+        print(
+            f"speed      {speed['endpoint']} ({speed['pool']}, {speed['gpu_class']}): "
+            f"prefill {speed['prefill_tokens_per_s']:.0f} tok/s, decode {speed['decode_tokens_per_s']:.1f} tok/s"
+        )
     return 0
+
+
+SPEED_METRICS = {
+    "llm_extproc_endpoint_prefill_tokens_per_second": "prefill_tokens_per_s",
+    "llm_extproc_endpoint_decode_tokens_per_second": "decode_tokens_per_s",
+}
+
+
+def _speeds(source: str, pools: set[str]) -> list[dict[str, Any]]:
+    """Per endpoint of ``pools`` (all when the target names none): the scheduler's current
+    speed estimates, read from the ext_proc's own metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=5) as reply:
+            text = reply.read().decode()
+    else:
+        text = Path(source).read_text()
+    rows: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            field = SPEED_METRICS.get(sample.name)
+            if field is None or (pools - {""} and sample.labels.get("pool") not in pools):
+                continue
+            endpoint = sample.labels.get("endpoint", "")
+            row = rows.setdefault(
+                endpoint,
+                {
+                    "endpoint": endpoint,
+                    "pool": sample.labels.get("pool", ""),
+                    "gpu_class": sample.labels.get("gpu_class", ""),
+                    "prefill_tokens_per_s": math.nan,
+                    "decode_tokens_per_s": math.nan,
+                },
+            )
+            row[field] = sample.value
+    return sorted(rows.values(), key=lambda r: r["endpoint"])

@@ -70,3 +70,38 @@ def test_explain_accepts_every_routed_api(tmp_path: Path, capsys: pytest.Capture
         main(["explain", "--policy", str(policy), "--path", "/v1/messages", "--body", '{"model": "m"}']) == 1
     )
     assert "max_tokens" in capsys.readouterr().err
+
+
+def test_explain_shows_the_learned_speeds_of_the_chosen_pool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    from prometheus_client import generate_latest
+
+    from extproc.fleet.state import Endpoint, build_snapshot
+    from extproc.observability.metrics import Metrics
+
+    snapshot = build_snapshot(
+        [
+            Endpoint("10.0.0.1:8000", pool="fast", models=("m",), gpu_class="a100"),
+            Endpoint("10.0.0.2:8000", pool="slow", models=("m",), gpu_class="t4"),
+        ],
+        {},
+        version=1,
+    )
+    metrics = Metrics()
+    metrics.watch_speeds(lambda: (snapshot, np.array([1e-4, 5e-4]), np.array([0.01, 0.04])))
+    page = tmp_path / "metrics.txt"
+    page.write_bytes(generate_latest(metrics.registry))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "pools: [{name: fast, models: [m]}, {name: slow, models: [m]}]\ndefault: {route: {pool: fast, model: m}}\n"
+    )
+    body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    assert main(["explain", "--policy", str(policy), "--body", body, "--speeds", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "speed      10.0.0.1:8000 (fast, a100): prefill 10000 tok/s, decode 100.0 tok/s" in out
+    assert "10.0.0.2:8000" not in out  # not in the chosen pool
+    assert main(["explain", "--policy", str(policy), "--body", body, "--speeds", str(page), "--json"]) == 0
+    speeds = json.loads(capsys.readouterr().out)["speeds"]
+    assert [s["endpoint"] for s in speeds] == ["10.0.0.1:8000"] and speeds[0]["decode_tokens_per_s"] == 100.0
