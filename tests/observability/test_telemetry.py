@@ -129,3 +129,16 @@ def test_spans_join_the_callers_trace_only_when_it_is_sampled(tmp_path: Path) ->
     assert span.attributes["llm.endpoint"] == "10.0.0.2:8000"
     assert span.attributes["llm.fallback"] is True
     assert span.end_time - span.start_time == 1_000_000_000
+
+
+def test_the_decision_line_carries_the_chosen_endpoints_speeds_and_observations_feed_the_estimator(
+    tmp_path: Path,
+) -> None:
+    seen: list[Observation] = []
+    tel = telemetry(tmp_path, on_observation=seen.append)
+    speeds = [{"prefill_tokens_per_s": 12000.0, "decode_tokens_per_s": 80.0, "source": "measured"}]
+    tel.observed(observation("a"), "")
+    tel.routed(record("a", speeds=speeds))
+    tel.log.close()
+    assert lines(tmp_path / "d.log")[0]["speeds"] == speeds
+    assert [o.request_id for o in seen] == ["a"]
