@@ -231,9 +231,7 @@ class Scheduler:
         # Seconds a typical request holds an endpoint: its prefill plus its decode.
         turnover = prompt * prefill + output * decode
         relative = float(np.median(turnover)) / turnover if turnover.size else turnover
-        typical_ttft = (
-            prompt * float(np.median(prefill)) + float(np.median(decode)) if prefill.size else 1.0
-        )
+        typical_ttft = prompt * float(np.median(prefill)) + float(np.median(decode)) if prefill.size else 1.0
         measured = ~np.isnan(measured_prefill) & ~np.isnan(measured_decode)
         speeds = Speeds(
             prefill,
