@@ -74,6 +74,8 @@ class EndpointSpec:
     gpu_class: str = "a100"
     zone: str = ""
     max_num_seqs: int = 64
+    # vLLM's per-step token budget: prompts beyond it wait for the next step (in the queue).
+    max_num_batched_tokens: int = 8192
     kv_capacity_tokens: int = 60_000
     # llm-d-inference-sim's per-token latency model (docs/simulator.md): prefill = overhead +
     # uncached tokens x per-token time; each decode step takes the inter-token latency,
@@ -182,11 +184,15 @@ class Engine:
         """Move waiting requests into the batch while seats and KV allow; return prefill time."""
         prefill = 0.0
         spec = self.spec
+        budget = spec.max_num_batched_tokens
+        admitted = 0
         while self.waiting and len(self.running) < spec.max_num_seqs:
             request = self.waiting[0]
             need = request.prompt_tokens + request.max_tokens
             if self.kv_used + need > spec.kv_capacity_tokens and self.running:
                 break
+            if admitted and request.prompt_tokens > budget:
+                break  # this step's token budget is spent (one prompt always fits: no chunking)
             self.waiting.popleft()
             hits = 0
             for block in request.blocks:
@@ -205,6 +211,8 @@ class Engine:
             self.metrics.queue_time.observe((request.admitted_at - request.arrived) / self.time_scale)
             prefill += spec.prefill_overhead_s
             prefill += (request.prompt_tokens - request.cached_tokens) * self.profile.prefill_s_per_token
+            budget -= request.prompt_tokens - request.cached_tokens
+            admitted += 1
             self.kv_used += need
             self.running.append(request)
         return prefill
