@@ -4,6 +4,7 @@ with spread, the degradation reaction time, and loads relative to each fleet's c
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from extproc.bench.routing import SCENARIOS, _finite, aggregate, capacity_rps, share_halved_after, speedup_for
 from extproc.devstack.loadgen import LoadResult, Result, TraceRequest
@@ -60,10 +61,11 @@ def test_the_replay_carries_the_load_asked_for_whatever_the_fleet() -> None:
     trace = [TraceRequest(at_s=i * 0.5, prompt_tokens=1000, output_tokens=200) for i in range(1000)]
     # 40 requests wanted in 10 s: the 40th request of the trace is due at 20 s, so 2x.
     assert speedup_for(trace, 4.0, 10.0) == 2.0
-    heterogeneous, many_prefix = (
-        capacity_rps(SCENARIOS["heterogeneous"], trace),
-        capacity_rps(SCENARIOS["many-prefix"], trace),
-    )
-    assert many_prefix > heterogeneous > 0  # eight A100s carry more than two A100s and two T4s
+
+    def simulated(name: str) -> float:  # requests per simulated second
+        return capacity_rps(SCENARIOS[name], trace) * SCENARIOS[name].time_scale
+
+    assert simulated("many-prefix") > simulated("heterogeneous") > 0  # 8 A100s > 2 A100s + 2 T4s
+    # The load of the degrading scenario is relative to what the fleet carries once degraded.
     degrading = SCENARIOS["degrading"]
-    assert degrading.degrade is not None
+    assert capacity_rps(degrading, trace) < capacity_rps(replace(degrading, degrade=None), trace)
