@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from extproc.devstack.sim_apis import add_api_routes
 
+
 @dataclass(frozen=True, slots=True)
 class GpuProfile:
     """Llama-3-8B-class serving on one GPU: prefill per uncached prompt token (compute-bound)
