@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         axes[1].set_title("goodput (req/s meeting the SLO)")
         for ax in axes:
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(scenarios))], scenarios, fontsize=8)
-        axes[1].legend(fontsize=7)
-        fig.tight_layout()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(routers), fontsize=7)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
         fig.savefig(BENCH / "routing.png", dpi=90)
         written.append("routing.png")
     pick = _load("pick")
