@@ -92,6 +92,7 @@ class SpeedEstimator:
         self._prompt_per_request = Decayed()
         self._output_per_request = Decayed()
         self._cache: tuple[FleetSnapshot, FloatArray, FloatArray] | None = None
+        self._membership: tuple[str, ...] = ()
 
     def _evidence(self, address: str) -> _Evidence:
         evidence = self._by_address.get(address)
@@ -177,10 +178,10 @@ class SpeedEstimator:
             return cached[1], cached[2]
         prefill = np.full(snapshot.size, np.nan)
         decode = np.full(snapshot.size, np.nan)
-        by_address = self._by_address
-        for row, endpoint in enumerate(snapshot.endpoints):
-            evidence = by_address.get(endpoint.address)
-            if evidence is not None:
+        index = snapshot.index
+        for address, evidence in self._by_address.items():
+            row = index.get(address)
+            if row is not None:
                 prefill[row] = evidence.prefill_s_per_token()
                 decode[row] = evidence.decode_s_per_token()
         prefill.setflags(write=False)
@@ -189,6 +190,10 @@ class SpeedEstimator:
         return prefill, decode
 
     def on_publish(self, snapshot: FleetSnapshot) -> None:
-        """FleetState listener: take the new counters, then precompute the arrays."""
+        """FleetState listener: take the new counters, then precompute the arrays. Endpoints
+        that left the fleet are forgotten (pods come and go; their evidence would pile up)."""
+        if snapshot.membership is not self._membership:
+            self._membership = snapshot.membership
+            self.forget(set(snapshot.index))
         self.observe_snapshot(snapshot)
         self.evidence(snapshot)

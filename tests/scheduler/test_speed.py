@@ -99,3 +99,14 @@ def test_without_a_prior_an_unmeasured_or_unknown_class_is_assumed_median() -> N
     assert speeds.source(2) == "assumed"
     assert speeds.decode_s_per_token[2] == pytest.approx(0.02)
     assert speeds.relative[0] > speeds.relative[2] > speeds.relative[1]
+
+
+def test_endpoints_that_leave_the_fleet_are_forgotten() -> None:
+    clock = Clock()
+    estimator = SpeedEstimator(clock=clock)
+    feed(estimator, clock, [(1e-4, 0.01), (2e-4, 0.02)], 3)
+    both = fleet_snapshot(2)
+    assert estimator.evidence(both)[1][1] == pytest.approx(0.02)
+    estimator.on_publish(fleet_snapshot(1))  # the second endpoint is gone
+    _, decode = estimator.evidence(both)
+    assert decode[0] == pytest.approx(0.01) and math.isnan(decode[1])
