@@ -56,6 +56,32 @@ class MetricMapping:
     # Servers that report KV usage in percent (0-100) rather than a fraction set 0.01 here.
     kv_usage_scale: float = 1.0
 
+    def sample_fields(self) -> dict[str, str]:
+        """Sample name on the page -> the PageValues field it feeds (LoRA info aside)."""
+        names: dict[str, str] = {}
+        for field in ("waiting", "running", "kv_usage", "prefix_cache_queries", "prefix_cache_hits"):
+            metric = getattr(self, field)
+            if metric:
+                names[metric] = field
+        if self.ttft_histogram:
+            names[self.ttft_histogram + "_sum"] = "ttft_sum"
+            names[self.ttft_histogram + "_count"] = "ttft_count"
+        if self.prompt_tokens_counter:
+            names[self.prompt_tokens_counter] = "prompt_tokens"
+        for histogram, field in (
+            (self.prefill_histogram, "prefill_sum"),
+            (self.queue_histogram, "queue_sum"),
+            (self.decode_token_histogram, "decode_sum"),
+        ):
+            if histogram:
+                names[histogram + "_sum"] = field
+        if self.decode_token_histogram:
+            names[self.decode_token_histogram + "_count"] = "decode_count"
+        if self.legacy_decode_token_histogram:
+            names[self.legacy_decode_token_histogram + "_sum"] = "legacy_decode_sum"
+            names[self.legacy_decode_token_histogram + "_count"] = "legacy_decode_count"
+        return names
+
 
 # Names verified against the servers' sources: vLLM ``vllm/v1/metrics/loggers.py``
 # (prometheus_client appends ``_total`` to counters), SGLang ``srt/metrics/collector.py``,
@@ -198,28 +224,7 @@ class TargetedParser:
 
     def __init__(self, mapping: MetricMapping) -> None:
         self._mapping = mapping
-        names: dict[str, str] = {}
-        for field in ("waiting", "running", "kv_usage", "prefix_cache_queries", "prefix_cache_hits"):
-            metric = getattr(mapping, field)
-            if metric:
-                names[metric] = field
-        if mapping.ttft_histogram:
-            names[mapping.ttft_histogram + "_sum"] = "ttft_sum"
-            names[mapping.ttft_histogram + "_count"] = "ttft_count"
-        if mapping.prompt_tokens_counter:
-            names[mapping.prompt_tokens_counter] = "prompt_tokens"
-        for histogram, field in (
-            (mapping.prefill_histogram, "prefill_sum"),
-            (mapping.queue_histogram, "queue_sum"),
-            (mapping.decode_token_histogram, "decode_sum"),
-        ):
-            if histogram:
-                names[histogram + "_sum"] = field
-        if mapping.decode_token_histogram:
-            names[mapping.decode_token_histogram + "_count"] = "decode_count"
-        if mapping.legacy_decode_token_histogram:
-            names[mapping.legacy_decode_token_histogram + "_sum"] = "legacy_decode_sum"
-            names[mapping.legacy_decode_token_histogram + "_count"] = "legacy_decode_count"
+        names = mapping.sample_fields()
         if mapping.lora_info:
             names[mapping.lora_info] = "lora"
         # (needle, field) pairs: a sample line is "\n" + exact name; HELP/TYPE lines start with

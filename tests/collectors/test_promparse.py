@@ -28,28 +28,7 @@ SAMPLES = Path(__file__).parents[2] / "extproc" / "bench" / "data"
 
 def reference(text: str, mapping: MetricMapping) -> PageValues:
     """The same reduction as TargetedParser, computed from prometheus-client's full parse."""
-    names: dict[str, str] = {}
-    for field in ("waiting", "running", "kv_usage", "prefix_cache_queries", "prefix_cache_hits"):
-        metric = getattr(mapping, field)
-        if metric:
-            names[metric] = field
-    if mapping.ttft_histogram:
-        names[mapping.ttft_histogram + "_sum"] = "ttft_sum"
-        names[mapping.ttft_histogram + "_count"] = "ttft_count"
-    if mapping.prompt_tokens_counter:
-        names[mapping.prompt_tokens_counter] = "prompt_tokens"
-    for histogram, field in (
-        (mapping.prefill_histogram, "prefill_sum"),
-        (mapping.queue_histogram, "queue_sum"),
-        (mapping.decode_token_histogram, "decode_sum"),
-    ):
-        if histogram:
-            names[histogram + "_sum"] = field
-    if mapping.decode_token_histogram:
-        names[mapping.decode_token_histogram + "_count"] = "decode_count"
-    if mapping.legacy_decode_token_histogram:
-        names[mapping.legacy_decode_token_histogram + "_sum"] = "legacy_decode_sum"
-        names[mapping.legacy_decode_token_histogram + "_count"] = "legacy_decode_count"
+    names = mapping.sample_fields()
     sums: dict[str, float] = {}
     lora: tuple[float, dict[str, str]] | None = None
     found = 0
