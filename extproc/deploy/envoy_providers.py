@@ -52,14 +52,40 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 RETRIABLE_STATUSES = [429, 500, 502, 503, 504]
 
 
-def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+def typed(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def credential_injector(upstream: ProviderUpstream, credential: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's credential_injector for one provider's cluster: ``credential`` is where the key
+    comes from (a file or env var locally, SDS in Istio); the injector adds it on the way out."""
+    return {
+        "name": "envoy.filters.http.credential_injector",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+            overwrite=True,
+            allow_request_without_credential=False,
+            credential={
+                "name": "envoy.http.injected_credentials.generic",
+                "typed_config": typed(
+                    "envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                    credential=credential,
+                    header=upstream.credential_header,
+                    **(
+                        {"header_value_prefix": upstream.credential_prefix}
+                        if upstream.credential_prefix
+                        else {}
+                    ),
+                ),
+            },
+        ),
+    }
 
 
 def _header_mutation(name: str, mutations: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": name,
-        "typed_config": _typed(
+        "typed_config": typed(
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
             mutations={"request_mutations": mutations},
         ),
@@ -70,7 +96,7 @@ def sds_resource(upstream: ProviderUpstream) -> dict[str, Any]:
     """The SDS file for a key read from a file: Envoy watches the file and re-reads it."""
     return {
         "resources": [
-            _typed(
+            typed(
                 "envoy.extensions.transport_sockets.tls.v3.Secret",
                 name=upstream.secret_name,
                 generic_secret={"secret": {"filename": upstream.key_file}},
@@ -113,7 +139,7 @@ def _upstream_filters(
     aggregate's, not the chosen sub-cluster's) on every attempt, the fallback hop's included."""
     observer = {
         "name": "provider-attempt-observer",
-        "typed_config": _typed(
+        "typed_config": typed(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             grpc_service={"envoy_grpc": {"cluster_name": extproc_cluster}, "timeout": "1s"},
             failure_mode_allow=True,
@@ -129,27 +155,7 @@ def _upstream_filters(
             },
         ),
     }
-    injector = {
-        "name": "envoy.filters.http.credential_injector",
-        "typed_config": _typed(
-            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
-            overwrite=True,
-            allow_request_without_credential=False,
-            credential={
-                "name": "envoy.http.injected_credentials.generic",
-                "typed_config": _typed(
-                    "envoy.extensions.http.injected_credentials.generic.v3.Generic",
-                    credential=_credential_source(upstream, sds_dir),
-                    header=upstream.credential_header,
-                    **(
-                        {"header_value_prefix": upstream.credential_prefix}
-                        if upstream.credential_prefix
-                        else {}
-                    ),
-                ),
-            },
-        ),
-    }
+    injector = credential_injector(upstream, _credential_source(upstream, sds_dir))
     return [
         _header_mutation(
             "mark-provider-attempt", [{"append": {"header": {"key": PROVIDER_ATTEMPT_HEADER, "value": "1"}}}]
@@ -159,7 +165,7 @@ def _upstream_filters(
         injector,
         {
             "name": "envoy.filters.http.upstream_codec",
-            "typed_config": _typed("envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"),
+            "typed_config": typed("envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"),
         },
     ]
 
@@ -175,7 +181,7 @@ def _cluster(upstream: ProviderUpstream, address: str | None) -> dict[str, Any]:
     )
     tls = {
         "name": "envoy.transport_sockets.tls",
-        "typed_config": _typed(
+        "typed_config": typed(
             "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             sni=host,
             common_tls_context={
@@ -197,7 +203,7 @@ def _cluster(upstream: ProviderUpstream, address: str | None) -> dict[str, Any]:
         # sends every request straight to the fallback hop.
         "outlier_detection": {"consecutive_5xx": 5, "base_ejection_time": "10s", "max_ejection_percent": 100},
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", explicit_http_config=protocol
             )
         },
@@ -233,7 +239,7 @@ def _with_fallback(upstream: ProviderUpstream, extproc_cluster: str, sds_dir: Pa
         # retries would let a provider's 429 through to clients while a burst falls back.
         "circuit_breakers": {"thresholds": [_thresholds(upstream)]},
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config={"http_protocol_options": {}},
                 http_filters=_upstream_filters(upstream, extproc_cluster, sds_dir),
@@ -241,7 +247,7 @@ def _with_fallback(upstream: ProviderUpstream, extproc_cluster: str, sds_dir: Pa
         },
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
-            "typed_config": _typed(
+            "typed_config": typed(
                 "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
                 clusters=[upstream.direct_cluster, FALLBACK_CLUSTER],
             ),
@@ -291,7 +297,7 @@ def _route(upstream: ProviderUpstream) -> dict[str, Any]:
                 "num_retries": 1,
                 "retry_priority": {
                     "name": "envoy.retry_priorities.previous_priorities",
-                    "typed_config": _typed(
+                    "typed_config": typed(
                         "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
                         update_frequency=1,
                     ),
@@ -364,7 +370,7 @@ def add_providers(
     config.setdefault("bootstrap_extensions", []).append(
         {
             "name": "envoy.bootstrap.internal_listener",
-            "typed_config": _typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
+            "typed_config": typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
         }
     )
     # SDS from files needs a node identity.

@@ -21,16 +21,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from extproc.deploy.envoy_providers import SYSTEM_CA_BUNDLE, sds_resource
+from extproc.deploy.envoy_providers import SYSTEM_CA_BUNDLE, credential_injector, sds_resource, typed
 from extproc.headers import PROVIDER_HEADER, TENANT_HEADER
 from extproc.providers.upstream import CREDENTIAL_HEADERS, ProviderUpstream
 
 SDS_CONFIGMAP = "llm-provider-sds"
 SDS_MOUNT = "/etc/llm-extproc/sds"
-
-
-def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
-    return {"@type": f"type.googleapis.com/{type_name}", **fields}
 
 
 def outbound_cluster(upstream: ProviderUpstream) -> str:
@@ -55,45 +51,28 @@ def provider_routes(upstreams: Sequence[ProviderUpstream]) -> list[dict[str, Any
 
 def credential_filter(upstream: ProviderUpstream) -> dict[str, Any]:
     """The upstream HTTP filters merged into Istio's outbound cluster for the provider."""
-    injector = {
-        "name": "envoy.filters.http.credential_injector",
-        "typed_config": _typed(
-            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
-            overwrite=True,
-            allow_request_without_credential=False,
-            credential={
-                "name": "envoy.http.injected_credentials.generic",
-                "typed_config": _typed(
-                    "envoy.extensions.http.injected_credentials.generic.v3.Generic",
-                    credential={
-                        "name": upstream.secret_name,
-                        "sds_config": {
-                            "path_config_source": {
-                                "path": f"{SDS_MOUNT}/sds-{upstream.name}.yaml",
-                                "watched_directory": {"path": SDS_MOUNT},
-                            }
-                        },
-                    },
-                    header=upstream.credential_header,
-                    **(
-                        {"header_value_prefix": upstream.credential_prefix}
-                        if upstream.credential_prefix
-                        else {}
-                    ),
-                ),
+    injector = credential_injector(
+        upstream,
+        {
+            "name": upstream.secret_name,
+            "sds_config": {
+                "path_config_source": {
+                    "path": f"{SDS_MOUNT}/sds-{upstream.name}.yaml",
+                    "watched_directory": {"path": SDS_MOUNT},
+                }
             },
-        ),
-    }
+        },
+    )
     codec = {
         "name": "envoy.filters.http.upstream_codec",
-        "typed_config": _typed("envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"),
+        "typed_config": typed("envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"),
     }
     protocol: dict[str, Any] = (
         {"http2_protocol_options": {}} if upstream.http2 else {"http_protocol_options": {}}
     )
     return {
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 explicit_http_config=protocol,
                 http_filters=[injector, codec],
