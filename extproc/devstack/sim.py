@@ -120,6 +120,8 @@ class _Request:
     cached_tokens: int = 0
     first_token_at: float = 0.0
     admitted_at: float = 0.0
+    # The modelled time of this request's own prompt work (simulated seconds, before slowness).
+    prefill_s: float = 0.0
 
 
 def estimate_tokens(text: str) -> int:
@@ -210,8 +212,11 @@ class Engine:
             self.metrics.prefix_queries.inc(request.prompt_tokens)
             self.metrics.prefix_hits.inc(request.cached_tokens)
             self.metrics.queue_time.observe((request.admitted_at - request.arrived) / self.time_scale)
-            prefill += spec.prefill_overhead_s
-            prefill += (request.prompt_tokens - request.cached_tokens) * self.profile.prefill_s_per_token
+            request.prefill_s = (
+                spec.prefill_overhead_s
+                + (request.prompt_tokens - request.cached_tokens) * self.profile.prefill_s_per_token
+            )
+            prefill += request.prefill_s
             budget -= request.prompt_tokens - request.cached_tokens
             admitted += 1
             self.kv_used += need
@@ -275,6 +280,7 @@ class Engine:
                 "completion_tokens": request.generated,
                 "prefix_hit_tokens": request.cached_tokens,
                 "ttft_s": (request.first_token_at - request.arrived) / scale,
+                "prefill_s": request.prefill_s,
                 "e2e_s": e2e,
             }
         )

@@ -65,7 +65,8 @@ async def test_prefix_cache_makes_a_repeated_prompt_faster(fleet: SimFleet) -> N
         await chat(session, address, prompt, 1)
         first, second = (await stats(session, address))["records"]
     assert second["prefix_hit_tokens"] > 0 and first["prefix_hit_tokens"] == 0
-    assert second["ttft_s"] < first["ttft_s"] * 0.5
+    # The modelled prompt work, not wall time: a busy machine stretches the sleeps at random.
+    assert second["prefill_s"] < first["prefill_s"] * 0.5
 
 
 async def test_slow_gpu_class_is_slower() -> None:
