@@ -60,6 +60,10 @@ DEFAULT_SESSION_HEADER = "x-user-id"
 DEFAULT_TENANT_HEADER = "x-tenant-id"
 RETRY_AFTER_HEADER = "retry-after"
 
+# -- attributes Envoy sends to ext_proc (the filter's `request_attributes`) --------------------
+EXT_PROC_ATTRIBUTES = "envoy.filters.http.ext_proc"  # ProcessingRequest.attributes key
+REQUEST_TIME_ATTRIBUTE = "request.time"  # when Envoy received the request's first byte (RFC 3339)
+
 
 def is_routing_header(name: str) -> bool:
     return name.startswith(ROUTING_HEADER_PREFIXES)

@@ -6,8 +6,9 @@ token stream never waits on Python. Each chunk is scanned for complete SSE event
 are parsed, and only a bounded tail of bytes is kept between chunks.
 
 What is measured per response:
-- TTFT: from the decision (this filter sees the request headers right after the routing filter
-  let them go) to the first event carrying generated text;
+- TTFT: from Envoy's receipt of the request (its ``request.time`` attribute, so a busy Python
+  process that reads the request headers late does not shorten it) to the first event carrying
+  generated text: what the client waited, decision included;
 - time per output token: (last text event - first text event) / (text events - 1);
 - prompt/completion tokens from a ``usage`` object (the final SSE chunk when
   ``stream_options.include_usage`` is on, or the JSON body of a non-streaming response); when a

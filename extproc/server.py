@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -31,6 +32,7 @@ from extproc.fleet.state import FleetSnapshot, FleetState
 from extproc.headers import (
     CACHE_HEADER,
     DESTINATION_HEADER,
+    EXT_PROC_ATTRIBUTES,
     FALLBACK_MODEL_HEADER,
     FALLBACK_OF_HEADER,
     LB_METADATA_NAMESPACE,
@@ -40,6 +42,7 @@ from extproc.headers import (
     PROVIDER_ATTEMPT_HEADER,
     PROVIDER_HEADER,
     REQUEST_ID_HEADER,
+    REQUEST_TIME_ATTRIBUTE,
     REQUESTED_MODEL_HEADER,
     RETRY_AFTER_HEADER,
     SERVED_HEADER,
@@ -88,12 +91,35 @@ _CONTINUE_HEADERS_SKIP_RESPONSE = ep.ProcessingResponse(
 )
 
 
+# A clock step between Envoy's and ours must not turn into an hour-long TTFT.
+_MAX_REQUEST_AGE_S = 600.0
+
+
 def _header_pairs(headers: ep.HttpHeaders) -> list[tuple[str, str]]:
     # Envoy fills raw_value (bytes) and leaves value empty; older Envoys do the opposite.
     return [
         (h.key, h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
         for h in headers.headers.headers
     ]
+
+
+def _envoy_request_start(message: ep.ProcessingRequest, clock: Callable[[], float]) -> float:
+    """When Envoy received the request, on ``clock``; now if Envoy did not send the attribute.
+
+    The observer's messages are processed whenever Python gets to them: on a busy CPU the request
+    headers can be handled just before the first chunk, so "now" would shrink the measured TTFT
+    to nothing. Envoy's own timestamp does not move."""
+    now = clock()
+    if EXT_PROC_ATTRIBUTES not in message.attributes:
+        return now
+    fields = message.attributes[EXT_PROC_ATTRIBUTES].fields
+    if REQUEST_TIME_ATTRIBUTE not in fields:
+        return now
+    try:
+        received = datetime.fromisoformat(fields[REQUEST_TIME_ATTRIBUTE].string_value).timestamp()
+    except ValueError:
+        return now
+    return now - min(max(time.time() - received, 0.0), _MAX_REQUEST_AGE_S)
 
 
 def _metadata(metadata: base_pb2.Metadata) -> dict[str, object]:
@@ -344,7 +370,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     request_id=request_id,
                 ),
                 self.router.clock,
-                self.router.clock(),
+                _envoy_request_start(message, self.router.clock),
                 keep_bytes=self.capacity.keep_bytes_for(request_id) if self.capacity is not None else 0,
             )
             self.observer_streams_seen = True

@@ -482,3 +482,26 @@ def test_previous_response_id_goes_to_the_endpoint_that_stored_it() -> None:
         _, second, _ = run_request(processor, headers_message("/v1/responses"), body_message(unknown))
         primaries.add(set_headers(second)["x-gateway-destination-endpoint"].split(",")[0])
     assert len(primaries) > 1  # an unknown id is routed by load like any request
+
+
+def test_observed_time_counts_from_envoys_request_time_not_from_when_python_reads_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from extproc.headers import EXT_PROC_ATTRIBUTES, REQUEST_TIME_ATTRIBUTE
+    from extproc.server import _envoy_request_start
+
+    def clock() -> float:
+        return 1000.0
+
+    message = ep.ProcessingRequest()
+    assert _envoy_request_start(message, clock) == 1000.0  # no attribute: now
+    received = datetime.now(UTC) - timedelta(seconds=2)
+    message.attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_TIME_ATTRIBUTE].string_value = received.isoformat()
+    assert 997.5 < _envoy_request_start(message, clock) < 998.1
+    message.attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_TIME_ATTRIBUTE].string_value = "garbage"
+    assert _envoy_request_start(message, clock) == 1000.0
+    # A clock step cannot make a request look hours old.
+    message.attributes[EXT_PROC_ATTRIBUTES].fields[REQUEST_TIME_ATTRIBUTE].string_value = (
+        datetime.now(UTC) - timedelta(days=1)
+    ).isoformat()
+    assert _envoy_request_start(message, clock) == 400.0
