@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -127,6 +128,15 @@ def redis_server(redis_binary: str) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def sim_records(local: LocalStack) -> list[dict[str, object]]:
+    """Every simulated endpoint's record of the requests it served (simulated seconds)."""
+    records: list[dict[str, object]] = []
+    for endpoint in local.fleet:
+        with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=5) as reply:
+            records += json.loads(reply.read())["records"]
+    return records
 
 
 def ext_proc_counter(local: LocalStack, name: str) -> float:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from extproc.devstack.stack import LocalStack
-from tests.conftest import stack_config
+from tests.conftest import sim_records, stack_config
 
 pytestmark = pytest.mark.envoy
 
@@ -37,14 +37,6 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
         raise
     yield local, log
     local.stop()
-
-
-def sim_records(local: LocalStack) -> list[dict[str, object]]:
-    records: list[dict[str, object]] = []
-    for endpoint in local.fleet:
-        with urllib.request.urlopen(f"http://{endpoint['address']}/sim/stats", timeout=5) as reply:
-            records += json.loads(reply.read())["records"]
-    return records
 
 
 def metric_sum(local: LocalStack, name: str, **labels: str) -> float:
