@@ -409,9 +409,14 @@ class FeatureExtractor:
     def vector_from(
         self, prompt: Prompt, prepared: str, ids: IntArray, raw: bytes | None = None
     ) -> FloatArray:
-        cues = self.cue_counts(ids)
+        return np.array(self.features_of_counts(prompt, prepared, self.cue_counts(ids), raw))
+
+    def features_of_counts(
+        self, prompt: Prompt, prepared: str, cues: list[int], raw: bytes | None = None
+    ) -> list[float]:
+        """The feature vector as a list, given the `cue_counts` of the prepared text."""
         structure = self.structure(prompt, prepared, float(cues[self.size_unit]), raw)
         # np.log1p of the counts, by table: the same values, without an array per count vector
         table = _LOG1P
         logs = [table[c] for c in cues] if max(cues) < len(table) else np.log1p(cues).tolist()
-        return np.array(structure + logs)
+        return structure + logs

@@ -140,6 +140,15 @@ class LexicalModel:
         self._quantile_list: list[float] = quantiles.tolist()
         self._level_list: list[float] = self._levels.tolist()
 
+    @property
+    def unigram_keys(self) -> int:
+        """How many of `keys` are unigrams (they come first)."""
+        return self._unigrams
+
+    def unigram_columns(self) -> Ints:
+        """Per token id, the column of its unigram (-1: none)."""
+        return self._unigram_column
+
     @classmethod
     def from_arrays(cls, data: Mapping[str, npt.NDArray[Any]], prefix: str = "") -> LexicalModel:
         vocab = bytes(data[prefix + "vocab"]).split(b"\n") if data[prefix + "vocab"].size else []

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from extproc.complexity.features import FeatureExtractor, Prompt, phrase
 from extproc.complexity.lexical import Ints, LexicalModel, encode, prepare
+from extproc.complexity.native import NativeScorer, available
 from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
@@ -227,7 +228,9 @@ class Explanation:
 
 
 class ComplexityModel:
-    def __init__(self, difficulty: DifficultyHead, gain: LexicalModel) -> None:
+    def __init__(self, difficulty: DifficultyHead, gain: LexicalModel, native: bool = True) -> None:
+        """``native``: score with the C loops of `extproc.complexity.native` when they were built
+        (False: the numpy reference, which gives the same scores)."""
         self.difficulty = difficulty
         self.gain = gain
         self.extractor = FeatureExtractor(gain.token_ids)
@@ -239,12 +242,15 @@ class ComplexityModel:
         self._gain_id[len(gain.vocab) + 1 :] = 0
         if tuple(self.extractor.names) != difficulty.names:
             raise ValueError("the model file was trained with other difficulty features; retrain it")
+        self.native = NativeScorer(self.extractor, gain, difficulty) if native and available() else None
 
     @classmethod
-    def load(cls, path: Path = MODEL_PATH) -> ComplexityModel:
+    def load(cls, path: Path = MODEL_PATH, native: bool = True) -> ComplexityModel:
         with np.load(path, allow_pickle=False) as data:
             return cls(
-                DifficultyHead.from_arrays(data, "difficulty."), LexicalModel.from_arrays(data, "gain.")
+                DifficultyHead.from_arrays(data, "difficulty."),
+                LexicalModel.from_arrays(data, "gain."),
+                native,
             )
 
     def save(self, path: Path) -> None:
@@ -268,9 +274,20 @@ class ComplexityModel:
         return extractor.vector_from(prompt, prepared, ids, raw), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
-        features, gain_raw = self._features(prompt)
-        head = self.difficulty
-        return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
+        native = self.native
+        if native is None:
+            features, gain_raw = self._features(prompt)
+            head = self.difficulty
+            return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
+        # `_features` and the two heads, with the per-token work in C (the same numbers)
+        prepared = prepare(prompt.final)
+        raw = encode(prepared)
+        whole = prompt.text
+        cues, gain_raw = native.scanner.scan(raw, whole is None)
+        if whole is not None:
+            gain_raw = native.scanner.gain(encode(prepare(whole)))
+        level = native.difficulty.level(self.extractor.features_of_counts(prompt, prepared, cues, raw))
+        return Scores(level_to_score(level), self.gain.calibrate(gain_raw))
 
     def score_request(self, request: ParsedRequest) -> Scores:
         """Both scores of a parsed request (the request path's entry point)."""

@@ -1,0 +1,103 @@
+# ruff: noqa: RUF001  (prompts in several scripts: full-width punctuation is intended)
+"""The C loops (extproc.complexity.native) give the numpy reference's numbers: the same token ids
+and cue counts, the same difficulty level and strong_gain (to rounding), on every fixture prompt and
+on any text."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extproc import complexity
+from extproc.complexity import native
+from extproc.complexity.features import Prompt
+from extproc.complexity.lexical import encode, prepare
+from extproc.complexity.scorer import ComplexityModel, level_to_score
+from extproc.complexity.train import GRADED_TEST, GRADED_TRAIN, read_rows
+from tests.complexity.expected_scores import chinese_2kb_prompts
+from tests.complexity.test_scores_unchanged import expected_rows, prompt_of
+from tests.complexity.test_token_ids import TEXTS
+
+# float sums in another order: the last bits may differ, nothing more
+ROUNDING = 1e-12
+
+
+@functools.cache
+def reference() -> ComplexityModel:
+    return ComplexityModel.load(native=False)
+
+
+def fixture_prompts() -> list[Prompt]:
+    graded = {r["id"]: r for r in read_rows(GRADED_TRAIN) + read_rows(GRADED_TEST)}
+    chinese = chinese_2kb_prompts()
+    return [prompt_of(row, graded, chinese) for row in expected_rows()] + [Prompt.from_text(t) for t in TEXTS]
+
+
+def test_the_install_built_the_c_loops_and_the_request_path_uses_them() -> None:
+    assert native.available()
+    assert complexity.model().native is not None
+    assert reference().native is None
+
+
+def check(prompt: Prompt) -> None:
+    model, numpy_model = complexity.model(), reference()
+    scanner = model.native.scanner if model.native else None
+    assert scanner is not None
+    extractor = numpy_model.extractor
+    prepared = prepare(prompt.final)
+    raw = encode(prepared)
+    ids = extractor.text_ids(prepared, raw)
+    assert scanner.ids(raw) == ids.tolist()
+    counts, gain_raw = scanner.scan(raw, True)
+    assert counts == extractor.cue_counts(ids)
+    expected_gain = numpy_model.gain.raw_of_ids(ids)
+    assert gain_raw == pytest.approx(expected_gain, rel=ROUNDING, abs=ROUNDING)
+    assert math.isnan(scanner.scan(raw, False)[1])
+    assert scanner.gain(raw) == gain_raw
+    whole = prepare(prompt.full_text)
+    assert scanner.gain(encode(whole)) == pytest.approx(
+        numpy_model.gain.raw(prompt.full_text), rel=ROUNDING, abs=ROUNDING
+    )
+    features = extractor.vector_from(prompt, prepared, ids, raw)
+    head = numpy_model.difficulty
+    level = model.native.difficulty.level(features.tolist()) if model.native else math.nan
+    assert level == pytest.approx(head.level(head.raw(features)), rel=ROUNDING, abs=ROUNDING)
+    got, want = model.scores(prompt), numpy_model.scores(prompt)
+    assert got.complexity == pytest.approx(want.complexity, rel=ROUNDING, abs=ROUNDING)
+    assert got.strong_gain == pytest.approx(want.strong_gain, rel=ROUNDING, abs=ROUNDING)
+    assert got.complexity == level_to_score(level)
+
+
+def test_the_same_numbers_as_numpy_on_every_fixture_prompt() -> None:
+    prompts = fixture_prompts()
+    for prompt in prompts:
+        check(prompt)
+    # what the comparison is there for occurs: cues of several tokens ("show that", "时间复杂度")
+    extractor = reference().extractor
+    with_longer_cues = 0
+    for prompt in prompts:
+        prepared = prepare(prompt.final)
+        ids = extractor.text_ids(prepared, encode(prepared))
+        single_tokens = int((extractor.unigram_group.take(ids) >= 0).sum())
+        with_longer_cues += sum(extractor.cue_counts(ids)[: len(extractor.groups)]) > single_tokens
+    assert with_longer_cues > 10
+
+
+PIECES = ["ab", "9", " ", "-", "\n", ".", "é", "中文", "证明", "🚀", "\ud800", "À", "Z", "prove", " show that "]
+PIECES += ["time complexity", "at least once", "写一个", "时间复杂度", "3,000 words", "字"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
+def test_the_same_numbers_as_numpy_on_any_text(text: str) -> None:
+    check(Prompt.from_text(text))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=80))
+def test_the_same_numbers_as_numpy_on_any_characters(text: str) -> None:
+    check(Prompt.from_text(text))
