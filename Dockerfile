@@ -1,8 +1,10 @@
 # llm-extproc: the ext_proc server and the simulator (no Envoy: it runs in its own container).
 # Multi-stage: wheels are built with the toolchain, the runtime image only installs them.
 FROM python:3.11-slim AS build
+# a C compiler for the complexity scorer's extension (setup.py); the runtime image has none
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY extproc ./extproc
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[dns,k8s,redis,providersim]"
 
