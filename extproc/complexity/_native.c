@@ -50,11 +50,6 @@ static uint64_t hash_bytes(const unsigned char *s, Py_ssize_t n) {
     return h ^ (h >> 29);
 }
 
-static uint64_t hash_key(int64_t key) {
-    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ULL;
-    return h ^ (h >> 31);
-}
-
 static uint64_t table_size(Py_ssize_t entries) {
     uint64_t size = 16;
     while (size < (uint64_t)entries * 2) size <<= 1;
@@ -63,191 +58,374 @@ static uint64_t table_size(Py_ssize_t entries) {
 
 /* ---- Scanner: token ids, cue counts, lexical head -------------------------------------------- */
 
+/* Tables are laid out for few cache lines per token (the scorer runs between other work, so its
+ * tables are mostly not in the cache): one slot gives a token's id and its unigram column, the
+ * bigrams are rows per first token, and the counts of a prompt's columns live in a small table. */
+
+#define PACKED_BYTES 8
+
+typedef struct {
+    uint64_t key; /* a token of at most 8 bytes as one little-endian integer (0: empty slot) */
+    int32_t id;
+    int32_t column; /* the lexical head's unigram column (-1: none) */
+} ShortSlot;
+
 typedef struct {
     uint64_t hash;
-    uint32_t offset; /* into the token bytes */
-    uint32_t length; /* 0: empty slot (no token is empty) */
-    int64_t id;
-} TokenSlot;
+    uint32_t offset; /* into long_bytes */
+    uint32_t length; /* 0: empty slot */
+    int32_t id;
+    int32_t column;
+} LongSlot;
+
+typedef struct {
+    int32_t column; /* -1: empty */
+    int32_t count;
+} ColumnCount;
+
+typedef struct {
+    int64_t key; /* a cue's packed key, as FeatureExtractor packs it (-1: empty) */
+    int32_t group; /* its cue group; -2: only the start of longer cues */
+} CueSlot;
+
+typedef struct {
+    uint32_t key; /* a·V + b */
+    int32_t column; /* -1: empty */
+} BigramSlot;
 
 typedef struct {
     PyObject_HEAD
-    /* token -> id */
-    unsigned char *token_bytes;
-    TokenSlot *tokens;
-    uint64_t token_mask;
+    /* token -> id and unigram column */
+    ShortSlot *short_slots;
+    uint64_t short_mask;
+    int short_shift;
+    LongSlot *long_slots;
+    uint64_t long_mask;
+    unsigned char *long_bytes;
+    int32_t unknown_column;
     /* cue groups */
     int64_t base;
-    int8_t *unigram_group;  /* [base] */
-    uint8_t *starts_ngram;  /* [base] */
+    int8_t *unigram_group;    /* [base] */
+    uint8_t *starts_ngram;    /* [base] */
     uint8_t *continues_ngram; /* [base] */
-    int64_t *ngram_keys;    /* ascending, without a sentinel */
-    int64_t *ngram_group;
-    Py_ssize_t ngram_count;
+    CueSlot *cues; /* every cue of 2+ tokens and each of its prefixes, by packed key */
+    uint64_t cue_mask;
     int max_cue_tokens;
     int64_t cue_offsets[MAX_ORDER]; /* [L - 1]: added to the packed key of an L-token cue */
     Py_ssize_t groups, ask_head, ask_tail;
-    /* the lexical head */
-    int64_t vocab; /* V: ids below it are the head's own */
+    /* the structure features' math symbols: a bit per code point up to the largest */
+    uint8_t *math_symbols;
+    Py_UCS4 math_symbol_limit; /* one past the largest (0: none) */
+    /* the lexical head: bigram (a, b) -> column by a table keyed a·V + b (V² < 2**32) */
+    int64_t vocab; /* V: ids below it are the head's own, the rest unknown (0) to it */
     int order;
-    int64_t gain_offsets[MAX_ORDER];
-    int64_t *unigram_column; /* [V]: -1 none */
-    int64_t *gram_keys;      /* open addressing: key of an n-gram (n >= 2), -1 empty */
-    int64_t *gram_columns;
-    uint64_t gram_mask;
-    double *idf_weight, *idf_squared;
+    uint8_t *starts_bigram; /* [V] */
+    BigramSlot *bigrams;
+    int bigram_shift;
+    uint64_t bigram_mask;
+    double *idf; /* per column: idf·weight, idf² */
+    double tf[64]; /* 1 + log(count) of the usual counts */
     Py_ssize_t columns;
     double intercept;
     /* scratch */
-    int64_t *ids;
+    int32_t *ids, *unigram_columns;
     Py_ssize_t ids_capacity;
-    int32_t *column_count; /* [columns], all zero between calls */
-    int64_t *touched;
-    Py_ssize_t touched_capacity;
+    ColumnCount *counts;
+    int32_t *touched;
+    Py_ssize_t counts_capacity; /* a power of two; touched has half as many */
 } Scanner;
 
 static void Scanner_dealloc(Scanner *self) {
-    PyMem_Free(self->token_bytes);
-    PyMem_Free(self->tokens);
+    PyMem_Free(self->short_slots);
+    PyMem_Free(self->long_slots);
+    PyMem_Free(self->long_bytes);
     PyMem_Free(self->unigram_group);
     PyMem_Free(self->starts_ngram);
     PyMem_Free(self->continues_ngram);
-    PyMem_Free(self->ngram_keys);
-    PyMem_Free(self->ngram_group);
-    PyMem_Free(self->unigram_column);
-    PyMem_Free(self->gram_keys);
-    PyMem_Free(self->gram_columns);
-    PyMem_Free(self->idf_weight);
-    PyMem_Free(self->idf_squared);
+    PyMem_Free(self->cues);
+    PyMem_Free(self->math_symbols);
+    PyMem_Free(self->starts_bigram);
+    PyMem_Free(self->bigrams);
+    PyMem_Free(self->idf);
     PyMem_Free(self->ids);
-    PyMem_Free(self->column_count);
+    PyMem_Free(self->unigram_columns);
+    PyMem_Free(self->counts);
     PyMem_Free(self->touched);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int build_token_table(Scanner *self, PyObject *index) {
+static inline uint64_t pack(const unsigned char *s, Py_ssize_t n) {
+    uint64_t key = 0;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) key = (key << 8) | s[i];
+    return key;
+}
+
+static inline uint64_t short_slot(const Scanner *self, uint64_t key) {
+    return (key * 0x9E3779B97F4A7C15ULL) >> self->short_shift;
+}
+
+/* The token table from the token -> id dict; `unigram_column` maps the lexical head's ids. */
+static int build_token_table(Scanner *self, PyObject *index, const int64_t *unigram_column) {
     if (!PyDict_Check(index)) {
         PyErr_SetString(PyExc_TypeError, "token_index must be a dict of bytes to int");
         return -1;
     }
-    Py_ssize_t entries = PyDict_Size(index), total = 0, pos = 0;
+    Py_ssize_t shorts = 0, longs = 0, long_total = 0, pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(index, &pos, &key, &value)) {
         if (!PyBytes_Check(key) || !PyLong_Check(value)) {
             PyErr_SetString(PyExc_TypeError, "token_index must be a dict of bytes to int");
             return -1;
         }
-        total += PyBytes_GET_SIZE(key);
+        Py_ssize_t length = PyBytes_GET_SIZE(key);
+        if (length > PACKED_BYTES) {
+            longs++;
+            long_total += length;
+        } else if (length > 0) {
+            shorts++;
+        }
     }
-    if (total >= UINT32_MAX) {
+    if (long_total >= UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "token index too large");
         return -1;
     }
-    uint64_t size = table_size(entries);
-    self->token_bytes = PyMem_Malloc((size_t)total + 1);
-    self->tokens = PyMem_Calloc(size, sizeof(TokenSlot));
-    if (self->token_bytes == NULL || self->tokens == NULL) {
+    uint64_t short_size = 16, long_size = table_size(longs);
+    while (short_size < (uint64_t)shorts * 3 / 2) short_size <<= 1; /* at most 2/3 full: 16-byte slots */
+    self->short_shift = 64;
+    for (uint64_t size = short_size; size > 1; size >>= 1) self->short_shift--;
+    self->short_mask = short_size - 1;
+    self->long_mask = long_size - 1;
+    self->short_slots = PyMem_Calloc(short_size, sizeof(ShortSlot));
+    self->long_slots = PyMem_Calloc(long_size, sizeof(LongSlot));
+    self->long_bytes = PyMem_Malloc((size_t)long_total + 1);
+    if (self->short_slots == NULL || self->long_slots == NULL || self->long_bytes == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    self->token_mask = size - 1;
     uint32_t offset = 0;
     pos = 0;
     while (PyDict_Next(index, &pos, &key, &value)) {
         Py_ssize_t length = PyBytes_GET_SIZE(key);
         if (length == 0) continue; /* no token is empty: never looked up */
-        int64_t id = PyLong_AsLongLong(value);
+        long long id = PyLong_AsLongLong(value);
         if (id == -1 && PyErr_Occurred()) return -1;
+        if (id < 1 || id >= self->base) {
+            PyErr_SetString(PyExc_ValueError, "token ids must be in [1, base)");
+            return -1;
+        }
+        int32_t column = (int32_t)unigram_column[id < self->vocab ? id : 0];
         const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(key);
-        memcpy(self->token_bytes + offset, text, (size_t)length);
-        uint64_t h = hash_bytes(text, length);
-        uint64_t slot = h & self->token_mask;
-        while (self->tokens[slot].length != 0) slot = (slot + 1) & self->token_mask;
-        self->tokens[slot] = (TokenSlot){h, offset, (uint32_t)length, id};
-        offset += (uint32_t)length;
+        if (length <= PACKED_BYTES) {
+            uint64_t packed = pack(text, length);
+            if (memchr(text, 0, (size_t)length) != NULL) continue; /* never a token: no zero byte */
+            uint64_t slot = short_slot(self, packed);
+            while (self->short_slots[slot].key != 0) slot = (slot + 1) & self->short_mask;
+            self->short_slots[slot] = (ShortSlot){packed, (int32_t)id, column};
+        } else {
+            memcpy(self->long_bytes + offset, text, (size_t)length);
+            uint64_t h = hash_bytes(text, length);
+            uint64_t slot = h & self->long_mask;
+            while (self->long_slots[slot].length != 0) slot = (slot + 1) & self->long_mask;
+            self->long_slots[slot] = (LongSlot){h, offset, (uint32_t)length, (int32_t)id, column};
+            offset += (uint32_t)length;
+        }
     }
+    self->unknown_column = (int32_t)unigram_column[0];
     return 0;
 }
 
-static inline int64_t token_id(const Scanner *self, const unsigned char *s, Py_ssize_t n) {
-    uint64_t h = hash_bytes(s, n);
-    uint64_t slot = h & self->token_mask;
-    for (;;) {
-        const TokenSlot *t = &self->tokens[slot];
-        if (t->length == 0) return 0;
-        if (t->hash == h && t->length == (uint32_t)n && memcmp(self->token_bytes + t->offset, s, (size_t)n) == 0)
-            return t->id;
-        slot = (slot + 1) & self->token_mask;
+/* A token's id and unigram column (unknown: id 0). */
+static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize_t n, int32_t *id, int32_t *column) {
+    if (n <= PACKED_BYTES) {
+        uint64_t key = pack(s, n);
+        uint64_t slot = short_slot(self, key);
+        for (;;) {
+            const ShortSlot *t = &self->short_slots[slot];
+            if (t->key == key) {
+                *id = t->id;
+                *column = t->column;
+                return;
+            }
+            if (t->key == 0) break;
+            slot = (slot + 1) & self->short_mask;
+        }
+    } else {
+        uint64_t h = hash_bytes(s, n);
+        uint64_t slot = h & self->long_mask;
+        for (;;) {
+            const LongSlot *t = &self->long_slots[slot];
+            if (t->length == 0) break;
+            if (t->hash == h && t->length == (uint32_t)n && memcmp(self->long_bytes + t->offset, s, (size_t)n) == 0) {
+                *id = t->id;
+                *column = t->column;
+                return;
+            }
+            slot = (slot + 1) & self->long_mask;
+        }
     }
+    *id = 0;
+    *column = self->unknown_column;
 }
 
-static int build_gram_table(Scanner *self, PyObject *keys_obj, Py_ssize_t first_column) {
+static inline uint64_t bigram_slot(const Scanner *self, uint32_t key) {
+    return ((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> self->bigram_shift;
+}
+
+/* The bigram table from the lexical head's n-gram keys past the unigrams (ascending bigram keys,
+ * whose columns follow the unigrams' in key order). */
+static int build_bigrams(Scanner *self, PyObject *keys_obj, Py_ssize_t first_column) {
     Py_ssize_t count;
     int64_t *keys = copy_buffer(keys_obj, 8, &count, "gram_keys");
     if (keys == NULL) return -1;
-    uint64_t size = table_size(count);
-    self->gram_keys = PyMem_Malloc(size * sizeof(int64_t));
-    self->gram_columns = PyMem_Malloc(size * sizeof(int64_t));
-    if (self->gram_keys == NULL || self->gram_columns == NULL) {
+    int64_t v = self->vocab, offset = v * v; /* a bigram's key: a·V + b + (2 - 1)·V² */
+    uint64_t size = 16;
+    while (size < (uint64_t)count * 2) size <<= 1;
+    self->bigram_shift = 64;
+    for (uint64_t n = size; n > 1; n >>= 1) self->bigram_shift--;
+    self->bigram_mask = size - 1;
+    self->starts_bigram = PyMem_Calloc((size_t)v, 1);
+    self->bigrams = PyMem_Malloc(size * sizeof(BigramSlot));
+    if (self->starts_bigram == NULL || self->bigrams == NULL) {
         PyMem_Free(keys);
         PyErr_NoMemory();
         return -1;
     }
-    self->gram_mask = size - 1;
-    for (uint64_t i = 0; i < size; i++) self->gram_keys[i] = -1;
+    for (uint64_t i = 0; i < size; i++) self->bigrams[i] = (BigramSlot){0, -1};
+    if (first_column + count > self->columns) goto shape;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (keys[i] < 0) {
-            PyMem_Free(keys);
-            PyErr_SetString(PyExc_ValueError, "n-gram keys must not be negative");
-            return -1;
-        }
-        uint64_t slot = hash_key(keys[i]) & self->gram_mask;
-        while (self->gram_keys[slot] != -1) slot = (slot + 1) & self->gram_mask;
-        self->gram_keys[slot] = keys[i];
-        self->gram_columns[slot] = first_column + i;
+        int64_t packed = keys[i] - offset;
+        if (packed < 0 || packed >= v * v || (i > 0 && keys[i] <= keys[i - 1])) goto shape;
+        self->starts_bigram[packed / v] = 1;
+        uint64_t slot = bigram_slot(self, (uint32_t)packed);
+        while (self->bigrams[slot].column != -1) slot = (slot + 1) & self->bigram_mask;
+        self->bigrams[slot] = (BigramSlot){(uint32_t)packed, (int32_t)(first_column + i)};
     }
     PyMem_Free(keys);
     return 0;
+shape:
+    PyMem_Free(keys);
+    PyErr_SetString(PyExc_ValueError, "n-gram keys past the unigrams must be ascending bigram keys");
+    return -1;
 }
 
-static inline int64_t gram_column(const Scanner *self, int64_t key) {
-    uint64_t slot = hash_key(key) & self->gram_mask;
+static inline int32_t bigram_column(const Scanner *self, int32_t a, int32_t b) {
+    uint32_t key = (uint32_t)a * (uint32_t)self->vocab + (uint32_t)b;
+    uint64_t slot = bigram_slot(self, key);
     for (;;) {
-        int64_t k = self->gram_keys[slot];
-        if (k == key) return self->gram_columns[slot];
-        if (k == -1) return -1;
-        slot = (slot + 1) & self->gram_mask;
+        const BigramSlot *t = &self->bigrams[slot];
+        if (t->column == -1) return -1;
+        if (t->key == key) return t->column;
+        slot = (slot + 1) & self->bigram_mask;
     }
+}
+
+static CueSlot *cue_slot(const Scanner *self, int64_t key) {
+    uint64_t slot = ((uint64_t)key * 0x9E3779B97F4A7C15ULL >> 32) & self->cue_mask;
+    while (self->cues[slot].key != -1 && self->cues[slot].key != key) slot = (slot + 1) & self->cue_mask;
+    return &self->cues[slot];
+}
+
+/* The cue table from FeatureExtractor's sorted keys of the cues of 2+ tokens and their groups. */
+static int build_cues(Scanner *self, const int64_t *keys, const int64_t *groups, Py_ssize_t count,
+                      Py_ssize_t group_count) {
+    if (group_count != count) {
+        PyErr_SetString(PyExc_ValueError, "cue keys and groups of different sizes");
+        return -1;
+    }
+    uint64_t size = 16;
+    while (size < (uint64_t)count * self->max_cue_tokens * 2) size <<= 1;
+    self->cue_mask = size - 1;
+    self->cues = PyMem_Malloc(size * sizeof(CueSlot));
+    if (self->cues == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint64_t i = 0; i < size; i++) self->cues[i] = (CueSlot){-1, -2};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int length = self->max_cue_tokens;
+        while (length > 2 && keys[i] < self->cue_offsets[length - 1]) length--;
+        int64_t packed = keys[i] - self->cue_offsets[length - 1];
+        if (length < 2 || packed < 0 || groups[i] < 0 || groups[i] >= self->groups) {
+            PyErr_SetString(PyExc_ValueError, "cue keys of 2+ tokens in the wrong range");
+            return -1;
+        }
+        /* the term itself, then each of its shorter starts as a prefix (unless a term itself) */
+        CueSlot *slot = cue_slot(self, keys[i]);
+        slot->key = keys[i];
+        slot->group = (int32_t)groups[i];
+        for (int shorter = length - 1; shorter >= 2; shorter--) {
+            packed /= self->base;
+            int64_t key = packed + self->cue_offsets[shorter - 1];
+            slot = cue_slot(self, key);
+            if (slot->key == -1) slot->key = key; /* group stays -2 */
+        }
+    }
+    return 0;
 }
 
 static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"token_index", "base", "unigram_group", "starts_ngram", "continues_ngram",
                             "ngram_keys", "ngram_group", "groups", "max_cue_tokens", "ask_head", "ask_tail",
                             "vocab", "order", "unigram_column", "gram_keys", "idf_weight",
-                            "idf_squared", "intercept", NULL};
+                            "idf_squared", "intercept", "math_symbols", NULL};
     PyObject *index, *unigram_group, *starts, *continues, *ngram_keys, *ngram_group;
-    PyObject *unigram_column, *gram_keys, *idf_weight, *idf_squared;
+    PyObject *unigram_column_obj, *gram_keys, *idf_weight_obj, *idf_squared_obj, *math_symbols;
     long long base, vocab;
     int max_cue_tokens, order;
     Py_ssize_t groups, ask_head, ask_tail;
     double intercept;
-    if (self->tokens != NULL) {
+    if (self->short_slots != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Scanner is immutable");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOd", names, &index, &base,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOdU", names, &index, &base,
                                      &unigram_group, &starts, &continues, &ngram_keys, &ngram_group,
                                      &groups, &max_cue_tokens, &ask_head, &ask_tail, &vocab, &order,
-                                     &unigram_column, &gram_keys, &idf_weight, &idf_squared, &intercept))
+                                     &unigram_column_obj, &gram_keys, &idf_weight_obj, &idf_squared_obj,
+                                     &intercept, &math_symbols))
         return -1;
-    if (groups < 1 || groups > 127 || max_cue_tokens < 1 || max_cue_tokens > MAX_ORDER || order < 1 || order > MAX_ORDER || base < 1 ||
-        vocab < 1) {
+    /* the lexical head's n-grams are at most bigrams here (the shipped model's); longer ones
+     * stay with numpy (extproc.complexity.native checks) */
+    if (groups < 1 || groups > 127 || max_cue_tokens < 2 || max_cue_tokens > MAX_ORDER || order < 1 ||
+        order > 2 || base < 1 || base >= INT32_MAX || vocab < 1 || vocab > base || vocab >= 65536) {
         PyErr_SetString(PyExc_ValueError, "unsupported model shape");
         return -1;
     }
-    if (build_token_table(self, index) < 0) return -1;
-    Py_ssize_t n, groups_n, keys_n, column_n, idf_n, idf2_n;
+    Py_ssize_t n, groups_n, keys_n, idf_n, idf2_n, column_n, unigrams = 0;
     self->base = base;
+    self->vocab = vocab;
+    self->order = order;
+    int64_t *unigram_column = copy_buffer(unigram_column_obj, 8, &column_n, "unigram_column");
+    double *idf_weight = NULL, *idf_squared = NULL;
+    if (unigram_column == NULL) return -1;
+    idf_weight = copy_buffer(idf_weight_obj, 8, &idf_n, "idf_weight");
+    if (idf_weight == NULL) goto fail;
+    idf_squared = copy_buffer(idf_squared_obj, 8, &idf2_n, "idf_squared");
+    if (idf_squared == NULL) goto fail;
+    if (column_n != vocab || idf_n != idf2_n || idf_n >= INT32_MAX) goto shape;
+    for (Py_ssize_t i = 0; i < vocab; i++) {
+        if (unigram_column[i] >= idf_n) goto shape;
+        if (unigram_column[i] >= 0) unigrams++; /* the unigram columns come first, the bigrams' follow */
+    }
+    self->columns = idf_n;
+    for (int count = 1; count < 64; count++) self->tf[count] = 1.0 + log((double)count);
+    self->idf = PyMem_Malloc((size_t)(idf_n > 0 ? 2 * idf_n : 1) * sizeof(double));
+    if (self->idf == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < idf_n; i++) {
+        self->idf[2 * i] = idf_weight[i];
+        self->idf[2 * i + 1] = idf_squared[i];
+    }
+    if (build_token_table(self, index, unigram_column) < 0) goto fail;
+    if (build_bigrams(self, gram_keys, unigrams) < 0) goto fail;
+    PyMem_Free(unigram_column);
+    PyMem_Free(idf_weight);
+    PyMem_Free(idf_squared);
+    unigram_column = NULL;
+    idf_weight = idf_squared = NULL;
+    self->intercept = intercept;
     self->unigram_group = copy_buffer(unigram_group, 1, &n, "unigram_group");
     if (self->unigram_group == NULL) return -1;
     if (n != base) goto shape;
@@ -257,12 +435,6 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
     self->continues_ngram = copy_buffer(continues, 1, &n, "continues_ngram");
     if (self->continues_ngram == NULL) return -1;
     if (n != base) goto shape;
-    self->ngram_keys = copy_buffer(ngram_keys, 8, &keys_n, "ngram_keys");
-    if (self->ngram_keys == NULL) return -1;
-    self->ngram_group = copy_buffer(ngram_group, 8, &groups_n, "ngram_group");
-    if (self->ngram_group == NULL) return -1;
-    if (groups_n != keys_n) goto shape;
-    self->ngram_count = keys_n;
     self->max_cue_tokens = max_cue_tokens;
     int64_t power = 1; /* base ** max_cue_tokens, checked by the Python side to fit */
     for (int i = 0; i < max_cue_tokens; i++) power *= base;
@@ -270,99 +442,116 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
     self->groups = groups;
     for (Py_ssize_t i = 0; i < base; i++)
         if (self->unigram_group[i] >= groups) goto shape;
-    for (Py_ssize_t i = 0; i < keys_n; i++)
-        if (self->ngram_group[i] < 0 || self->ngram_group[i] >= groups) goto shape;
+    int64_t *keys = copy_buffer(ngram_keys, 8, &keys_n, "ngram_keys");
+    if (keys == NULL) return -1;
+    int64_t *key_groups = copy_buffer(ngram_group, 8, &groups_n, "ngram_group");
+    int built = key_groups == NULL ? -1 : build_cues(self, keys, key_groups, keys_n, groups_n);
+    PyMem_Free(keys);
+    PyMem_Free(key_groups);
+    if (built < 0) return -1;
     self->ask_head = ask_head;
     self->ask_tail = ask_tail;
-    self->vocab = vocab;
-    self->order = order;
-    power = 1;
-    for (int i = 0; i < order; i++) power *= vocab;
-    for (int length = 1; length <= order; length++) self->gain_offsets[length - 1] = (length - 1) * power;
-    self->unigram_column = copy_buffer(unigram_column, 8, &n, "unigram_column");
-    if (self->unigram_column == NULL) return -1;
-    if (n != vocab) goto shape;
-    self->idf_weight = copy_buffer(idf_weight, 8, &idf_n, "idf_weight");
-    if (self->idf_weight == NULL) return -1;
-    self->idf_squared = copy_buffer(idf_squared, 8, &idf2_n, "idf_squared");
-    if (self->idf_squared == NULL) return -1;
-    if (idf_n != idf2_n) goto shape;
-    self->columns = idf_n;
-    column_n = 0; /* the unigram columns come first: the longer n-grams' columns follow them */
-    for (Py_ssize_t i = 0; i < vocab; i++)
-        if (self->unigram_column[i] >= idf_n) goto shape;
-        else if (self->unigram_column[i] >= 0) column_n++;
-    if (build_gram_table(self, gram_keys, column_n) < 0) return -1;
-    for (uint64_t i = 0; i <= self->gram_mask; i++)
-        if (self->gram_keys[i] != -1 && self->gram_columns[i] >= idf_n) goto shape;
-    self->intercept = intercept;
-    self->column_count = PyMem_Calloc((size_t)(idf_n > 0 ? idf_n : 1), sizeof(int32_t));
-    if (self->column_count == NULL) {
+    Py_ssize_t symbols = PyUnicode_GET_LENGTH(math_symbols);
+    self->math_symbol_limit = 0;
+    for (Py_ssize_t i = 0; i < symbols; i++) {
+        Py_UCS4 point = PyUnicode_READ_CHAR(math_symbols, i);
+        if (point + 1 > self->math_symbol_limit) self->math_symbol_limit = point + 1;
+    }
+    self->math_symbols = PyMem_Calloc(self->math_symbol_limit / 8 + 1, 1);
+    if (self->math_symbols == NULL) {
         PyErr_NoMemory();
         return -1;
+    }
+    for (Py_ssize_t i = 0; i < symbols; i++) {
+        Py_UCS4 point = PyUnicode_READ_CHAR(math_symbols, i);
+        self->math_symbols[point / 8] |= (uint8_t)(1 << (point % 8));
     }
     return 0;
 shape:
     PyErr_SetString(PyExc_ValueError, "model tables of inconsistent sizes");
+fail:
+    PyMem_Free(unigram_column);
+    PyMem_Free(idf_weight);
+    PyMem_Free(idf_squared);
     return -1;
 }
 
-static int reserve(int64_t **buffer, Py_ssize_t *capacity, Py_ssize_t needed) {
-    if (needed <= *capacity) return 0;
-    Py_ssize_t size = needed < 4096 ? 4096 : needed;
-    int64_t *grown = PyMem_Realloc(*buffer, (size_t)size * sizeof(int64_t));
-    if (grown == NULL) {
-        PyErr_NoMemory();
-        return -1;
+/* Scratch for the ids and unigram columns of `tokens` tokens. */
+static int reserve(Scanner *self, Py_ssize_t tokens) {
+    if (tokens > self->ids_capacity) {
+        Py_ssize_t size = tokens < 1024 ? 1024 : tokens;
+        int32_t *ids = PyMem_Realloc(self->ids, (size_t)size * sizeof(int32_t));
+        if (ids != NULL) self->ids = ids;
+        int32_t *columns = PyMem_Realloc(self->unigram_columns, (size_t)size * sizeof(int32_t));
+        if (columns != NULL) self->unigram_columns = columns;
+        if (ids == NULL || columns == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->ids_capacity = size;
     }
-    *buffer = grown;
-    *capacity = size;
     return 0;
 }
 
-/* The token ids of a prepared text's UTF-8 bytes (lexical.tokens: maximal runs of [a-z0-9], and
- * single characters, a lead byte with its continuation bytes; other bytes separate) into
- * self->ids; returns how many, or -1 with an exception set. */
+/* A count table for the n-grams of `tokens` tokens, at most a quarter full: its size (a power of
+ * two; the table may be larger, its slots past that size stay empty). */
+static Py_ssize_t reserve_counts(Scanner *self, Py_ssize_t tokens) {
+    Py_ssize_t needed = 4 * (tokens * self->order + 1), size = 64;
+    while (size < needed) size <<= 1;
+    if (size > self->counts_capacity) {
+        ColumnCount *counts = PyMem_Malloc((size_t)size * sizeof(ColumnCount));
+        int32_t *touched = PyMem_Malloc((size_t)(size / 2) * sizeof(int32_t));
+        if (counts == NULL || touched == NULL) {
+            PyMem_Free(counts);
+            PyMem_Free(touched);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < size; i++) counts[i].column = -1;
+        PyMem_Free(self->counts);
+        PyMem_Free(self->touched);
+        self->counts = counts;
+        self->touched = touched;
+        self->counts_capacity = size;
+    }
+    return size;
+}
+
+/* The tokens of a prepared text's UTF-8 bytes (lexical.tokens: maximal runs of [a-z0-9], and
+ * single characters, a lead byte with its continuation bytes; other bytes separate), their ids
+ * and unigram columns into the scratch arrays; returns how many, or -1 with an exception set. */
 static Py_ssize_t tokenize(Scanner *self, const unsigned char *s, Py_ssize_t n) {
-    if (reserve(&self->ids, &self->ids_capacity, n) < 0) return -1;
-    int64_t *ids = self->ids;
+    if (reserve(self, n) < 0) return -1;
+    int32_t *ids = self->ids, *columns = self->unigram_columns;
     Py_ssize_t count = 0, i = 0;
     while (i < n) {
         unsigned char c = s[i];
+        Py_ssize_t start = i;
         if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
-            Py_ssize_t start = i++;
+            i++;
             while (i < n && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9'))) i++;
-            ids[count++] = token_id(self, s + start, i - start);
         } else if (c >= 0xC0) {
-            Py_ssize_t start = i++;
+            i++;
             while (i < n && s[i] >= 0x80 && s[i] < 0xC0) i++;
-            ids[count++] = token_id(self, s + start, i - start);
         } else {
             i++; /* other ASCII, and a continuation byte without its lead (not in valid UTF-8) */
+            continue;
         }
+        look_up(self, s + start, i - start, &ids[count], &columns[count]);
+        count++;
     }
     return count;
 }
 
-static int64_t find_cue(const Scanner *self, int64_t key) {
-    Py_ssize_t lo = 0, hi = self->ngram_count;
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (self->ngram_keys[mid] < key) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo < self->ngram_count && self->ngram_keys[lo] == key ? self->ngram_group[lo] : -1;
-}
-
 /* FeatureExtractor.cue_counts: per group the matches in the text, then per group those in its ask. */
 static PyObject *cue_counts(const Scanner *self, Py_ssize_t n) {
-    const int64_t *ids = self->ids;
+    const int32_t *ids = self->ids;
     Py_ssize_t groups = self->groups;
     Py_ssize_t counts[256];
     memset(counts, 0, sizeof(counts));
     Py_ssize_t tail = n - self->ask_tail;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t id = ids[i];
+        int32_t id = ids[i];
         int group = self->unigram_group[id];
         int in_ask = i < self->ask_head || i >= tail;
         if (group >= 0) {
@@ -374,10 +563,11 @@ static PyObject *cue_counts(const Scanner *self, Py_ssize_t n) {
             int64_t key = id;
             for (int length = 2; length <= self->max_cue_tokens; length++) {
                 key = key * self->base + (i + length - 1 < n ? ids[i + length - 1] : 0);
-                int64_t found = find_cue(self, key + self->cue_offsets[length - 1]);
-                if (found >= 0) {
-                    counts[found]++;
-                    if (in_ask) counts[groups + found]++;
+                const CueSlot *found = cue_slot(self, key + self->cue_offsets[length - 1]);
+                if (found->key == -1) break; /* no cue starts so */
+                if (found->group >= 0) {
+                    counts[found->group]++;
+                    if (in_ask) counts[groups + found->group]++;
                 }
             }
         }
@@ -395,42 +585,138 @@ static PyObject *cue_counts(const Scanner *self, Py_ssize_t n) {
     return out;
 }
 
-static inline int count_column(Scanner *self, int64_t column, Py_ssize_t *touched) {
-    if (self->column_count[column]++ == 0) self->touched[(*touched)++] = column;
-    return 0;
+static inline void count_column(Scanner *self, uint64_t mask, int32_t column, Py_ssize_t *touched) {
+    uint64_t slot = ((uint64_t)column * 0x9E3779B97F4A7C15ULL >> 32) & mask;
+    for (;;) {
+        ColumnCount *c = &self->counts[slot];
+        if (c->column == column) {
+            c->count++;
+            return;
+        }
+        if (c->column == -1) {
+            c->column = column;
+            c->count = 1;
+            self->touched[(*touched)++] = (int32_t)slot;
+            return;
+        }
+        slot = (slot + 1) & mask;
+    }
 }
 
-/* LexicalModel.raw_of_ids on self->ids[0:n] (extractor ids: those past the head's vocabulary are
- * unknown to it): Σ tf·idf·w / sqrt(Σ (tf·idf)²) + intercept, tf = 1 + log(count). */
+/* LexicalModel.raw_of_ids on the scratch tokens: Σ tf·idf·w / sqrt(Σ (tf·idf)²) + intercept,
+ * tf = 1 + log(count) per column present. */
 static double gain_raw(Scanner *self, Py_ssize_t n) {
-    const int64_t *ids = self->ids;
-    int64_t vocab = self->vocab;
-    int order = self->order;
-    Py_ssize_t touched = 0;
-    /* every position starts at most one n-gram of each length */
-    if (reserve(&self->touched, &self->touched_capacity, n * order + 1) < 0) return NAN;
+    const int32_t *ids = self->ids, *columns = self->unigram_columns;
+    int32_t vocab = (int32_t)self->vocab;
+    Py_ssize_t touched = 0, size = reserve_counts(self, n);
+    if (size < 0) return NAN;
+    uint64_t mask = (uint64_t)size - 1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t first = ids[i] < vocab ? ids[i] : 0;
-        int64_t column = self->unigram_column[first];
-        if (column >= 0) count_column(self, column, &touched);
-        int64_t key = first;
-        for (int length = 2; length <= order && i + length - 1 < n; length++) {
-            int64_t next = ids[i + length - 1];
-            key = key * vocab + (next < vocab ? next : 0);
-            column = gram_column(self, key + self->gain_offsets[length - 1]);
-            if (column >= 0) count_column(self, column, &touched);
+        if (columns[i] >= 0) count_column(self, mask, columns[i], &touched);
+        if (self->order == 2 && i + 1 < n) {
+            int32_t a = ids[i] < vocab ? ids[i] : 0, b = ids[i + 1] < vocab ? ids[i + 1] : 0;
+            if (self->starts_bigram[a]) {
+                int32_t column = bigram_column(self, a, b);
+                if (column >= 0) count_column(self, mask, column, &touched);
+            }
         }
     }
     if (touched == 0) return self->intercept;
     double dot = 0.0, norm = 0.0;
     for (Py_ssize_t j = 0; j < touched; j++) {
-        int64_t column = self->touched[j];
-        double tf = 1.0 + log((double)self->column_count[column]);
-        self->column_count[column] = 0;
-        dot += tf * self->idf_weight[column];
-        norm += tf * tf * self->idf_squared[column];
+        ColumnCount *c = &self->counts[self->touched[j]];
+        double tf = c->count < 64 ? self->tf[c->count] : 1.0 + log((double)c->count);
+        const double *idf = self->idf + 2 * (Py_ssize_t)c->column;
+        dot += tf * idf[0];
+        norm += tf * tf * idf[1];
+        c->column = -1;
     }
     return dot / sqrt(norm) + self->intercept;
+}
+
+static inline int is_math_symbol(const Scanner *self, Py_UCS4 point) {
+    return point < self->math_symbol_limit && (self->math_symbols[point / 8] >> (point % 8)) & 1;
+}
+
+/* features.text_counts of a prepared text's UTF-8 bytes, as a tuple in its order. */
+static PyObject *text_counts(const Scanner *self, const unsigned char *s, Py_ssize_t n) {
+    enum { ASK_BYTES, ASK_NON_ASCII, PASTED_NON_ASCII, NON_ASCII_BYTES, CODE, CARETS, MATH, DIGITS,
+           NEWLINES, LIST_MARKS, FENCES, BACKSLASHES, QUESTIONS, SPACES, COUNTS };
+    Py_ssize_t c[COUNTS] = {0};
+    Py_ssize_t paragraph = -1, backticks = 0, ask_non_ascii_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char b = s[i];
+        if (b != '`') {
+            c[FENCES] += backticks / 3; /* str.count: non-overlapping */
+            backticks = 0;
+        }
+        if (b >= 0x80) {
+            c[NON_ASCII_BYTES]++;
+            if (b >= 0xC0) {
+                /* a character's code point (the text is valid UTF-8, surrogates passed) */
+                int extra = b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
+                Py_UCS4 point = b & (0x3F >> extra);
+                for (int k = 1; k <= extra && i + k < n; k++) point = (point << 6) | (s[i + k] & 0x3F);
+                c[MATH] += is_math_symbol(self, point);
+            }
+            /* U+FF1F, the full-width question mark */
+            if (b == 0xEF && i + 2 < n && s[i + 1] == 0xBC && s[i + 2] == 0x9F) c[QUESTIONS]++;
+            continue;
+        }
+        switch (b) {
+        case '{': case '}': case ';': case '=': case '<': case '>': case '[': case ']': case '(':
+        case ')': case '_': case '#':
+            c[CODE]++;
+            break;
+        case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': case '8':
+        case '9':
+            c[DIGITS]++;
+            break;
+        case '^':
+            c[CARETS]++;
+            break;
+        case '\\':
+            c[BACKSLASHES]++;
+            break;
+        case '?':
+            c[QUESTIONS]++;
+            break;
+        case ' ':
+            c[SPACES]++;
+            break;
+        case '`':
+            backticks++;
+            break;
+        case '\n':
+            c[NEWLINES]++;
+            if (i + 1 < n && s[i + 1] == '\n' && paragraph < 0) {
+                paragraph = i;
+                ask_non_ascii_bytes = c[NON_ASCII_BYTES];
+            }
+            if (i + 2 < n && (s[i + 1] == '-' || s[i + 1] == '*') && s[i + 2] == ' ') c[LIST_MARKS]++;
+            else if (i + 3 < n && s[i + 1] == 0xE2 && s[i + 2] == 0x80 && s[i + 3] == 0xA2) c[LIST_MARKS]++;
+            break;
+        }
+    }
+    c[FENCES] += backticks / 3;
+    if (paragraph < 0) {
+        paragraph = n;
+        ask_non_ascii_bytes = c[NON_ASCII_BYTES];
+    }
+    c[ASK_BYTES] = paragraph;
+    c[ASK_NON_ASCII] = ask_non_ascii_bytes > 0;
+    c[PASTED_NON_ASCII] = c[NON_ASCII_BYTES] > ask_non_ascii_bytes;
+    PyObject *out = PyTuple_New(COUNTS);
+    if (out == NULL) return NULL;
+    for (int k = 0; k < COUNTS; k++) {
+        PyObject *value = PyLong_FromSsize_t(c[k]);
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, k, value);
+    }
+    return out;
 }
 
 static int read_bytes(PyObject *arg, Py_buffer *view) {
@@ -446,27 +732,20 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t n
     if (with_gain < 0) return NULL;
     Py_buffer view;
     if (read_bytes(args[0], &view) < 0) return NULL;
-    Py_ssize_t n = tokenize(self, view.buf, view.len);
+    PyObject *counts = text_counts(self, view.buf, view.len);
+    Py_ssize_t n = counts == NULL ? -1 : tokenize(self, view.buf, view.len);
     PyBuffer_Release(&view);
-    if (n < 0) return NULL;
-    PyObject *counts = cue_counts(self, n);
-    if (counts == NULL) return NULL;
-    double raw = NAN;
-    if (with_gain) {
-        raw = gain_raw(self, n);
-        if (PyErr_Occurred()) {
-            Py_DECREF(counts);
-            return NULL;
-        }
-    }
-    PyObject *gain = PyFloat_FromDouble(raw);
-    if (gain == NULL) {
-        Py_DECREF(counts);
+    if (n < 0) {
+        Py_XDECREF(counts);
         return NULL;
     }
-    PyObject *out = PyTuple_Pack(2, counts, gain);
+    PyObject *cues = cue_counts(self, n);
+    double raw = with_gain ? gain_raw(self, n) : NAN;
+    PyObject *gain = PyErr_Occurred() ? NULL : PyFloat_FromDouble(raw);
+    PyObject *out = cues == NULL || gain == NULL ? NULL : PyTuple_Pack(3, cues, gain, counts);
+    Py_XDECREF(cues);
+    Py_XDECREF(gain);
     Py_DECREF(counts);
-    Py_DECREF(gain);
     return out;
 }
 
@@ -477,8 +756,7 @@ static PyObject *Scanner_gain(Scanner *self, PyObject *arg) {
     PyBuffer_Release(&view);
     if (n < 0) return NULL;
     double raw = gain_raw(self, n);
-    if (PyErr_Occurred()) return NULL;
-    return PyFloat_FromDouble(raw);
+    return PyErr_Occurred() ? NULL : PyFloat_FromDouble(raw);
 }
 
 static PyObject *Scanner_ids(Scanner *self, PyObject *arg) {
@@ -490,7 +768,7 @@ static PyObject *Scanner_ids(Scanner *self, PyObject *arg) {
     PyObject *out = PyList_New(n);
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *value = PyLong_FromLongLong(self->ids[i]);
+        PyObject *value = PyLong_FromLong(self->ids[i]);
         if (value == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -502,7 +780,7 @@ static PyObject *Scanner_ids(Scanner *self, PyObject *arg) {
 
 static PyMethodDef Scanner_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))Scanner_scan, METH_FASTCALL,
-     "scan(raw, with_gain) -> (cue counts, lexical head's raw output or nan)"},
+     "scan(raw, with_gain) -> (cue counts, lexical head's raw output or nan, text counts)"},
     {"gain", (PyCFunction)Scanner_gain, METH_O, "gain(raw) -> the lexical head's raw output"},
     {"ids", (PyCFunction)Scanner_ids, METH_O, "ids(raw) -> the token ids"},
     {NULL, NULL, 0, NULL},

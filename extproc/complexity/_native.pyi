@@ -3,6 +3,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from extproc.complexity.features import TextCounts
+
 class Scanner:
     def __init__(
         self,
@@ -25,8 +27,9 @@ class Scanner:
         idf_weight: npt.NDArray[np.float64],
         idf_squared: npt.NDArray[np.float64],
         intercept: float,
+        math_symbols: str,
     ) -> None: ...
-    def scan(self, raw: bytes, with_gain: bool, /) -> tuple[list[int], float]: ...
+    def scan(self, raw: bytes, with_gain: bool, /) -> tuple[list[int], float, TextCounts]: ...
     def gain(self, raw: bytes, /) -> float: ...
     def ids(self, raw: bytes, /) -> list[int]: ...
 

@@ -34,16 +34,72 @@ ASK_HEAD_TOKENS = 64
 ASK_TAIL_TOKENS = 32
 
 _NUMBERED_ITEM = re.compile(r"\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]")
-_REQUESTED_SIZE = re.compile(
-    r"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?)"
-)
+_SIZE_UNITS = "words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?"
+_REQUESTED_SIZE = re.compile(rf"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:{_SIZE_UNITS})")
+_SIZE_UNIT = re.compile(_SIZE_UNITS)
 # Character classes, counted by deleting them from the UTF-8 bytes (a C loop, no Python per char).
 _CODE_BYTES = b"{};=<>[]()_#"
 _DIGIT_BYTES = b"0123456789"
 _NON_ASCII_BYTES = bytes(range(0x80, 0x100))
 # np.log1p(count) for the usual cue counts (numpy's log1p, not math's: they differ in the last bit)
 _LOG1P: list[float] = np.log1p(np.arange(1024, dtype=np.float64)).tolist()
-_MATH_SYMBOLS = re.compile("[≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·]")  # noqa: RUF001
+MATH_SYMBOLS = "≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·"  # noqa: RUF001
+_MATH_SYMBOLS = re.compile(f"[{MATH_SYMBOLS}]")
+
+# What the structure features count in a prompt's prepared text, in `text_counts`' order (the C
+# scanner of extproc.complexity.native counts the same in one pass over the bytes).
+TextCounts = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int]
+TEXT_COUNTS = (
+    "bytes of the ask (before the first blank line)",
+    "non-ASCII ask (0 or 1)",
+    "non-ASCII text after the ask (0 or 1)",
+    "non-ASCII bytes",
+    "code-like characters",
+    "carets",
+    "math symbols",
+    "digits",
+    "line breaks",
+    "list marks (-, *, • at a line start)",
+    "code fences",
+    "backslashes",
+    "question marks",
+    "spaces",
+)
+
+
+def may_request_size(text: str) -> bool:
+    """False only where `_REQUESTED_SIZE` finds nothing (the same answer, cheaper than its search
+    where units are few): a match ends with a unit after spaces, a hyphen and a number's last
+    character ([\\d,.]); units hold none of these, so no match starts inside another unit."""
+    for unit in _SIZE_UNIT.finditer(text):
+        i = unit.start() - 1
+        while i >= 0 and (text[i] == "-" or text[i].isspace()):
+            i -= 1
+        if i >= 0 and (text[i] in ",." or text[i].isdecimal()):
+            return True
+    return False
+
+
+def text_counts(text: str, raw: bytes) -> TextCounts:
+    """The counts the structure features are made of (`raw`: the text's UTF-8 bytes)."""
+    paragraph = text.find("\n\n")
+    ask = text if paragraph < 0 else text[:paragraph]
+    return (
+        len(encode(ask)),
+        int(not ask.isascii()),
+        int(not text[len(ask) :].isascii()),
+        len(raw) - len(raw.translate(None, _NON_ASCII_BYTES)),
+        len(raw) - len(raw.translate(None, _CODE_BYTES)),
+        text.count("^"),
+        len(_MATH_SYMBOLS.findall(text)),
+        len(raw) - len(raw.translate(None, _DIGIT_BYTES)),
+        text.count("\n"),
+        text.count("\n- ") + text.count("\n* ") + text.count("\n•"),
+        text.count("```"),
+        text.count("\\"),
+        text.count("?") + text.count("\uff1f"),
+        text.count(" "),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,62 +396,72 @@ class FeatureExtractor:
         return counts
 
     def structure(
-        self, prompt: Prompt, prepared: str, size_units: float, raw: bytes | None = None
+        self,
+        prompt: Prompt,
+        prepared: str,
+        size_units: float,
+        raw: bytes | None = None,
+        counts: TextCounts | None = None,
     ) -> list[float]:
-        """The structure features; `raw`: the prepared text's UTF-8 bytes, if already encoded."""
+        """The structure features; `raw`: the prepared text's UTF-8 bytes, and `counts` its
+        `text_counts`, if already known."""
         text = prepared
         if raw is None:
             raw = encode(text)
+        if counts is None:
+            counts = text_counts(text, raw)
+        (
+            ask_bytes,
+            ask_non_ascii,
+            pasted_non_ascii,
+            non_ascii_bytes,
+            code_chars,
+            carets,
+            math_symbols,
+            digits,
+            newlines,
+            list_marks,
+            fences,
+            backslashes,
+            questions,
+            spaces,
+        ) = counts
         size_bytes = len(raw)
         chars = max(len(text), 1)
-        ascii_text = size_bytes == len(text)
+        ascii_text = not non_ascii_bytes
         length = math.log1p(size_bytes / 4.0 if ascii_text else size_bytes / 3.0)
-        paragraph = text.find("\n\n")
-        ask = text if paragraph < 0 else text[:paragraph]
-        pasted = "" if paragraph < 0 else text[paragraph:]
-        # `estimate_tokens` of both parts, encoding at most the ask again (the pasted part's bytes
-        # are the rest of the text's)
-        ask_ascii = ascii_text or (paragraph >= 0 and ask.isascii())
-        ask_bytes = size_bytes if paragraph < 0 else len(ask) if ask_ascii else len(encode(ask))
-        ask_tokens = ask_bytes / 4.0 if ask_ascii else ask_bytes / 3.0
+        # `estimate_tokens` of the ask and of the pasted text after it
+        ask_tokens = ask_bytes / 3.0 if ask_non_ascii else ask_bytes / 4.0
         pasted_bytes = size_bytes - ask_bytes
-        pasted_tokens = pasted_bytes / 4.0 if ascii_text or pasted.isascii() else pasted_bytes / 3.0
-        code_chars = size_bytes - len(raw.translate(None, _CODE_BYTES))
-        math_chars = text.count("^") + (0 if ascii_text else len(_MATH_SYMBOLS.findall(text)))
-        digits = size_bytes - len(raw.translate(None, _DIGIT_BYTES))
+        pasted_tokens = pasted_bytes / 3.0 if pasted_non_ascii else pasted_bytes / 4.0
+        math_chars = carets + math_symbols
         size = 0.0
-        if digits and size_units:
+        if digits and size_units and may_request_size(text):
             for number in _REQUESTED_SIZE.findall(text):
                 try:
                     size = max(size, float(number.replace(",", "")))
                 except ValueError:
                     continue
-        newlines = text.count("\n")
         list_items = 0  # every kind of item starts a line: none without a line break
         if newlines:
-            list_items = (
-                len(_NUMBERED_ITEM.findall(text))
-                + text.count("\n- ")
-                + text.count("\n* ")
-                + text.count("\n•")
-            )
+            list_items = len(_NUMBERED_ITEM.findall(text)) + list_marks
         # every non-ASCII character is a token of its own
-        non_ascii = 0 if ascii_text else len(text) - len(raw.translate(None, _NON_ASCII_BYTES))
+        non_ascii = 0 if ascii_text else len(text) - (size_bytes - non_ascii_bytes)
         return [
             length,
             length * length,
             math.log1p(newlines),
             math.log1p(ask_tokens),
             math.log1p(pasted_tokens),
-            min(text.count("```") / 2.0, 4.0),
+            min(fences / 2.0, 4.0),
             10.0 * code_chars / chars,
             10.0 * math_chars / chars if math_chars else 0.0,
-            math.log1p(text.count("\\")),
+            math.log1p(backslashes),
             10.0 * digits / chars,
-            math.log1p(text.count("?") + text.count("\uff1f")),
+            math.log1p(questions),
             math.log1p(list_items),
             math.log1p(min(size, 100_000.0)),
-            non_ascii / (non_ascii + text.count(" ") + 1) if non_ascii else 0.0,
+            non_ascii / (non_ascii + spaces + 1) if non_ascii else 0.0,
             math.log1p(max(prompt.turns - 1, 0)),
             math.log1p(prompt.context_tokens),
             math.log1p(prompt.system_tokens),
@@ -412,10 +478,16 @@ class FeatureExtractor:
         return np.array(self.features_of_counts(prompt, prepared, self.cue_counts(ids), raw))
 
     def features_of_counts(
-        self, prompt: Prompt, prepared: str, cues: list[int], raw: bytes | None = None
+        self,
+        prompt: Prompt,
+        prepared: str,
+        cues: list[int],
+        raw: bytes | None = None,
+        counts: TextCounts | None = None,
     ) -> list[float]:
-        """The feature vector as a list, given the `cue_counts` of the prepared text."""
-        structure = self.structure(prompt, prepared, float(cues[self.size_unit]), raw)
+        """The feature vector as a list, given the `cue_counts` of the prepared text (and its
+        `text_counts`, if known)."""
+        structure = self.structure(prompt, prepared, float(cues[self.size_unit]), raw, counts)
         # np.log1p of the counts, by table: the same values, without an array per count vector
         table = _LOG1P
         logs = [table[c] for c in cues] if max(cues) < len(table) else np.log1p(cues).tolist()

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from extproc.complexity.features import FeatureExtractor, Prompt, phrase
 from extproc.complexity.lexical import Ints, LexicalModel, encode, prepare
-from extproc.complexity.native import NativeScorer, available
+from extproc.complexity.native import Difficulty, Scanner, available, scanner
 from extproc.request import ParsedRequest
 
 MODEL_PATH = Path(__file__).with_name("model.npz")
@@ -173,6 +173,24 @@ class DifficultyHead:
         a, b = self.calibration
         return a * raw + b
 
+    def compiled(self) -> Difficulty:
+        """`level(raw(features))` in C, on a list of floats (`native.available()` must hold)."""
+        trees = self.trees
+        a, b = self.calibration
+        return Difficulty(
+            weights=np.ascontiguousarray(self.weights, dtype=np.float64),
+            intercept=self.intercept,
+            blend=self.blend,
+            a=a,
+            b=b,
+            feature=np.ascontiguousarray(trees.feature, dtype=np.int64),
+            threshold=np.ascontiguousarray(trees.threshold, dtype=np.float64),
+            value=np.ascontiguousarray(trees.value, dtype=np.float64),
+            trees=trees.feature.shape[0],
+            init=trees.init,
+            rate=trees.rate,
+        )
+
     def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
         """Per feature, its part of the calibrated level; and the level of "no contribution"."""
         ridge = self.weights * (features - self.mean)
@@ -242,7 +260,12 @@ class ComplexityModel:
         self._gain_id[len(gain.vocab) + 1 :] = 0
         if tuple(self.extractor.names) != difficulty.names:
             raise ValueError("the model file was trained with other difficulty features; retrain it")
-        self.native = NativeScorer(self.extractor, gain, difficulty) if native and available() else None
+        # the request path's loops in C (extproc.complexity.native), when built
+        self.scanner: Scanner | None = None
+        self.compiled_difficulty: Difficulty | None = None
+        if native and available(gain):
+            self.scanner = scanner(self.extractor, gain)
+            self.compiled_difficulty = difficulty.compiled()
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, native: bool = True) -> ComplexityModel:
@@ -274,19 +297,19 @@ class ComplexityModel:
         return extractor.vector_from(prompt, prepared, ids, raw), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
-        native = self.native
-        if native is None:
+        scan, difficulty = self.scanner, self.compiled_difficulty
+        if scan is None or difficulty is None:
             features, gain_raw = self._features(prompt)
             head = self.difficulty
             return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
-        # `_features` and the two heads, with the per-token work in C (the same numbers)
+        # `_features` and the two heads with the per-character work in C (the same numbers)
         prepared = prepare(prompt.final)
         raw = encode(prepared)
         whole = prompt.text
-        cues, gain_raw = native.scanner.scan(raw, whole is None)
+        cues, gain_raw, counts = scan.scan(raw, whole is None)
         if whole is not None:
-            gain_raw = native.scanner.gain(encode(prepare(whole)))
-        level = native.difficulty.level(self.extractor.features_of_counts(prompt, prepared, cues, raw))
+            gain_raw = scan.gain(encode(prepare(whole)))
+        level = difficulty.level(self.extractor.features_of_counts(prompt, prepared, cues, raw, counts))
         return Scores(level_to_score(level), self.gain.calibrate(gain_raw))
 
     def score_request(self, request: ParsedRequest) -> Scores:

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity.evaluate import ranks, spearman
-from extproc.complexity.features import FeatureExtractor, Prompt, estimate_tokens, joined_tokens
+from extproc.complexity.features import (
+    _REQUESTED_SIZE,
+    FeatureExtractor,
+    Prompt,
+    estimate_tokens,
+    joined_tokens,
+    may_request_size,
+)
 from extproc.complexity.scorer import EDGE, level_to_score, score_to_level
 from extproc.complexity.train import (
     GRADED_TEST,
@@ -387,3 +394,35 @@ def test_anthropic_messages_and_responses_requests_keep_their_structure() -> Non
         parse_body(Task.RESPONSES, "application/json", json.dumps(responses_body).encode(), 1 << 20)
     )
     assert responses.context_tokens == estimate_tokens("Tell me about Raft.\nsome tool output")
+
+
+SIZE_PIECES = [
+    "3",
+    "12",
+    "1,5",
+    ".",
+    ",",
+    " ",
+    "\u3000",
+    "\t",
+    "-",
+    "--",
+    "words",
+    "word",
+    "字",
+    "文字",
+    "页",
+]
+SIZE_PIECES += ["pages", "lines", "ページ", "a", "x", "中", "٣", "１２", "\n", "slov", "слов", "mots"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(SIZE_PIECES), max_size=12).map("".join))
+def test_the_requested_size_prefilter_never_skips_a_match(text: str) -> None:
+    if _REQUESTED_SIZE.findall(text):
+        assert may_request_size(text)
+
+
+def test_the_requested_size_prefilter_skips_text_with_units_but_no_number_before_them() -> None:
+    assert not may_request_size("in other words: 字数 does not matter on this page")
+    assert may_request_size("a 2,000-word essay") and may_request_size("写3 字")

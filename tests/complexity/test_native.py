@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity import native
-from extproc.complexity.features import Prompt
+from extproc.complexity.features import Prompt, text_counts
 from extproc.complexity.lexical import encode, prepare
 from extproc.complexity.scorer import ComplexityModel, level_to_score
 from extproc.complexity.train import GRADED_TEST, GRADED_TRAIN, read_rows
@@ -39,32 +39,32 @@ def fixture_prompts() -> list[Prompt]:
 
 def test_the_install_built_the_c_loops_and_the_request_path_uses_them() -> None:
     assert native.available()
-    assert complexity.model().native is not None
-    assert reference().native is None
+    assert complexity.model().scanner is not None
+    assert complexity.model().compiled_difficulty is not None
+    assert reference().scanner is None
 
 
 def check(prompt: Prompt) -> None:
     model, numpy_model = complexity.model(), reference()
-    scanner = model.native.scanner if model.native else None
-    assert scanner is not None
+    scanner, difficulty = model.scanner, model.compiled_difficulty
+    assert scanner is not None and difficulty is not None
     extractor = numpy_model.extractor
     prepared = prepare(prompt.final)
     raw = encode(prepared)
     ids = extractor.text_ids(prepared, raw)
     assert scanner.ids(raw) == ids.tolist()
-    counts, gain_raw = scanner.scan(raw, True)
-    assert counts == extractor.cue_counts(ids)
-    expected_gain = numpy_model.gain.raw_of_ids(ids)
-    assert gain_raw == pytest.approx(expected_gain, rel=ROUNDING, abs=ROUNDING)
+    cues, gain_raw, counts = scanner.scan(raw, True)
+    assert cues == extractor.cue_counts(ids)
+    assert counts == text_counts(prepared, raw)
+    assert gain_raw == pytest.approx(numpy_model.gain.raw_of_ids(ids), rel=ROUNDING, abs=ROUNDING)
     assert math.isnan(scanner.scan(raw, False)[1])
     assert scanner.gain(raw) == gain_raw
-    whole = prepare(prompt.full_text)
-    assert scanner.gain(encode(whole)) == pytest.approx(
+    assert scanner.gain(encode(prepare(prompt.full_text))) == pytest.approx(
         numpy_model.gain.raw(prompt.full_text), rel=ROUNDING, abs=ROUNDING
     )
     features = extractor.vector_from(prompt, prepared, ids, raw)
     head = numpy_model.difficulty
-    level = model.native.difficulty.level(features.tolist()) if model.native else math.nan
+    level = difficulty.level(features.tolist())
     assert level == pytest.approx(head.level(head.raw(features)), rel=ROUNDING, abs=ROUNDING)
     got, want = model.scores(prompt), numpy_model.scores(prompt)
     assert got.complexity == pytest.approx(want.complexity, rel=ROUNDING, abs=ROUNDING)
@@ -87,8 +87,35 @@ def test_the_same_numbers_as_numpy_on_every_fixture_prompt() -> None:
     assert with_longer_cues > 10
 
 
-PIECES = ["ab", "9", " ", "-", "\n", ".", "é", "中文", "证明", "🚀", "\ud800", "À", "Z", "prove", " show that "]
-PIECES += ["time complexity", "at least once", "写一个", "时间复杂度", "3,000 words", "字"]
+PIECES = [
+    "ab",
+    "9",
+    " ",
+    "-",
+    "\n",
+    ".",
+    "é",
+    "中文",
+    "证明",
+    "🚀",
+    "\ud800",
+    "À",
+    "Z",
+    "prove",
+    " show that ",
+]
+PIECES += [
+    "time complexity",
+    "at least once",
+    "写一个",
+    "时间复杂度",
+    "3,000 words",
+    "字",
+    "`",
+    "\n- ",
+    "\n* ",
+]
+PIECES += ["\n•", "？", "?", "\\", "^", "≤", "ℝ", "²", "{", "_", "\n\n", "\n1. "]
 
 
 @settings(max_examples=300, deadline=None)
