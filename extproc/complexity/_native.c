@@ -16,6 +16,11 @@
 #include <string.h>
 
 #define MAX_ORDER 8
+/* features.STRUCTURE: the features before the cue counts */
+#define STRUCTURE_FEATURES 17
+/* features.text_counts, in its order */
+enum { ASK_BYTES, ASK_NON_ASCII, PASTED_NON_ASCII, NON_ASCII_BYTES, CODE, CARETS, MATH, DIGITS, NEWLINES,
+       LIST_MARKS, FENCES, BACKSLASHES, QUESTIONS, SPACES, COUNTS };
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -55,6 +60,133 @@ static uint64_t table_size(Py_ssize_t entries) {
     while (size < (uint64_t)entries * 2) size <<= 1;
     return size;
 }
+
+/* ---- Difficulty: ridge + boosted trees, calibrated ------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    double *weights;
+    Py_ssize_t features;
+    double intercept, blend, a, b;
+    int64_t *feature; /* [trees][internal] */
+    double *threshold;
+    double *value; /* [trees][nodes] */
+    Py_ssize_t trees, internal, nodes;
+    int depth;
+    double init, rate;
+    double *x;
+} Difficulty;
+
+static void Difficulty_dealloc(Difficulty *self) {
+    PyMem_Free(self->weights);
+    PyMem_Free(self->feature);
+    PyMem_Free(self->threshold);
+    PyMem_Free(self->value);
+    PyMem_Free(self->x);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Difficulty_init(Difficulty *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"weights", "intercept", "blend", "a", "b", "feature", "threshold",
+                            "value", "trees", "init", "rate", NULL};
+    PyObject *weights, *feature, *threshold, *value;
+    Py_ssize_t trees;
+    if (self->weights != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Difficulty is immutable");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddddOOOndd", names, &weights, &self->intercept,
+                                     &self->blend, &self->a, &self->b, &feature, &threshold, &value,
+                                     &trees, &self->init, &self->rate))
+        return -1;
+    Py_ssize_t splits, thresholds, values;
+    self->weights = copy_buffer(weights, 8, &self->features, "weights");
+    if (self->weights == NULL) return -1;
+    self->feature = copy_buffer(feature, 8, &splits, "feature");
+    if (self->feature == NULL) return -1;
+    self->threshold = copy_buffer(threshold, 8, &thresholds, "threshold");
+    if (self->threshold == NULL) return -1;
+    self->value = copy_buffer(value, 8, &values, "value");
+    if (self->value == NULL) return -1;
+    self->x = PyMem_Malloc((size_t)(self->features > 0 ? self->features : 1) * sizeof(double));
+    if (self->x == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->trees = trees;
+    if (trees < 1 || splits % trees != 0 || thresholds != splits || values % trees != 0) goto shape;
+    self->internal = splits / trees;
+    self->nodes = values / trees;
+    self->depth = 0;
+    while (((Py_ssize_t)1 << (self->depth + 1)) - 1 <= self->internal) self->depth++;
+    if (((Py_ssize_t)1 << self->depth) - 1 != self->internal || self->nodes != 2 * self->internal + 1) goto shape;
+    for (Py_ssize_t i = 0; i < splits; i++)
+        if (self->feature[i] < 0 || self->feature[i] >= self->features) goto shape;
+    return 0;
+shape:
+    PyErr_SetString(PyExc_ValueError, "difficulty head arrays of inconsistent sizes");
+    return -1;
+}
+
+/* DifficultyHead.level(DifficultyHead.raw(x)) for `self->features` values. */
+static double difficulty_level(const Difficulty *self, const double *x) {
+    double ridge = 0.0;
+    for (Py_ssize_t i = 0; i < self->features; i++) ridge += x[i] * self->weights[i];
+    ridge += self->intercept;
+    double leaves = 0.0;
+    for (Py_ssize_t t = 0; t < self->trees; t++) {
+        const int64_t *feature = self->feature + t * self->internal;
+        const double *threshold = self->threshold + t * self->internal;
+        Py_ssize_t node = 0;
+        for (int level = 0; level < self->depth; level++) {
+            /* the trees were fitted on float32 features: compared as scikit-learn does */
+            double value = (double)(float)x[feature[node]];
+            node = 2 * node + 1 + (value > threshold[node]);
+        }
+        leaves += self->value[t * self->nodes + node];
+    }
+    double trees = self->init + self->rate * leaves;
+    double raw = self->blend * ridge + (1.0 - self->blend) * trees;
+    return self->a * raw + self->b;
+}
+
+/* The same for a list of floats. */
+static PyObject *Difficulty_level(Difficulty *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "features must be a sequence of floats");
+    if (seq == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != self->features) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "wrong number of features");
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < self->features; i++) {
+        double v = PyFloat_AsDouble(items[i]);
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        self->x[i] = v;
+    }
+    Py_DECREF(seq);
+    return PyFloat_FromDouble(difficulty_level(self, self->x));
+}
+
+static PyMethodDef Difficulty_methods[] = {
+    {"level", (PyCFunction)Difficulty_level, METH_O, "level(features) -> the calibrated level"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DifficultyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "extproc.complexity._native.Difficulty",
+    .tp_basicsize = sizeof(Difficulty),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The difficulty head (ridge + boosted trees, calibrated) on a feature list.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Difficulty_init,
+    .tp_dealloc = (destructor)Difficulty_dealloc,
+    .tp_methods = Difficulty_methods,
+};
 
 /* ---- Scanner: token ids, cue counts, lexical head -------------------------------------------- */
 
@@ -113,6 +245,12 @@ typedef struct {
     int max_cue_tokens;
     int64_t cue_offsets[MAX_ORDER]; /* [L - 1]: added to the packed key of an L-token cue */
     Py_ssize_t groups, ask_head, ask_tail;
+    /* the difficulty head and the parts of the features left to Python (regular expressions) */
+    Difficulty *difficulty;
+    Py_ssize_t size_unit; /* the cue group of output size units */
+    double *log1p_table;  /* np.log1p of the usual cue counts */
+    Py_ssize_t log1p_size;
+    PyObject *numbered_items, *requested_size, *log1p_counts;
     /* the structure features' math symbols: a bit per code point up to the largest */
     uint8_t *math_symbols;
     Py_UCS4 math_symbol_limit; /* one past the largest (0: none) */
@@ -143,6 +281,11 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->starts_ngram);
     PyMem_Free(self->continues_ngram);
     PyMem_Free(self->cues);
+    PyMem_Free(self->log1p_table);
+    Py_XDECREF(self->difficulty);
+    Py_XDECREF(self->numbered_items);
+    Py_XDECREF(self->requested_size);
+    Py_XDECREF(self->log1p_counts);
     PyMem_Free(self->math_symbols);
     PyMem_Free(self->starts_bigram);
     PyMem_Free(self->bigrams);
@@ -367,9 +510,12 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"token_index", "base", "unigram_group", "starts_ngram", "continues_ngram",
                             "ngram_keys", "ngram_group", "groups", "max_cue_tokens", "ask_head", "ask_tail",
                             "vocab", "order", "unigram_column", "gram_keys", "idf_weight",
-                            "idf_squared", "intercept", "math_symbols", NULL};
+                            "idf_squared", "intercept", "math_symbols", "difficulty", "size_unit",
+                            "log1p_table", "numbered_items", "requested_size", "log1p_counts", NULL};
     PyObject *index, *unigram_group, *starts, *continues, *ngram_keys, *ngram_group;
     PyObject *unigram_column_obj, *gram_keys, *idf_weight_obj, *idf_squared_obj, *math_symbols;
+    PyObject *difficulty, *log1p_table, *numbered_items, *requested_size, *log1p_counts;
+    Py_ssize_t size_unit;
     long long base, vocab;
     int max_cue_tokens, order;
     Py_ssize_t groups, ask_head, ask_tail;
@@ -378,12 +524,30 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Scanner is immutable");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOdU", names, &index, &base,
-                                     &unigram_group, &starts, &continues, &ngram_keys, &ngram_group,
-                                     &groups, &max_cue_tokens, &ask_head, &ask_tail, &vocab, &order,
-                                     &unigram_column_obj, &gram_keys, &idf_weight_obj, &idf_squared_obj,
-                                     &intercept, &math_symbols))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOdUO!nOOOO", names, &index,
+                                     &base, &unigram_group, &starts, &continues, &ngram_keys,
+                                     &ngram_group, &groups, &max_cue_tokens, &ask_head, &ask_tail, &vocab,
+                                     &order, &unigram_column_obj, &gram_keys, &idf_weight_obj,
+                                     &idf_squared_obj, &intercept, &math_symbols, &DifficultyType,
+                                     &difficulty, &size_unit, &log1p_table, &numbered_items,
+                                     &requested_size, &log1p_counts))
         return -1;
+    if (!PyCallable_Check(numbered_items) || !PyCallable_Check(requested_size) || !PyCallable_Check(log1p_counts)) {
+        PyErr_SetString(PyExc_TypeError, "numbered_items, requested_size and log1p_counts must be callable");
+        return -1;
+    }
+    if (((Difficulty *)difficulty)->features != STRUCTURE_FEATURES + 2 * groups || size_unit < 0 ||
+        size_unit >= groups) {
+        PyErr_SetString(PyExc_ValueError, "the difficulty head does not fit these features");
+        return -1;
+    }
+    self->difficulty = (Difficulty *)Py_NewRef(difficulty);
+    self->numbered_items = Py_NewRef(numbered_items);
+    self->requested_size = Py_NewRef(requested_size);
+    self->log1p_counts = Py_NewRef(log1p_counts);
+    self->size_unit = size_unit;
+    self->log1p_table = copy_buffer(log1p_table, 8, &self->log1p_size, "log1p_table");
+    if (self->log1p_table == NULL) return -1;
     /* the lexical head's n-grams are at most bigrams here (the shipped model's); longer ones
      * stay with numpy (extproc.complexity.native checks) */
     if (groups < 1 || groups > 127 || max_cue_tokens < 2 || max_cue_tokens > MAX_ORDER || order < 1 ||
@@ -544,11 +708,10 @@ static Py_ssize_t tokenize(Scanner *self, const unsigned char *s, Py_ssize_t n) 
 }
 
 /* FeatureExtractor.cue_counts: per group the matches in the text, then per group those in its ask. */
-static PyObject *cue_counts(const Scanner *self, Py_ssize_t n) {
+static void count_cues(const Scanner *self, Py_ssize_t n, Py_ssize_t *counts) {
     const int32_t *ids = self->ids;
     Py_ssize_t groups = self->groups;
-    Py_ssize_t counts[256];
-    memset(counts, 0, sizeof(counts));
+    memset(counts, 0, 2 * (size_t)groups * sizeof(Py_ssize_t));
     Py_ssize_t tail = n - self->ask_tail;
     for (Py_ssize_t i = 0; i < n; i++) {
         int32_t id = ids[i];
@@ -572,9 +735,12 @@ static PyObject *cue_counts(const Scanner *self, Py_ssize_t n) {
             }
         }
     }
-    PyObject *out = PyList_New(2 * groups);
+}
+
+static PyObject *list_of_counts(const Py_ssize_t *counts, Py_ssize_t n) {
+    PyObject *out = PyList_New(n);
     if (out == NULL) return NULL;
-    for (Py_ssize_t g = 0; g < 2 * groups; g++) {
+    for (Py_ssize_t g = 0; g < n; g++) {
         PyObject *value = PyLong_FromSsize_t(counts[g]);
         if (value == NULL) {
             Py_DECREF(out);
@@ -638,11 +804,9 @@ static inline int is_math_symbol(const Scanner *self, Py_UCS4 point) {
     return point < self->math_symbol_limit && (self->math_symbols[point / 8] >> (point % 8)) & 1;
 }
 
-/* features.text_counts of a prepared text's UTF-8 bytes, as a tuple in its order. */
-static PyObject *text_counts(const Scanner *self, const unsigned char *s, Py_ssize_t n) {
-    enum { ASK_BYTES, ASK_NON_ASCII, PASTED_NON_ASCII, NON_ASCII_BYTES, CODE, CARETS, MATH, DIGITS,
-           NEWLINES, LIST_MARKS, FENCES, BACKSLASHES, QUESTIONS, SPACES, COUNTS };
-    Py_ssize_t c[COUNTS] = {0};
+/* features.text_counts of a prepared text's UTF-8 bytes, in its order. */
+static void count_text(const Scanner *self, const unsigned char *s, Py_ssize_t n, Py_ssize_t *c) {
+    memset(c, 0, COUNTS * sizeof(Py_ssize_t));
     Py_ssize_t paragraph = -1, backticks = 0, ask_non_ascii_bytes = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char b = s[i];
@@ -706,16 +870,102 @@ static PyObject *text_counts(const Scanner *self, const unsigned char *s, Py_ssi
     c[ASK_BYTES] = paragraph;
     c[ASK_NON_ASCII] = ask_non_ascii_bytes > 0;
     c[PASTED_NON_ASCII] = c[NON_ASCII_BYTES] > ask_non_ascii_bytes;
-    PyObject *out = PyTuple_New(COUNTS);
-    if (out == NULL) return NULL;
-    for (int k = 0; k < COUNTS; k++) {
-        PyObject *value = PyLong_FromSsize_t(c[k]);
-        if (value == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(out, k, value);
+}
+
+/* A Python function's result as a double (an int or a float), or -1 with an exception set. */
+static double call_for_number(PyObject *function, PyObject *argument) {
+    PyObject *result = PyObject_CallOneArg(function, argument);
+    if (result == NULL) return -1.0;
+    double value = PyFloat_AsDouble(result);
+    Py_DECREF(result);
+    return value;
+}
+
+/* FeatureExtractor.features_of_counts of a prepared text (`text`, its UTF-8 bytes `s`) into x,
+ * and the lexical head's raw output into *gain if not NULL; -1 with an exception set on errors.
+ * The scratch arrays are done with before Python code is called (another thread may run then). */
+static int compute_features(Scanner *self, PyObject *text, const unsigned char *s, Py_ssize_t n, double turns,
+                            double context_tokens, double system_tokens, double *x, double *gain) {
+    Py_ssize_t c[COUNTS], cues[256];
+    count_text(self, s, n, c);
+    Py_ssize_t tokens = tokenize(self, s, n);
+    if (tokens < 0) return -1;
+    count_cues(self, tokens, cues);
+    if (gain != NULL) {
+        *gain = gain_raw(self, tokens);
+        if (PyErr_Occurred()) return -1;
     }
+    Py_ssize_t length_chars = PyUnicode_GET_LENGTH(text);
+    double chars = (double)(length_chars > 1 ? length_chars : 1);
+    double size_bytes = (double)n;
+    int ascii_text = c[NON_ASCII_BYTES] == 0;
+    /* each as features.FeatureExtractor.structure computes it, operation for operation */
+    double length = log1p(ascii_text ? size_bytes / 4.0 : size_bytes / 3.0);
+    double ask_bytes = (double)c[ASK_BYTES], pasted_bytes = (double)(n - c[ASK_BYTES]);
+    double ask_tokens = c[ASK_NON_ASCII] ? ask_bytes / 3.0 : ask_bytes / 4.0;
+    double pasted_tokens = c[PASTED_NON_ASCII] ? pasted_bytes / 3.0 : pasted_bytes / 4.0;
+    Py_ssize_t math_chars = c[CARETS] + c[MATH];
+    double size = 0.0;
+    if (c[DIGITS] && cues[self->size_unit]) {
+        size = call_for_number(self->requested_size, text);
+        if (size == -1.0 && PyErr_Occurred()) return -1;
+    }
+    Py_ssize_t list_items = 0; /* every kind of item starts a line: none without a line break */
+    if (c[NEWLINES]) {
+        double numbered = call_for_number(self->numbered_items, text);
+        if (numbered == -1.0 && PyErr_Occurred()) return -1;
+        list_items = (Py_ssize_t)numbered + c[LIST_MARKS];
+    }
+    Py_ssize_t non_ascii = ascii_text ? 0 : length_chars - (n - c[NON_ASCII_BYTES]);
+    double fences = (double)c[FENCES] / 2.0;
+    x[0] = length;
+    x[1] = length * length;
+    x[2] = log1p((double)c[NEWLINES]);
+    x[3] = log1p(ask_tokens);
+    x[4] = log1p(pasted_tokens);
+    x[5] = fences < 4.0 ? fences : 4.0;
+    x[6] = 10.0 * (double)c[CODE] / chars;
+    x[7] = math_chars ? 10.0 * (double)math_chars / chars : 0.0;
+    x[8] = log1p((double)c[BACKSLASHES]);
+    x[9] = 10.0 * (double)c[DIGITS] / chars;
+    x[10] = log1p((double)c[QUESTIONS]);
+    x[11] = log1p((double)list_items);
+    x[12] = log1p(size < 100000.0 ? size : 100000.0);
+    x[13] = non_ascii ? (double)non_ascii / (double)(non_ascii + c[SPACES] + 1) : 0.0;
+    x[14] = log1p(turns > 1.0 ? turns - 1.0 : 0.0);
+    x[15] = log1p(context_tokens);
+    x[16] = log1p(system_tokens);
+    /* the cue counts' np.log1p: by table, or (a count past it) by numpy for them all */
+    Py_ssize_t cue_count = 2 * self->groups, largest = 0;
+    for (Py_ssize_t g = 0; g < cue_count; g++)
+        if (cues[g] > largest) largest = cues[g];
+    if (largest < self->log1p_size) {
+        for (Py_ssize_t g = 0; g < cue_count; g++) x[STRUCTURE_FEATURES + g] = self->log1p_table[cues[g]];
+        return 0;
+    }
+    PyObject *counts = list_of_counts(cues, cue_count);
+    PyObject *logs = counts == NULL ? NULL : PyObject_CallOneArg(self->log1p_counts, counts);
+    Py_XDECREF(counts);
+    PyObject *seq = logs == NULL ? NULL : PySequence_Fast(logs, "log1p_counts must return a sequence");
+    Py_XDECREF(logs);
+    if (seq == NULL) return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != cue_count) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "log1p_counts returned the wrong number of values");
+        return -1;
+    }
+    for (Py_ssize_t g = 0; g < cue_count; g++) {
+        x[STRUCTURE_FEATURES + g] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, g));
+    }
+    Py_DECREF(seq);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *tuple_of_counts(const Py_ssize_t *counts, Py_ssize_t n) {
+    PyObject *list = list_of_counts(counts, n);
+    if (list == NULL) return NULL;
+    PyObject *out = PyList_AsTuple(list);
+    Py_DECREF(list);
     return out;
 }
 
@@ -732,21 +982,74 @@ static PyObject *Scanner_scan(Scanner *self, PyObject *const *args, Py_ssize_t n
     if (with_gain < 0) return NULL;
     Py_buffer view;
     if (read_bytes(args[0], &view) < 0) return NULL;
-    PyObject *counts = text_counts(self, view.buf, view.len);
-    Py_ssize_t n = counts == NULL ? -1 : tokenize(self, view.buf, view.len);
+    Py_ssize_t c[COUNTS], cues[256];
+    count_text(self, view.buf, view.len, c);
+    Py_ssize_t n = tokenize(self, view.buf, view.len);
     PyBuffer_Release(&view);
-    if (n < 0) {
-        Py_XDECREF(counts);
+    if (n < 0) return NULL;
+    count_cues(self, n, cues);
+    double raw = with_gain ? gain_raw(self, n) : NAN;
+    if (PyErr_Occurred()) return NULL;
+    PyObject *cue_list = list_of_counts(cues, 2 * self->groups);
+    PyObject *text_tuple = cue_list == NULL ? NULL : tuple_of_counts(c, COUNTS);
+    if (text_tuple == NULL) {
+        Py_XDECREF(cue_list);
         return NULL;
     }
-    PyObject *cues = cue_counts(self, n);
-    double raw = with_gain ? gain_raw(self, n) : NAN;
-    PyObject *gain = PyErr_Occurred() ? NULL : PyFloat_FromDouble(raw);
-    PyObject *out = cues == NULL || gain == NULL ? NULL : PyTuple_Pack(3, cues, gain, counts);
-    Py_XDECREF(cues);
-    Py_XDECREF(gain);
-    Py_DECREF(counts);
+    return Py_BuildValue("(NdN)", cue_list, raw, text_tuple);
+}
+
+/* The arguments of `features` and `score`: text, raw, turns, context tokens, system tokens. */
+static int prompt_arguments(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, Py_buffer *view,
+                            double *numbers) {
+    if (nargs != expected || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "expected (text, raw, turns, context_tokens, system_tokens, ...)");
+        return -1;
+    }
+    for (int k = 0; k < 3; k++) {
+        numbers[k] = PyFloat_AsDouble(args[2 + k]);
+        if (numbers[k] == -1.0 && PyErr_Occurred()) return -1;
+    }
+    return read_bytes(args[1], view);
+}
+
+static PyObject *Scanner_features(Scanner *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer view;
+    double numbers[3];
+    if (prompt_arguments(args, nargs, 5, &view, numbers) < 0) return NULL;
+    double x[STRUCTURE_FEATURES + 256];
+    int done = compute_features(self, args[0], view.buf, view.len, numbers[0], numbers[1], numbers[2], x, NULL);
+    PyBuffer_Release(&view);
+    if (done < 0) return NULL;
+    Py_ssize_t count = self->difficulty->features;
+    PyObject *out = PyList_New(count);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyFloat_FromDouble(x[i]);
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, value);
+    }
     return out;
+}
+
+static PyObject *Scanner_score(Scanner *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer view;
+    double numbers[3];
+    if (prompt_arguments(args, nargs, 6, &view, numbers) < 0) return NULL;
+    int with_gain = PyObject_IsTrue(args[5]);
+    if (with_gain < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    double x[STRUCTURE_FEATURES + 256], raw = NAN;
+    int done = compute_features(self, args[0], view.buf, view.len, numbers[0], numbers[1], numbers[2], x,
+                                with_gain ? &raw : NULL);
+    PyBuffer_Release(&view);
+    if (done < 0) return NULL;
+    return Py_BuildValue("(dd)", difficulty_level(self->difficulty, x), raw);
 }
 
 static PyObject *Scanner_gain(Scanner *self, PyObject *arg) {
@@ -781,6 +1084,10 @@ static PyObject *Scanner_ids(Scanner *self, PyObject *arg) {
 static PyMethodDef Scanner_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))Scanner_scan, METH_FASTCALL,
      "scan(raw, with_gain) -> (cue counts, lexical head's raw output or nan, text counts)"},
+    {"features", (PyCFunction)(void (*)(void))Scanner_features, METH_FASTCALL,
+     "features(text, raw, turns, context_tokens, system_tokens) -> the difficulty features"},
+    {"score", (PyCFunction)(void (*)(void))Scanner_score, METH_FASTCALL,
+     "score(text, raw, turns, context_tokens, system_tokens, with_gain) -> (level, lexical raw or nan)"},
     {"gain", (PyCFunction)Scanner_gain, METH_O, "gain(raw) -> the lexical head's raw output"},
     {"ids", (PyCFunction)Scanner_ids, METH_O, "ids(raw) -> the token ids"},
     {NULL, NULL, 0, NULL},
@@ -795,128 +1102,6 @@ static PyTypeObject ScannerType = {
     .tp_init = (initproc)Scanner_init,
     .tp_dealloc = (destructor)Scanner_dealloc,
     .tp_methods = Scanner_methods,
-};
-
-/* ---- Difficulty: ridge + boosted trees, calibrated ------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    double *weights;
-    Py_ssize_t features;
-    double intercept, blend, a, b;
-    int64_t *feature; /* [trees][internal] */
-    double *threshold;
-    double *value; /* [trees][nodes] */
-    Py_ssize_t trees, internal, nodes;
-    int depth;
-    double init, rate;
-    double *x;
-} Difficulty;
-
-static void Difficulty_dealloc(Difficulty *self) {
-    PyMem_Free(self->weights);
-    PyMem_Free(self->feature);
-    PyMem_Free(self->threshold);
-    PyMem_Free(self->value);
-    PyMem_Free(self->x);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int Difficulty_init(Difficulty *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"weights", "intercept", "blend", "a", "b", "feature", "threshold",
-                            "value", "trees", "init", "rate", NULL};
-    PyObject *weights, *feature, *threshold, *value;
-    Py_ssize_t trees;
-    if (self->weights != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Difficulty is immutable");
-        return -1;
-    }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OddddOOOndd", names, &weights, &self->intercept,
-                                     &self->blend, &self->a, &self->b, &feature, &threshold, &value,
-                                     &trees, &self->init, &self->rate))
-        return -1;
-    Py_ssize_t splits, thresholds, values;
-    self->weights = copy_buffer(weights, 8, &self->features, "weights");
-    if (self->weights == NULL) return -1;
-    self->feature = copy_buffer(feature, 8, &splits, "feature");
-    if (self->feature == NULL) return -1;
-    self->threshold = copy_buffer(threshold, 8, &thresholds, "threshold");
-    if (self->threshold == NULL) return -1;
-    self->value = copy_buffer(value, 8, &values, "value");
-    if (self->value == NULL) return -1;
-    self->x = PyMem_Malloc((size_t)(self->features > 0 ? self->features : 1) * sizeof(double));
-    if (self->x == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    self->trees = trees;
-    if (trees < 1 || splits % trees != 0 || thresholds != splits || values % trees != 0) goto shape;
-    self->internal = splits / trees;
-    self->nodes = values / trees;
-    self->depth = 0;
-    while (((Py_ssize_t)1 << (self->depth + 1)) - 1 <= self->internal) self->depth++;
-    if (((Py_ssize_t)1 << self->depth) - 1 != self->internal || self->nodes != 2 * self->internal + 1) goto shape;
-    for (Py_ssize_t i = 0; i < splits; i++)
-        if (self->feature[i] < 0 || self->feature[i] >= self->features) goto shape;
-    return 0;
-shape:
-    PyErr_SetString(PyExc_ValueError, "difficulty head arrays of inconsistent sizes");
-    return -1;
-}
-
-/* DifficultyHead.level(DifficultyHead.raw(features)) for a list of floats. */
-static PyObject *Difficulty_level(Difficulty *self, PyObject *arg) {
-    PyObject *seq = PySequence_Fast(arg, "features must be a sequence of floats");
-    if (seq == NULL) return NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != self->features) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "wrong number of features");
-        return NULL;
-    }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    double ridge = 0.0;
-    for (Py_ssize_t i = 0; i < self->features; i++) {
-        double v = PyFloat_AsDouble(items[i]);
-        if (v == -1.0 && PyErr_Occurred()) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-        self->x[i] = v;
-        ridge += v * self->weights[i];
-    }
-    Py_DECREF(seq);
-    ridge += self->intercept;
-    double leaves = 0.0;
-    for (Py_ssize_t t = 0; t < self->trees; t++) {
-        const int64_t *feature = self->feature + t * self->internal;
-        const double *threshold = self->threshold + t * self->internal;
-        Py_ssize_t node = 0;
-        for (int level = 0; level < self->depth; level++) {
-            /* the trees were fitted on float32 features: compared as scikit-learn does */
-            double x = (double)(float)self->x[feature[node]];
-            node = 2 * node + 1 + (x > threshold[node]);
-        }
-        leaves += self->value[t * self->nodes + node];
-    }
-    double trees = self->init + self->rate * leaves;
-    double raw = self->blend * ridge + (1.0 - self->blend) * trees;
-    return PyFloat_FromDouble(self->a * raw + self->b);
-}
-
-static PyMethodDef Difficulty_methods[] = {
-    {"level", (PyCFunction)Difficulty_level, METH_O, "level(features) -> the calibrated level"},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject DifficultyType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "extproc.complexity._native.Difficulty",
-    .tp_basicsize = sizeof(Difficulty),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The difficulty head (ridge + boosted trees, calibrated) on a feature list.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Difficulty_init,
-    .tp_dealloc = (destructor)Difficulty_dealloc,
-    .tp_methods = Difficulty_methods,
 };
 
 static struct PyModuleDef module = {

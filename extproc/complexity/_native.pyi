@@ -1,4 +1,4 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,26 @@ class Scanner:
         idf_squared: npt.NDArray[np.float64],
         intercept: float,
         math_symbols: str,
+        difficulty: Difficulty,
+        size_unit: int,
+        log1p_table: npt.NDArray[np.float64],
+        numbered_items: Callable[[str], int],
+        requested_size: Callable[[str], float],
+        log1p_counts: Callable[[list[int]], list[float]],
     ) -> None: ...
+    def features(
+        self, text: str, raw: bytes, turns: float, context_tokens: float, system_tokens: float, /
+    ) -> list[float]: ...
+    def score(
+        self,
+        text: str,
+        raw: bytes,
+        turns: float,
+        context_tokens: float,
+        system_tokens: float,
+        with_gain: bool,
+        /,
+    ) -> tuple[float, float]: ...
     def scan(self, raw: bytes, with_gain: bool, /) -> tuple[list[int], float, TextCounts]: ...
     def gain(self, raw: bytes, /) -> float: ...
     def ids(self, raw: bytes, /) -> list[int]: ...

@@ -42,7 +42,7 @@ _CODE_BYTES = b"{};=<>[]()_#"
 _DIGIT_BYTES = b"0123456789"
 _NON_ASCII_BYTES = bytes(range(0x80, 0x100))
 # np.log1p(count) for the usual cue counts (numpy's log1p, not math's: they differ in the last bit)
-_LOG1P: list[float] = np.log1p(np.arange(1024, dtype=np.float64)).tolist()
+LOG1P_TABLE: list[float] = np.log1p(np.arange(1024, dtype=np.float64)).tolist()
 MATH_SYMBOLS = "≤≥≠≈∞∑∏∫√∂∈∉∀∃⊂⊆∪∩→⇒⇔πθλμσφωαβγδεℝℕℤℚ²³₁₂ⁿ±×÷·"  # noqa: RUF001
 _MATH_SYMBOLS = re.compile(f"[{MATH_SYMBOLS}]")
 
@@ -78,6 +78,28 @@ def may_request_size(text: str) -> bool:
         if i >= 0 and (text[i] in ",." or text[i].isdecimal()):
             return True
     return False
+
+
+def requested_size(text: str) -> float:
+    """The largest output size the text asks for ("a 2,000-word essay": 2000.0), 0.0 if none."""
+    size = 0.0
+    if may_request_size(text):
+        for number in _REQUESTED_SIZE.findall(text):
+            try:
+                size = max(size, float(number.replace(",", "")))
+            except ValueError:
+                continue
+    return size
+
+
+def numbered_items(text: str) -> int:
+    """Lines that start a numbered or lettered item ("1.", "b)", "3、")."""
+    return len(_NUMBERED_ITEM.findall(text))
+
+
+def log1p_of_counts(counts: list[int]) -> list[float]:
+    """np.log1p of the cue counts (as features are computed when a count is past `LOG1P_TABLE`)."""
+    return np.log1p(counts).tolist()  # type: ignore[no-any-return]
 
 
 def text_counts(text: str, raw: bytes) -> TextCounts:
@@ -435,16 +457,10 @@ class FeatureExtractor:
         pasted_bytes = size_bytes - ask_bytes
         pasted_tokens = pasted_bytes / 3.0 if pasted_non_ascii else pasted_bytes / 4.0
         math_chars = carets + math_symbols
-        size = 0.0
-        if digits and size_units and may_request_size(text):
-            for number in _REQUESTED_SIZE.findall(text):
-                try:
-                    size = max(size, float(number.replace(",", "")))
-                except ValueError:
-                    continue
+        size = requested_size(text) if digits and size_units else 0.0
         list_items = 0  # every kind of item starts a line: none without a line break
         if newlines:
-            list_items = len(_NUMBERED_ITEM.findall(text)) + list_marks
+            list_items = numbered_items(text) + list_marks
         # every non-ASCII character is a token of its own
         non_ascii = 0 if ascii_text else len(text) - (size_bytes - non_ascii_bytes)
         return [
@@ -489,6 +505,6 @@ class FeatureExtractor:
         `text_counts`, if known)."""
         structure = self.structure(prompt, prepared, float(cues[self.size_unit]), raw, counts)
         # np.log1p of the counts, by table: the same values, without an array per count vector
-        table = _LOG1P
-        logs = [table[c] for c in cues] if max(cues) < len(table) else np.log1p(cues).tolist()
+        table = LOG1P_TABLE
+        logs = [table[c] for c in cues] if max(cues) < len(table) else log1p_of_counts(cues)
         return structure + logs

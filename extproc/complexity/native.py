@@ -1,8 +1,9 @@
 """The request path's inner loops in C (`_native.c`), fed with a loaded model's tables.
 
-One pass over a prompt's bytes gives the counts of the structure features, the token ids, the cue
-counts and the strong_gain head's raw output; the difficulty head runs on the feature list without
-a numpy call. The numpy code stays the definition (training, `explain`, and installs built
+One call scores a prompt: a pass over its bytes gives the counts of the structure features, the
+token ids, the cue counts and the strong_gain head's raw output, and the difficulty head runs on
+the features; only the two regular expressions of the features run in Python, and only where they
+can match. The numpy code stays the definition (training, `explain`, and installs built
 without a C compiler use it); tests/complexity/test_native.py checks that both give the same
 numbers.
 """
@@ -17,9 +18,13 @@ import numpy.typing as npt
 from extproc.complexity.features import (
     ASK_HEAD_TOKENS,
     ASK_TAIL_TOKENS,
+    LOG1P_TABLE,
     MATH_SYMBOLS,
     MAX_CUE_TOKENS,
     FeatureExtractor,
+    log1p_of_counts,
+    numbered_items,
+    requested_size,
 )
 from extproc.complexity.lexical import LexicalModel
 
@@ -41,8 +46,9 @@ def _array(values: npt.ArrayLike, dtype: type[Any]) -> npt.NDArray[Any]:
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def scanner(extractor: FeatureExtractor, gain: LexicalModel) -> Scanner:
-    """The scanner of a model's features and lexical head (`available(gain)` must hold)."""
+def scanner(extractor: FeatureExtractor, gain: LexicalModel, difficulty: Difficulty) -> Scanner:
+    """The scanner of a model's features and both heads (`available(gain)` must hold; the
+    difficulty head compiled by `DifficultyHead.compiled`)."""
     if not available(gain):
         raise RuntimeError("extproc.complexity._native was not built or cannot run this model")
     return Scanner(
@@ -66,4 +72,11 @@ def scanner(extractor: FeatureExtractor, gain: LexicalModel) -> Scanner:
         idf_squared=_array(gain.idf * gain.idf, np.float64),
         intercept=gain.intercept,
         math_symbols=MATH_SYMBOLS,
+        difficulty=difficulty,
+        size_unit=extractor.size_unit,
+        log1p_table=_array(LOG1P_TABLE, np.float64),
+        # the regular expressions stay in Python (Unicode digits and spaces)
+        numbered_items=numbered_items,
+        requested_size=requested_size,
+        log1p_counts=log1p_of_counts,
     )

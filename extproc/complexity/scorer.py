@@ -264,8 +264,8 @@ class ComplexityModel:
         self.scanner: Scanner | None = None
         self.compiled_difficulty: Difficulty | None = None
         if native and available(gain):
-            self.scanner = scanner(self.extractor, gain)
             self.compiled_difficulty = difficulty.compiled()
+            self.scanner = scanner(self.extractor, gain, self.compiled_difficulty)
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, native: bool = True) -> ComplexityModel:
@@ -297,19 +297,24 @@ class ComplexityModel:
         return extractor.vector_from(prompt, prepared, ids, raw), gain_raw
 
     def scores(self, prompt: Prompt) -> Scores:
-        scan, difficulty = self.scanner, self.compiled_difficulty
-        if scan is None or difficulty is None:
+        scan = self.scanner
+        if scan is None:
             features, gain_raw = self._features(prompt)
             head = self.difficulty
             return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
-        # `_features` and the two heads with the per-character work in C (the same numbers)
+        # `_features` and the two heads in C (the same numbers)
         prepared = prepare(prompt.final)
-        raw = encode(prepared)
         whole = prompt.text
-        cues, gain_raw, counts = scan.scan(raw, whole is None)
+        level, gain_raw = scan.score(
+            prepared,
+            encode(prepared),
+            prompt.turns,
+            prompt.context_tokens,
+            prompt.system_tokens,
+            whole is None,
+        )
         if whole is not None:
             gain_raw = scan.gain(encode(prepare(whole)))
-        level = difficulty.level(self.extractor.features_of_counts(prompt, prepared, cues, raw, counts))
         return Scores(level_to_score(level), self.gain.calibrate(gain_raw))
 
     def score_request(self, request: ParsedRequest) -> Scores:

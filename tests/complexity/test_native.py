@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity import native
-from extproc.complexity.features import Prompt, text_counts
+from extproc.complexity.features import LOG1P_TABLE, Prompt, text_counts
 from extproc.complexity.lexical import encode, prepare
 from extproc.complexity.scorer import ComplexityModel, level_to_score
 from extproc.complexity.train import GRADED_TEST, GRADED_TRAIN, read_rows
@@ -63,9 +63,18 @@ def check(prompt: Prompt) -> None:
         numpy_model.gain.raw(prompt.full_text), rel=ROUNDING, abs=ROUNDING
     )
     features = extractor.vector_from(prompt, prepared, ids, raw)
+    # exactly: the trees compare them with thresholds
+    assert (
+        scanner.features(prepared, raw, prompt.turns, prompt.context_tokens, prompt.system_tokens)
+        == features.tolist()
+    )
     head = numpy_model.difficulty
     level = difficulty.level(features.tolist())
     assert level == pytest.approx(head.level(head.raw(features)), rel=ROUNDING, abs=ROUNDING)
+    assert scanner.score(prepared, raw, prompt.turns, prompt.context_tokens, prompt.system_tokens, True) == (
+        level,
+        gain_raw,
+    )
     got, want = model.scores(prompt), numpy_model.scores(prompt)
     assert got.complexity == pytest.approx(want.complexity, rel=ROUNDING, abs=ROUNDING)
     assert got.strong_gain == pytest.approx(want.strong_gain, rel=ROUNDING, abs=ROUNDING)
@@ -128,3 +137,11 @@ def test_the_same_numbers_as_numpy_on_any_text(text: str) -> None:
 @given(st.text(max_size=80))
 def test_the_same_numbers_as_numpy_on_any_characters(text: str) -> None:
     check(Prompt.from_text(text))
+
+
+def test_the_same_numbers_as_numpy_when_a_cue_count_is_past_the_log_table() -> None:
+    prompt = Prompt.from_text("hi! " * 2000 + "\n1. write 3,000 words\n- and prove it")
+    extractor = reference().extractor
+    prepared = prepare(prompt.final)
+    assert max(extractor.cue_counts(extractor.text_ids(prepared, encode(prepared)))) >= len(LOG1P_TABLE)
+    check(prompt)
