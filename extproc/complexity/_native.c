@@ -195,11 +195,14 @@ static PyTypeObject DifficultyType = {
  * bigrams are rows per first token, and the counts of a prompt's columns live in a small table. */
 
 #define PACKED_BYTES 8
+#define STARTS_CUE 0x100    /* the token starts a cue of 2+ tokens */
+#define CONTINUES_CUE 0x200 /* the token is the second of a cue of 2+ tokens */
 
 typedef struct {
     uint64_t key; /* a token of at most 8 bytes as one little-endian integer (0: empty slot) */
     int32_t id;
     int32_t column; /* the lexical head's unigram column (-1: none) */
+    double idf[2];  /* that column's idf·weight and idf² (in the same cache line) */
 } ShortSlot;
 
 typedef struct {
@@ -208,11 +211,13 @@ typedef struct {
     uint32_t length; /* 0: empty slot */
     int32_t id;
     int32_t column;
+    double idf[2];
 } LongSlot;
 
 typedef struct {
     int32_t column; /* -1: empty */
     int32_t count;
+    const double *idf; /* the column's idf·weight and idf² */
 } ColumnCount;
 
 typedef struct {
@@ -223,6 +228,7 @@ typedef struct {
 typedef struct {
     uint32_t key; /* a·V + b */
     int32_t column; /* -1: empty */
+    double idf[2];
 } BigramSlot;
 
 typedef struct {
@@ -237,9 +243,7 @@ typedef struct {
     int32_t unknown_column;
     /* cue groups */
     int64_t base;
-    int8_t *unigram_group;    /* [base] */
-    uint8_t *starts_ngram;    /* [base] */
-    uint8_t *continues_ngram; /* [base] */
+    uint16_t *cue_info; /* [base]: the token's cue group + 1 (0: none), STARTS_CUE, CONTINUES_CUE */
     CueSlot *cues; /* every cue of 2+ tokens and each of its prefixes, by packed key */
     uint64_t cue_mask;
     int max_cue_tokens;
@@ -267,6 +271,7 @@ typedef struct {
     double intercept;
     /* scratch */
     int32_t *ids, *unigram_columns;
+    const double **unigram_idf;
     Py_ssize_t ids_capacity;
     ColumnCount *counts;
     int32_t *touched;
@@ -277,9 +282,7 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->short_slots);
     PyMem_Free(self->long_slots);
     PyMem_Free(self->long_bytes);
-    PyMem_Free(self->unigram_group);
-    PyMem_Free(self->starts_ngram);
-    PyMem_Free(self->continues_ngram);
+    PyMem_Free(self->cue_info);
     PyMem_Free(self->cues);
     PyMem_Free(self->log1p_table);
     Py_XDECREF(self->difficulty);
@@ -292,6 +295,7 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->idf);
     PyMem_Free(self->ids);
     PyMem_Free(self->unigram_columns);
+    PyMem_Free(self->unigram_idf);
     PyMem_Free(self->counts);
     PyMem_Free(self->touched);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -357,19 +361,22 @@ static int build_token_table(Scanner *self, PyObject *index, const int64_t *unig
             return -1;
         }
         int32_t column = (int32_t)unigram_column[id < self->vocab ? id : 0];
+        double idf_weight = column >= 0 ? self->idf[2 * column] : 0.0;
+        double idf_squared = column >= 0 ? self->idf[2 * column + 1] : 0.0;
         const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(key);
         if (length <= PACKED_BYTES) {
             uint64_t packed = pack(text, length);
             if (memchr(text, 0, (size_t)length) != NULL) continue; /* never a token: no zero byte */
             uint64_t slot = short_slot(self, packed);
             while (self->short_slots[slot].key != 0) slot = (slot + 1) & self->short_mask;
-            self->short_slots[slot] = (ShortSlot){packed, (int32_t)id, column};
+            self->short_slots[slot] = (ShortSlot){packed, (int32_t)id, column, {idf_weight, idf_squared}};
         } else {
             memcpy(self->long_bytes + offset, text, (size_t)length);
             uint64_t h = hash_bytes(text, length);
             uint64_t slot = h & self->long_mask;
             while (self->long_slots[slot].length != 0) slot = (slot + 1) & self->long_mask;
-            self->long_slots[slot] = (LongSlot){h, offset, (uint32_t)length, (int32_t)id, column};
+            self->long_slots[slot] =
+                (LongSlot){h, offset, (uint32_t)length, (int32_t)id, column, {idf_weight, idf_squared}};
             offset += (uint32_t)length;
         }
     }
@@ -378,7 +385,8 @@ static int build_token_table(Scanner *self, PyObject *index, const int64_t *unig
 }
 
 /* A token's id and unigram column (unknown: id 0). */
-static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize_t n, int32_t *id, int32_t *column) {
+static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize_t n, int32_t *id, int32_t *column,
+                           const double **idf) {
     if (n <= PACKED_BYTES) {
         uint64_t key = pack(s, n);
         uint64_t slot = short_slot(self, key);
@@ -387,6 +395,7 @@ static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize
             if (t->key == key) {
                 *id = t->id;
                 *column = t->column;
+                *idf = t->idf;
                 return;
             }
             if (t->key == 0) break;
@@ -401,6 +410,7 @@ static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize
             if (t->hash == h && t->length == (uint32_t)n && memcmp(self->long_bytes + t->offset, s, (size_t)n) == 0) {
                 *id = t->id;
                 *column = t->column;
+                *idf = t->idf;
                 return;
             }
             slot = (slot + 1) & self->long_mask;
@@ -408,6 +418,7 @@ static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize
     }
     *id = 0;
     *column = self->unknown_column;
+    *idf = self->unknown_column >= 0 ? self->idf + 2 * (Py_ssize_t)self->unknown_column : NULL;
 }
 
 static inline uint64_t bigram_slot(const Scanner *self, uint32_t key) {
@@ -433,7 +444,7 @@ static int build_bigrams(Scanner *self, PyObject *keys_obj, Py_ssize_t first_col
         PyErr_NoMemory();
         return -1;
     }
-    for (uint64_t i = 0; i < size; i++) self->bigrams[i] = (BigramSlot){0, -1};
+    for (uint64_t i = 0; i < size; i++) self->bigrams[i] = (BigramSlot){0, -1, {0.0, 0.0}};
     if (first_column + count > self->columns) goto shape;
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t packed = keys[i] - offset;
@@ -441,7 +452,8 @@ static int build_bigrams(Scanner *self, PyObject *keys_obj, Py_ssize_t first_col
         self->starts_bigram[packed / v] = 1;
         uint64_t slot = bigram_slot(self, (uint32_t)packed);
         while (self->bigrams[slot].column != -1) slot = (slot + 1) & self->bigram_mask;
-        self->bigrams[slot] = (BigramSlot){(uint32_t)packed, (int32_t)(first_column + i)};
+        const double *idf = self->idf + 2 * (first_column + i);
+        self->bigrams[slot] = (BigramSlot){(uint32_t)packed, (int32_t)(first_column + i), {idf[0], idf[1]}};
     }
     PyMem_Free(keys);
     return 0;
@@ -451,13 +463,13 @@ shape:
     return -1;
 }
 
-static inline int32_t bigram_column(const Scanner *self, int32_t a, int32_t b) {
+static inline const BigramSlot *find_bigram(const Scanner *self, int32_t a, int32_t b) {
     uint32_t key = (uint32_t)a * (uint32_t)self->vocab + (uint32_t)b;
     uint64_t slot = bigram_slot(self, key);
     for (;;) {
         const BigramSlot *t = &self->bigrams[slot];
-        if (t->column == -1) return -1;
-        if (t->key == key) return t->column;
+        if (t->column == -1) return NULL;
+        if (t->key == key) return t;
         slot = (slot + 1) & self->bigram_mask;
     }
 }
@@ -590,22 +602,31 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
     unigram_column = NULL;
     idf_weight = idf_squared = NULL;
     self->intercept = intercept;
-    self->unigram_group = copy_buffer(unigram_group, 1, &n, "unigram_group");
-    if (self->unigram_group == NULL) return -1;
-    if (n != base) goto shape;
-    self->starts_ngram = copy_buffer(starts, 1, &n, "starts_ngram");
-    if (self->starts_ngram == NULL) return -1;
-    if (n != base) goto shape;
-    self->continues_ngram = copy_buffer(continues, 1, &n, "continues_ngram");
-    if (self->continues_ngram == NULL) return -1;
-    if (n != base) goto shape;
+    /* the three per-token cue tables as one (one cache line per token, not three) */
+    Py_ssize_t starts_n, continues_n;
+    int8_t *group_of = copy_buffer(unigram_group, 1, &n, "unigram_group");
+    uint8_t *starts_of = group_of == NULL ? NULL : copy_buffer(starts, 1, &starts_n, "starts_ngram");
+    uint8_t *continues_of = starts_of == NULL ? NULL : copy_buffer(continues, 1, &continues_n, "continues_ngram");
+    self->cue_info = continues_of == NULL ? NULL : PyMem_Malloc((size_t)base * sizeof(uint16_t));
+    int fits = self->cue_info != NULL && n == base && starts_n == base && continues_n == base;
+    for (Py_ssize_t i = 0; fits && i < base; i++) {
+        fits = group_of[i] < groups;
+        self->cue_info[i] = (uint16_t)((group_of[i] >= 0 ? group_of[i] + 1 : 0) | (starts_of[i] ? STARTS_CUE : 0) |
+                                       (continues_of[i] ? CONTINUES_CUE : 0));
+    }
+    PyMem_Free(group_of);
+    PyMem_Free(starts_of);
+    PyMem_Free(continues_of);
+    if (self->cue_info == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    if (!fits) goto shape;
     self->max_cue_tokens = max_cue_tokens;
     int64_t power = 1; /* base ** max_cue_tokens, checked by the Python side to fit */
     for (int i = 0; i < max_cue_tokens; i++) power *= base;
     for (int length = 1; length <= max_cue_tokens; length++) self->cue_offsets[length - 1] = (length - 1) * power;
     self->groups = groups;
-    for (Py_ssize_t i = 0; i < base; i++)
-        if (self->unigram_group[i] >= groups) goto shape;
     int64_t *keys = copy_buffer(ngram_keys, 8, &keys_n, "ngram_keys");
     if (keys == NULL) return -1;
     int64_t *key_groups = copy_buffer(ngram_group, 8, &groups_n, "ngram_group");
@@ -648,7 +669,9 @@ static int reserve(Scanner *self, Py_ssize_t tokens) {
         if (ids != NULL) self->ids = ids;
         int32_t *columns = PyMem_Realloc(self->unigram_columns, (size_t)size * sizeof(int32_t));
         if (columns != NULL) self->unigram_columns = columns;
-        if (ids == NULL || columns == NULL) {
+        const double **idf = PyMem_Realloc(self->unigram_idf, (size_t)size * sizeof(double *));
+        if (idf != NULL) self->unigram_idf = idf;
+        if (ids == NULL || columns == NULL || idf == NULL) {
             PyErr_NoMemory();
             return -1;
         }
@@ -701,7 +724,7 @@ static Py_ssize_t tokenize(Scanner *self, const unsigned char *s, Py_ssize_t n) 
             i++; /* other ASCII, and a continuation byte without its lead (not in valid UTF-8) */
             continue;
         }
-        look_up(self, s + start, i - start, &ids[count], &columns[count]);
+        look_up(self, s + start, i - start, &ids[count], &columns[count], &self->unigram_idf[count]);
         count++;
     }
     return count;
@@ -715,13 +738,14 @@ static void count_cues(const Scanner *self, Py_ssize_t n, Py_ssize_t *counts) {
     Py_ssize_t tail = n - self->ask_tail;
     for (Py_ssize_t i = 0; i < n; i++) {
         int32_t id = ids[i];
-        int group = self->unigram_group[id];
+        unsigned info = self->cue_info[id];
+        int group = (int)(info & 0xFF) - 1;
         int in_ask = i < self->ask_head || i >= tail;
         if (group >= 0) {
             counts[group]++;
             if (in_ask) counts[groups + group]++;
         }
-        if (i + 1 < n && self->starts_ngram[id] && self->continues_ngram[ids[i + 1]]) {
+        if (i + 1 < n && (info & STARTS_CUE) && (self->cue_info[ids[i + 1]] & CONTINUES_CUE)) {
             /* the 2- to max-token windows from here; past the end, a window reads token 0 */
             int64_t key = id;
             for (int length = 2; length <= self->max_cue_tokens; length++) {
@@ -751,7 +775,8 @@ static PyObject *list_of_counts(const Py_ssize_t *counts, Py_ssize_t n) {
     return out;
 }
 
-static inline void count_column(Scanner *self, uint64_t mask, int32_t column, Py_ssize_t *touched) {
+static inline void count_column(Scanner *self, uint64_t mask, int32_t column, const double *idf,
+                                Py_ssize_t *touched) {
     uint64_t slot = ((uint64_t)column * 0x9E3779B97F4A7C15ULL >> 32) & mask;
     for (;;) {
         ColumnCount *c = &self->counts[slot];
@@ -762,6 +787,7 @@ static inline void count_column(Scanner *self, uint64_t mask, int32_t column, Py
         if (c->column == -1) {
             c->column = column;
             c->count = 1;
+            c->idf = idf;
             self->touched[(*touched)++] = (int32_t)slot;
             return;
         }
@@ -773,17 +799,18 @@ static inline void count_column(Scanner *self, uint64_t mask, int32_t column, Py
  * tf = 1 + log(count) per column present. */
 static double gain_raw(Scanner *self, Py_ssize_t n) {
     const int32_t *ids = self->ids, *columns = self->unigram_columns;
+    const double **unigram_idf = self->unigram_idf;
     int32_t vocab = (int32_t)self->vocab;
     Py_ssize_t touched = 0, size = reserve_counts(self, n);
     if (size < 0) return NAN;
     uint64_t mask = (uint64_t)size - 1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (columns[i] >= 0) count_column(self, mask, columns[i], &touched);
+        if (columns[i] >= 0) count_column(self, mask, columns[i], unigram_idf[i], &touched);
         if (self->order == 2 && i + 1 < n) {
             int32_t a = ids[i] < vocab ? ids[i] : 0, b = ids[i + 1] < vocab ? ids[i + 1] : 0;
             if (self->starts_bigram[a]) {
-                int32_t column = bigram_column(self, a, b);
-                if (column >= 0) count_column(self, mask, column, &touched);
+                const BigramSlot *bigram = find_bigram(self, a, b);
+                if (bigram != NULL) count_column(self, mask, bigram->column, bigram->idf, &touched);
             }
         }
     }
@@ -792,7 +819,7 @@ static double gain_raw(Scanner *self, Py_ssize_t n) {
     for (Py_ssize_t j = 0; j < touched; j++) {
         ColumnCount *c = &self->counts[self->touched[j]];
         double tf = c->count < 64 ? self->tf[c->count] : 1.0 + log((double)c->count);
-        const double *idf = self->idf + 2 * (Py_ssize_t)c->column;
+        const double *idf = c->idf;
         dot += tf * idf[0];
         norm += tf * tf * idf[1];
         c->column = -1;
