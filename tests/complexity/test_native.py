@@ -19,6 +19,7 @@ from extproc.complexity.lexical import encode, prepare
 from extproc.complexity.scorer import ComplexityModel, level_to_score
 from extproc.complexity.train import GRADED_TEST, GRADED_TRAIN, read_rows
 from tests.complexity.expected_scores import chinese_2kb_prompts
+from tests.complexity.test_difficulty import SIZE_PIECES
 from tests.complexity.test_scores_unchanged import expected_rows, prompt_of
 from tests.complexity.test_token_ids import TEXTS
 
@@ -96,35 +97,9 @@ def test_the_same_numbers_as_numpy_on_every_fixture_prompt() -> None:
     assert with_longer_cues > 10
 
 
-PIECES = [
-    "ab",
-    "9",
-    " ",
-    "-",
-    "\n",
-    ".",
-    "é",
-    "中文",
-    "证明",
-    "🚀",
-    "\ud800",
-    "À",
-    "Z",
-    "prove",
-    " show that ",
-]
-PIECES += [
-    "time complexity",
-    "at least once",
-    "写一个",
-    "时间复杂度",
-    "3,000 words",
-    "字",
-    "`",
-    "\n- ",
-    "\n* ",
-]
-PIECES += ["\n•", "？", "?", "\\", "^", "≤", "ℝ", "²", "{", "_", "\n\n", "\n1. "]
+# cue words, structure marks and, from the requested-size test, numbers, units and spaces
+PIECES = [*"ab9-.éÀZ{_^?？\\`≤ℝ²🚀", "中文", "证明", "\ud800", "prove", " show that ", "time complexity"]
+PIECES += ["at least once", "写一个", "时间复杂度", "\n- ", "\n* ", "\n•", "\n\n", "\n1. ", *SIZE_PIECES]
 
 
 @settings(max_examples=300, deadline=None)
