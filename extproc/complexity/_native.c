@@ -195,6 +195,7 @@ static PyTypeObject DifficultyType = {
  * bigrams are rows per first token, and the counts of a prompt's columns live in a small table. */
 
 #define PACKED_BYTES 8
+#define PREFETCH_AHEAD 8 /* tokens: how far ahead a table slot is fetched */
 #define STARTS_CUE 0x100    /* the token starts a cue of 2+ tokens */
 #define CONTINUES_CUE 0x200 /* the token is the second of a cue of 2+ tokens */
 
@@ -270,7 +271,8 @@ typedef struct {
     Py_ssize_t columns;
     double intercept;
     /* scratch */
-    int32_t *ids, *unigram_columns;
+    int32_t *ids, *unigram_columns, *token_start, *token_length;
+    uint64_t *token_key;
     const double **unigram_idf;
     Py_ssize_t ids_capacity;
     ColumnCount *counts;
@@ -296,6 +298,9 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->ids);
     PyMem_Free(self->unigram_columns);
     PyMem_Free(self->unigram_idf);
+    PyMem_Free(self->token_start);
+    PyMem_Free(self->token_length);
+    PyMem_Free(self->token_key);
     PyMem_Free(self->counts);
     PyMem_Free(self->touched);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -385,10 +390,9 @@ static int build_token_table(Scanner *self, PyObject *index, const int64_t *unig
 }
 
 /* A token's id and unigram column (unknown: id 0). */
-static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize_t n, int32_t *id, int32_t *column,
-                           const double **idf) {
+static inline void look_up(const Scanner *self, const unsigned char *s, Py_ssize_t n, uint64_t key, int32_t *id,
+                           int32_t *column, const double **idf) {
     if (n <= PACKED_BYTES) {
-        uint64_t key = pack(s, n);
         uint64_t slot = short_slot(self, key);
         for (;;) {
             const ShortSlot *t = &self->short_slots[slot];
@@ -671,7 +675,13 @@ static int reserve(Scanner *self, Py_ssize_t tokens) {
         if (columns != NULL) self->unigram_columns = columns;
         const double **idf = PyMem_Realloc(self->unigram_idf, (size_t)size * sizeof(double *));
         if (idf != NULL) self->unigram_idf = idf;
-        if (ids == NULL || columns == NULL || idf == NULL) {
+        int32_t *starts = PyMem_Realloc(self->token_start, (size_t)size * sizeof(int32_t));
+        if (starts != NULL) self->token_start = starts;
+        int32_t *lengths = PyMem_Realloc(self->token_length, (size_t)size * sizeof(int32_t));
+        if (lengths != NULL) self->token_length = lengths;
+        uint64_t *keys = PyMem_Realloc(self->token_key, (size_t)size * sizeof(uint64_t));
+        if (keys != NULL) self->token_key = keys;
+        if (ids == NULL || columns == NULL || idf == NULL || starts == NULL || lengths == NULL || keys == NULL) {
             PyErr_NoMemory();
             return -1;
         }
@@ -708,8 +718,15 @@ static Py_ssize_t reserve_counts(Scanner *self, Py_ssize_t tokens) {
  * single characters, a lead byte with its continuation bytes; other bytes separate), their ids
  * and unigram columns into the scratch arrays; returns how many, or -1 with an exception set. */
 static Py_ssize_t tokenize(Scanner *self, const unsigned char *s, Py_ssize_t n) {
+    if (n >= INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "text too long");
+        return -1;
+    }
     if (reserve(self, n) < 0) return -1;
-    int32_t *ids = self->ids, *columns = self->unigram_columns;
+    int32_t *starts = self->token_start, *lengths = self->token_length;
+    uint64_t *keys = self->token_key;
+    /* first the tokens, then their lookups, each slot fetched ahead of its use: the table is
+     * mostly not in the cache, and the misses overlap */
     Py_ssize_t count = 0, i = 0;
     while (i < n) {
         unsigned char c = s[i];
@@ -724,8 +741,16 @@ static Py_ssize_t tokenize(Scanner *self, const unsigned char *s, Py_ssize_t n) 
             i++; /* other ASCII, and a continuation byte without its lead (not in valid UTF-8) */
             continue;
         }
-        look_up(self, s + start, i - start, &ids[count], &columns[count], &self->unigram_idf[count]);
+        starts[count] = (int32_t)start;
+        lengths[count] = (int32_t)(i - start);
+        keys[count] = i - start <= PACKED_BYTES ? pack(s + start, i - start) : 0;
         count++;
+    }
+    for (Py_ssize_t t = 0; t < count; t++) {
+        if (t + PREFETCH_AHEAD < count && keys[t + PREFETCH_AHEAD])
+            __builtin_prefetch(&self->short_slots[short_slot(self, keys[t + PREFETCH_AHEAD])]);
+        look_up(self, s + starts[t], lengths[t], keys[t], &self->ids[t], &self->unigram_columns[t],
+                &self->unigram_idf[t]);
     }
     return count;
 }
@@ -805,6 +830,12 @@ static double gain_raw(Scanner *self, Py_ssize_t n) {
     if (size < 0) return NAN;
     uint64_t mask = (uint64_t)size - 1;
     for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t ahead = i + PREFETCH_AHEAD;
+        if (self->order == 2 && ahead + 1 < n) {
+            int32_t a = ids[ahead] < vocab ? ids[ahead] : 0, b = ids[ahead + 1] < vocab ? ids[ahead + 1] : 0;
+            if (self->starts_bigram[a])
+                __builtin_prefetch(&self->bigrams[bigram_slot(self, (uint32_t)a * (uint32_t)vocab + (uint32_t)b)]);
+        }
         if (columns[i] >= 0) count_column(self, mask, columns[i], unigram_idf[i], &touched);
         if (self->order == 2 && i + 1 < n) {
             int32_t a = ids[i] < vocab ? ids[i] : 0, b = ids[i + 1] < vocab ? ids[i + 1] : 0;
