@@ -255,7 +255,10 @@ typedef struct {
     Py_ssize_t size_unit; /* the cue group of output size units */
     double *log1p_table;  /* np.log1p of the usual cue counts */
     Py_ssize_t log1p_size;
-    PyObject *numbered_items, *requested_size, *log1p_counts;
+    PyObject *requested_size, *log1p_counts;
+    /* the size units' UTF-8 forms (features.SIZE_UNIT_STARTS), and which bytes start one */
+    PyObject *size_units; /* a tuple of bytes */
+    uint8_t unit_first[256];
     /* the structure features' math symbols: a bit per code point up to the largest */
     uint8_t *math_symbols;
     Py_UCS4 math_symbol_limit; /* one past the largest (0: none) */
@@ -288,8 +291,8 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->cues);
     PyMem_Free(self->log1p_table);
     Py_XDECREF(self->difficulty);
-    Py_XDECREF(self->numbered_items);
     Py_XDECREF(self->requested_size);
+    Py_XDECREF(self->size_units);
     Py_XDECREF(self->log1p_counts);
     PyMem_Free(self->math_symbols);
     PyMem_Free(self->starts_bigram);
@@ -527,10 +530,10 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
                             "ngram_keys", "ngram_group", "groups", "max_cue_tokens", "ask_head", "ask_tail",
                             "vocab", "order", "unigram_column", "gram_keys", "idf_weight",
                             "idf_squared", "intercept", "math_symbols", "difficulty", "size_unit",
-                            "log1p_table", "numbered_items", "requested_size", "log1p_counts", NULL};
+                            "log1p_table", "size_units", "requested_size", "log1p_counts", NULL};
     PyObject *index, *unigram_group, *starts, *continues, *ngram_keys, *ngram_group;
     PyObject *unigram_column_obj, *gram_keys, *idf_weight_obj, *idf_squared_obj, *math_symbols;
-    PyObject *difficulty, *log1p_table, *numbered_items, *requested_size, *log1p_counts;
+    PyObject *difficulty, *log1p_table, *size_units, *requested_size, *log1p_counts;
     Py_ssize_t size_unit;
     long long base, vocab;
     int max_cue_tokens, order;
@@ -545,11 +548,11 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
                                      &ngram_group, &groups, &max_cue_tokens, &ask_head, &ask_tail, &vocab,
                                      &order, &unigram_column_obj, &gram_keys, &idf_weight_obj,
                                      &idf_squared_obj, &intercept, &math_symbols, &DifficultyType,
-                                     &difficulty, &size_unit, &log1p_table, &numbered_items,
-                                     &requested_size, &log1p_counts))
+                                     &difficulty, &size_unit, &log1p_table, &size_units, &requested_size,
+                                     &log1p_counts))
         return -1;
-    if (!PyCallable_Check(numbered_items) || !PyCallable_Check(requested_size) || !PyCallable_Check(log1p_counts)) {
-        PyErr_SetString(PyExc_TypeError, "numbered_items, requested_size and log1p_counts must be callable");
+    if (!PyCallable_Check(requested_size) || !PyCallable_Check(log1p_counts)) {
+        PyErr_SetString(PyExc_TypeError, "requested_size and log1p_counts must be callable");
         return -1;
     }
     if (((Difficulty *)difficulty)->features != STRUCTURE_FEATURES + 2 * groups || size_unit < 0 ||
@@ -558,7 +561,31 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->difficulty = (Difficulty *)Py_NewRef(difficulty);
-    self->numbered_items = Py_NewRef(numbered_items);
+    self->size_units = PyTuple_New(0);
+    PyObject *units = PySequence_Fast(size_units, "size_units must be a sequence of str");
+    if (self->size_units == NULL || units == NULL) {
+        Py_XDECREF(units);
+        return -1;
+    }
+    Py_SETREF(self->size_units, PyTuple_New(PySequence_Fast_GET_SIZE(units)));
+    if (self->size_units == NULL) {
+        Py_DECREF(units);
+        return -1;
+    }
+    memset(self->unit_first, 0, sizeof(self->unit_first));
+    for (Py_ssize_t u = 0; u < PySequence_Fast_GET_SIZE(units); u++) {
+        PyObject *unit = PySequence_Fast_GET_ITEM(units, u);
+        PyObject *utf8 = PyUnicode_Check(unit) ? PyUnicode_AsUTF8String(unit) : NULL;
+        if (utf8 == NULL || PyBytes_GET_SIZE(utf8) == 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "size units must be non-empty str");
+            Py_XDECREF(utf8);
+            Py_DECREF(units);
+            return -1;
+        }
+        self->unit_first[(unsigned char)PyBytes_AS_STRING(utf8)[0]] = 1;
+        PyTuple_SET_ITEM(self->size_units, u, utf8);
+    }
+    Py_DECREF(units);
     self->requested_size = Py_NewRef(requested_size);
     self->log1p_counts = Py_NewRef(log1p_counts);
     self->size_unit = size_unit;
@@ -930,6 +957,72 @@ static void count_text(const Scanner *self, const unsigned char *s, Py_ssize_t n
     c[PASTED_NON_ASCII] = c[NON_ASCII_BYTES] > ask_non_ascii_bytes;
 }
 
+/* The code point of the character whose first byte is s[i], and its length in bytes (a
+ * continuation byte without its lead: itself, one byte; never in the scorer's valid UTF-8). */
+static Py_UCS4 decode_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *length) {
+    unsigned char b = s[i];
+    int extra = b < 0xC0 ? 0 : b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
+    Py_UCS4 point = extra ? b & (0x3F >> extra) : b;
+    int k = 1;
+    for (; k <= extra && i + k < n; k++) point = (point << 6) | (s[i + k] & 0x3F);
+    *length = k;
+    return point;
+}
+
+/* '.', ')', U+3001 or U+FF09 at s[k]: what closes a numbered item. */
+static int closes_item(const unsigned char *s, Py_ssize_t n, Py_ssize_t k) {
+    if (k >= n) return 0;
+    if (s[k] == '.' || s[k] == ')') return 1;
+    return k + 2 < n && ((s[k] == 0xE3 && s[k + 1] == 0x80 && s[k + 2] == 0x81) ||
+                         (s[k] == 0xEF && s[k + 1] == 0xBC && s[k + 2] == 0x89));
+}
+
+/* features.numbered_items: the matches of `\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]` (each
+ * holds one line break, its first character, so they never overlap; \d is any Unicode decimal). */
+static Py_ssize_t numbered_items(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] != '\n') continue;
+        Py_ssize_t j = i + 1, first, second;
+        while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+        if (j >= n) break;
+        if (s[j] >= 'a' && s[j] <= 'z') {
+            count += closes_item(s, n, j + 1);
+            continue;
+        }
+        if (!Py_UNICODE_ISDECIMAL(decode_at(s, n, j, &first))) continue;
+        Py_ssize_t k = j + first; /* two digits, else one */
+        if (k < n && Py_UNICODE_ISDECIMAL(decode_at(s, n, k, &second)) && closes_item(s, n, k + second)) count++;
+        else count += closes_item(s, n, k);
+    }
+    return count;
+}
+
+/* True wherever features.may_request_size is (and perhaps elsewhere): a size unit starts after
+ * spaces and hyphens that follow a character of [\d,.]. */
+static int may_request_size(const Scanner *self, const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t units = PyTuple_GET_SIZE(self->size_units);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!self->unit_first[s[i]]) continue;
+        int found = 0;
+        for (Py_ssize_t u = 0; u < units && !found; u++) {
+            PyObject *unit = PyTuple_GET_ITEM(self->size_units, u);
+            Py_ssize_t length = PyBytes_GET_SIZE(unit);
+            found = i + length <= n && memcmp(s + i, PyBytes_AS_STRING(unit), (size_t)length) == 0;
+        }
+        if (!found) continue;
+        for (Py_ssize_t p = i; p > 0;) { /* back over the characters before the unit */
+            Py_ssize_t start = p - 1, length;
+            while (start > 0 && (s[start] & 0xC0) == 0x80) start--;
+            Py_UCS4 c = decode_at(s, n, start, &length);
+            if (c == ',' || c == '.' || Py_UNICODE_ISDECIMAL(c)) return 1;
+            if (c != '-' && !Py_UNICODE_ISSPACE(c)) break;
+            p = start;
+        }
+    }
+    return 0;
+}
+
 /* A Python function's result as a double (an int or a float), or -1 with an exception set. */
 static double call_for_number(PyObject *function, PyObject *argument) {
     PyObject *result = PyObject_CallOneArg(function, argument);
@@ -964,16 +1057,12 @@ static int compute_features(Scanner *self, PyObject *text, const unsigned char *
     double pasted_tokens = c[PASTED_NON_ASCII] ? pasted_bytes / 3.0 : pasted_bytes / 4.0;
     Py_ssize_t math_chars = c[CARETS] + c[MATH];
     double size = 0.0;
-    if (c[DIGITS] && cues[self->size_unit]) {
+    if (c[DIGITS] && cues[self->size_unit] && may_request_size(self, s, n)) {
         size = call_for_number(self->requested_size, text);
         if (size == -1.0 && PyErr_Occurred()) return -1;
     }
     Py_ssize_t list_items = 0; /* every kind of item starts a line: none without a line break */
-    if (c[NEWLINES]) {
-        double numbered = call_for_number(self->numbered_items, text);
-        if (numbered == -1.0 && PyErr_Occurred()) return -1;
-        list_items = (Py_ssize_t)numbered + c[LIST_MARKS];
-    }
+    if (c[NEWLINES]) list_items = numbered_items(s, n) + c[LIST_MARKS];
     Py_ssize_t non_ascii = ascii_text ? 0 : length_chars - (n - c[NON_ASCII_BYTES]);
     double fences = (double)c[FENCES] / 2.0;
     x[0] = length;

@@ -31,7 +31,7 @@ class Scanner:
         difficulty: Difficulty,
         size_unit: int,
         log1p_table: npt.NDArray[np.float64],
-        numbered_items: Callable[[str], int],
+        size_units: Sequence[str],
         requested_size: Callable[[str], float],
         log1p_counts: Callable[[list[int]], list[float]],
     ) -> None: ...

@@ -37,6 +37,8 @@ _NUMBERED_ITEM = re.compile(r"\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]")
 _SIZE_UNITS = "words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?"
 _REQUESTED_SIZE = re.compile(rf"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:{_SIZE_UNITS})")
 _SIZE_UNIT = re.compile(_SIZE_UNITS)
+# how each unit starts (its optional last letter dropped): what the C scanner searches for
+SIZE_UNIT_STARTS = tuple(re.sub(r".\?$", "", unit) for unit in _SIZE_UNITS.split("|"))
 # Character classes, counted by deleting them from the UTF-8 bytes (a C loop, no Python per char).
 _CODE_BYTES = b"{};=<>[]()_#"
 _DIGIT_BYTES = b"0123456789"

@@ -21,9 +21,9 @@ from extproc.complexity.features import (
     LOG1P_TABLE,
     MATH_SYMBOLS,
     MAX_CUE_TOKENS,
+    SIZE_UNIT_STARTS,
     FeatureExtractor,
     log1p_of_counts,
-    numbered_items,
     requested_size,
 )
 from extproc.complexity.lexical import LexicalModel
@@ -75,8 +75,8 @@ def scanner(extractor: FeatureExtractor, gain: LexicalModel, difficulty: Difficu
         difficulty=difficulty,
         size_unit=extractor.size_unit,
         log1p_table=_array(LOG1P_TABLE, np.float64),
-        # the regular expressions stay in Python (Unicode digits and spaces)
-        numbered_items=numbered_items,
+        # the requested-size regular expression stays in Python, called where a unit follows a number
+        size_units=SIZE_UNIT_STARTS,
         requested_size=requested_size,
         log1p_counts=log1p_of_counts,
     )

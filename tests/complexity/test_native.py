@@ -100,6 +100,7 @@ def test_the_same_numbers_as_numpy_on_every_fixture_prompt() -> None:
 # cue words, structure marks and, from the requested-size test, numbers, units and spaces
 PIECES = [*"ab9-.éÀZ{_^?？\\`≤ℝ²🚀", "中文", "证明", "\ud800", "prove", " show that ", "time complexity"]
 PIECES += ["at least once", "写一个", "时间复杂度", "\n- ", "\n* ", "\n•", "\n\n", "\n1. ", *SIZE_PIECES]
+PIECES += ["\n a)", "\n\t7.", "\n²)", "、", "）", ")", "\x1c", "\u2028", "\u00a0"]  # list items, odd spaces
 
 
 @settings(max_examples=300, deadline=None)
