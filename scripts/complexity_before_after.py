@@ -1,6 +1,6 @@
 """Both complexity heads, before and after a change to the scorer, timed in one process.
 
-    git archive 722859b extproc/complexity | tar -x -C /tmp/cxbefore   # the code before
+    git archive 4763ead extproc/complexity | tar -x -C /tmp/cxbefore   # the code before (main)
     (move it to /tmp/cxbefore/cxbefore/complexity, add cxbefore/__init__.py, rewrite its imports
     `extproc.complexity` -> `cxbefore.complexity`)
     .venv/bin/python scripts/complexity_before_after.py --before /tmp/cxbefore --repeats 7

@@ -1,11 +1,14 @@
-/* The complexity scorer's per-token loops in C: one pass over a prepared prompt's UTF-8 bytes
- * yields its token ids, the cue counts of the difficulty features and the strong_gain head's raw
- * output; a second call runs the difficulty head (ridge + trees) on the feature vector.
+/* The complexity scorer's request path in C (fed by extproc/complexity/native.py). One call per
+ * prompt: a pass over the prepared text's UTF-8 bytes for the structure counts, its tokens and
+ * their ids, the cue counts, the strong_gain head's TF-IDF sum, the 61 difficulty features and the
+ * difficulty head (ridge + boosted trees).
  *
  * The numpy code in features.py / lexical.py / scorer.py is the definition; this module computes
- * the same numbers (tests/complexity/test_native.py compares them on every fixture prompt). All
- * tables are copied in at model load; a call allocates nothing but its result and holds the GIL
- * throughout, so the scratch buffers of an object are never shared by two calls at once.
+ * the same numbers (tests/complexity/test_native.py: the same ids, counts and features, exactly,
+ * and the same levels and raw gains to rounding). Tables are copied in at model load and laid out
+ * for few cache lines per token. The scratch buffers of an object are used with the GIL held and
+ * done with before the one call back into Python (the requested-size regex), during which another
+ * thread could use them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

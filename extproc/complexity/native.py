@@ -2,8 +2,8 @@
 
 One call scores a prompt: a pass over its bytes gives the counts of the structure features, the
 token ids, the cue counts and the strong_gain head's raw output, and the difficulty head runs on
-the features; only the two regular expressions of the features run in Python, and only where they
-can match. The numpy code stays the definition (training, `explain`, and installs built
+the features; only the requested-size regular expression runs in Python, and only where a size
+unit follows a number. The numpy code stays the definition (training, `explain`, and installs built
 without a C compiler use it); tests/complexity/test_native.py checks that both give the same
 numbers.
 """
