@@ -261,7 +261,7 @@ typedef struct {
     PyObject *requested_size, *log1p_counts;
     /* the size units' UTF-8 forms (features.SIZE_UNIT_STARTS), and which bytes start one */
     PyObject *size_units; /* a tuple of bytes */
-    uint8_t unit_first[256];
+    uint8_t unit_pair[65536 / 8]; /* a bit per pair of first bytes of a unit */
     /* the structure features' math symbols: a bit per code point up to the largest */
     uint8_t *math_symbols;
     Py_UCS4 math_symbol_limit; /* one past the largest (0: none) */
@@ -575,17 +575,19 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(units);
         return -1;
     }
-    memset(self->unit_first, 0, sizeof(self->unit_first));
+    memset(self->unit_pair, 0, sizeof(self->unit_pair));
     for (Py_ssize_t u = 0; u < PySequence_Fast_GET_SIZE(units); u++) {
         PyObject *unit = PySequence_Fast_GET_ITEM(units, u);
         PyObject *utf8 = PyUnicode_Check(unit) ? PyUnicode_AsUTF8String(unit) : NULL;
-        if (utf8 == NULL || PyBytes_GET_SIZE(utf8) == 0) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "size units must be non-empty str");
+        if (utf8 == NULL || PyBytes_GET_SIZE(utf8) < 2) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "size units must be str of 2+ bytes");
             Py_XDECREF(utf8);
             Py_DECREF(units);
             return -1;
         }
-        self->unit_first[(unsigned char)PyBytes_AS_STRING(utf8)[0]] = 1;
+        const unsigned char *start = (const unsigned char *)PyBytes_AS_STRING(utf8);
+        unsigned pair = (unsigned)start[0] << 8 | start[1];
+        self->unit_pair[pair / 8] |= (uint8_t)(1 << (pair % 8));
         PyTuple_SET_ITEM(self->size_units, u, utf8);
     }
     Py_DECREF(units);
@@ -892,6 +894,18 @@ static inline int is_math_symbol(const Scanner *self, Py_UCS4 point) {
     return point < self->math_symbol_limit && (self->math_symbols[point / 8] >> (point % 8)) & 1;
 }
 
+/* The code point of the character whose first byte is s[i], and its length in bytes (a
+ * continuation byte without its lead: itself, one byte; never in the scorer's valid UTF-8). */
+static Py_UCS4 decode_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *length) {
+    unsigned char b = s[i];
+    int extra = b < 0xC0 ? 0 : b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
+    Py_UCS4 point = extra ? b & (0x3F >> extra) : b;
+    int k = 1;
+    for (; k <= extra && i + k < n; k++) point = (point << 6) | (s[i + k] & 0x3F);
+    *length = k;
+    return point;
+}
+
 /* features.text_counts of a prepared text's UTF-8 bytes, in its order. */
 static void count_text(const Scanner *self, const unsigned char *s, Py_ssize_t n, Py_ssize_t *c) {
     memset(c, 0, COUNTS * sizeof(Py_ssize_t));
@@ -903,16 +917,15 @@ static void count_text(const Scanner *self, const unsigned char *s, Py_ssize_t n
             backticks = 0;
         }
         if (b >= 0x80) {
-            c[NON_ASCII_BYTES]++;
+            /* a character (the text is valid UTF-8, surrogates passed), then on past it */
+            Py_ssize_t length = 1;
             if (b >= 0xC0) {
-                /* a character's code point (the text is valid UTF-8, surrogates passed) */
-                int extra = b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
-                Py_UCS4 point = b & (0x3F >> extra);
-                for (int k = 1; k <= extra && i + k < n; k++) point = (point << 6) | (s[i + k] & 0x3F);
+                Py_UCS4 point = decode_at(s, n, i, &length);
                 c[MATH] += is_math_symbol(self, point);
+                c[QUESTIONS] += point == 0xFF1F; /* the full-width question mark */
             }
-            /* U+FF1F, the full-width question mark */
-            if (b == 0xEF && i + 2 < n && s[i + 1] == 0xBC && s[i + 2] == 0x9F) c[QUESTIONS]++;
+            c[NON_ASCII_BYTES] += length;
+            i += length - 1;
             continue;
         }
         switch (b) {
@@ -960,18 +973,6 @@ static void count_text(const Scanner *self, const unsigned char *s, Py_ssize_t n
     c[PASTED_NON_ASCII] = c[NON_ASCII_BYTES] > ask_non_ascii_bytes;
 }
 
-/* The code point of the character whose first byte is s[i], and its length in bytes (a
- * continuation byte without its lead: itself, one byte; never in the scorer's valid UTF-8). */
-static Py_UCS4 decode_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *length) {
-    unsigned char b = s[i];
-    int extra = b < 0xC0 ? 0 : b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
-    Py_UCS4 point = extra ? b & (0x3F >> extra) : b;
-    int k = 1;
-    for (; k <= extra && i + k < n; k++) point = (point << 6) | (s[i + k] & 0x3F);
-    *length = k;
-    return point;
-}
-
 /* '.', ')', U+3001 or U+FF09 at s[k]: what closes a numbered item. */
 static int closes_item(const unsigned char *s, Py_ssize_t n, Py_ssize_t k) {
     if (k >= n) return 0;
@@ -1005,8 +1006,9 @@ static Py_ssize_t numbered_items(const unsigned char *s, Py_ssize_t n) {
  * spaces and hyphens that follow a character of [\d,.]. */
 static int may_request_size(const Scanner *self, const unsigned char *s, Py_ssize_t n) {
     Py_ssize_t units = PyTuple_GET_SIZE(self->size_units);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!self->unit_first[s[i]]) continue;
+    for (Py_ssize_t i = 0; i + 1 < n; i++) {
+        unsigned pair = (unsigned)s[i] << 8 | s[i + 1];
+        if (!((self->unit_pair[pair / 8] >> (pair % 8)) & 1)) continue;
         int found = 0;
         for (Py_ssize_t u = 0; u < units && !found; u++) {
             PyObject *unit = PyTuple_GET_ITEM(self->size_units, u);
