@@ -419,6 +419,7 @@ class SimEndpoint:
         self.runner: web.AppRunner | None = None
         self.port = spec.port
         self.in_flight: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.AbstractServer | None = None
         # Requests per SHA-256 prefix of each credential header value received: a hosted
         # provider's key reaching a self-hosted endpoint shows up here without the key itself.
         self.credential_hashes: dict[str, int] = {}
@@ -465,6 +466,7 @@ class SimEndpoint:
         await site.start()
         server = site._server  # the bound port when spec.port was 0
         assert server is not None
+        self._listener = server
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
@@ -476,7 +478,15 @@ class SimEndpoint:
             self.runner = None
 
     async def crash(self) -> None:
-        """Listener closed and every in-flight request cut: connection refused from now on."""
+        """Like a dead process: the listener closed and every connection reset at once, idle
+        keep-alive ones included (a graceful shutdown would keep serving requests that arrive on
+        them, against a stopped engine, until its drain timeout). Connection refused from now on."""
+        if self.runner is not None and self.runner.server is not None:
+            if self._listener is not None:
+                self._listener.close()
+            for connection in list(self.runner.server.connections):
+                if connection.transport is not None:
+                    connection.transport.abort()
         await self.stop()
 
     async def restart(self) -> None:

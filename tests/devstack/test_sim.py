@@ -182,6 +182,36 @@ async def test_warmup_errors_hang_and_crash_controls() -> None:
         await sim.stop()
 
 
+async def test_crash_cuts_streams_and_keep_alive_connections_at_once() -> None:
+    sim = await start_fleet([EndpointSpec()], time_scale=1.0)
+    endpoint = sim.endpoints[0]
+    body = {
+        "model": "llama-3-8b",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 2000,
+        "stream": True,
+    }
+    try:
+        # One pooled connection: after the first request it sits idle, kept alive.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as idle:
+            async with idle.get(f"http://{endpoint.address}/health") as reply:
+                assert reply.status == 200
+            async with aiohttp.ClientSession() as session:
+                async with session.post(
+                    f"http://{endpoint.address}/v1/chat/completions", json=body
+                ) as stream:
+                    await stream.content.readline()  # generating
+                    await endpoint.crash()
+                    with pytest.raises(aiohttp.ClientError):  # cut, not finished 2,000 tokens later
+                        await asyncio.wait_for(stream.read(), 30)
+            assert endpoint.runner is None
+            # The kept-alive connection is gone too: refused or reset, never served or left hanging.
+            with pytest.raises(aiohttp.ClientError):
+                await asyncio.wait_for(idle.get(f"http://{endpoint.address}/health"), 30)
+    finally:
+        await sim.stop()
+
+
 async def test_unknown_model_is_404_in_openai_format(fleet: SimFleet) -> None:
     async with aiohttp.ClientSession() as session:
         body = {"model": "nope", "messages": [{"role": "user", "content": "x"}]}
