@@ -196,14 +196,14 @@ async def test_crash_cuts_streams_and_keep_alive_connections_at_once() -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as idle:
             async with idle.get(f"http://{endpoint.address}/health") as reply:
                 assert reply.status == 200
-            async with aiohttp.ClientSession() as session:
-                async with session.post(
-                    f"http://{endpoint.address}/v1/chat/completions", json=body
-                ) as stream:
-                    await stream.content.readline()  # generating
-                    await endpoint.crash()
-                    with pytest.raises(aiohttp.ClientError):  # cut, not finished 2,000 tokens later
-                        await asyncio.wait_for(stream.read(), 30)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"http://{endpoint.address}/v1/chat/completions", json=body) as stream,
+            ):
+                await stream.content.readline()  # generating
+                await endpoint.crash()
+                with pytest.raises(aiohttp.ClientError):  # cut, not finished 2,000 tokens later
+                    await asyncio.wait_for(stream.read(), 30)
             assert endpoint.runner is None
             # The kept-alive connection is gone too: refused or reset, never served or left hanging.
             with pytest.raises(aiohttp.ClientError):
