@@ -21,6 +21,7 @@ from extproc.scheduler.framework import Filter, PickView, PluginContext, Scorer,
 from extproc.scheduler.outlier import OutlierDetector
 from extproc.scheduler.picking import PickContext
 from extproc.scheduler.registry import PLUGINS
+from extproc.scheduler.scorers.load import LoadScorer
 from extproc.scheduler.speed import SpeedEstimator
 
 # Assumed when nothing is known about any endpoint (only ratios between endpoints matter).
@@ -316,6 +317,19 @@ class Scheduler:
             prepared.kv_all_high or bool((snapshot.waiting[rows] >= self.config.queue_threshold).all())
         )
         return rows.tolist(), prepared.fleet_total.tolist(), list(prepared.last_resort), saturated
+
+    def load_terms(
+        self, snapshot: FleetSnapshot, rows: list[int], now: float
+    ) -> tuple[float, tuple[FloatArray, FloatArray, FloatArray]] | None:
+        """The load scorer's weight and fleet-only terms (LoadScorer.fleet_terms) for rows, for
+        deciders outside this process that add the request's part themselves; None when off."""
+        for scorer, weight in self.request_scorers:
+            if isinstance(scorer, LoadScorer):
+                rows_array = np.asarray(rows, dtype=np.intp)
+                ctx = PickContext(model="", now=now)
+                view = self.view(snapshot, rows_array, _NO_INFLIGHT_FOR[snapshot.size], ctx)
+                return weight, scorer.fleet_terms(view)
+        return None
 
     def _last_resort(self, snapshot: FleetSnapshot, demoted: list[IntArray], ctx: PickContext) -> list[int]:
         """Rows soft fleet filters removed that every hard one keeps, best first."""

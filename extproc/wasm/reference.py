@@ -1,7 +1,9 @@
 """The Wasm filter's pick, in Python: an EndpointPicker over a frozen routing snapshot.
 
-wasm/assembly/decide.ts orders a candidate set by prepared score - in-flight weight * in-flight
-+ an affinity bonus (rendezvous hashing of the session key, else of the prompt's first bytes).
+wasm/assembly/decide.ts orders a candidate set by prepared score + the load scorer's request
+part (the predicted wait from the prompt's size and fresh in-flight counts, scaled as the
+scheduler scales it) - in-flight weight * in-flight + an affinity bonus (rendezvous hashing of
+the session key, else of the prompt's first bytes).
 Plugged into the ext_proc path's Router, this picker makes that path decide exactly as the
 filter does from the same snapshot: the parity harness (tests/wasm/test_parity.py) runs both
 and requires identical endpoint lists, headers, bodies and statuses.
@@ -31,6 +33,42 @@ def fnv1a(data: bytes, seed: int = FNV_OFFSET) -> int:
 
 
 AFFINITY_TRIES = 8  # as wasm/assembly/decide.ts
+# The scheduler's MIN_SPAN (one typical TTFT) in the snapshot's load units (billionths).
+LOAD_MIN_SPAN = 1_000_000_000
+# Predictions are capped here (a million typical TTFTs) so the filter's i64 arithmetic cannot
+# overflow; beyond it every endpoint is as bad as the next.
+LOAD_CAP = 10**15
+
+
+def load_scores(
+    endpoints: list[list[Any]], prompt_tokens: int, busy: list[int], weight: int
+) -> list[int]:
+    """The load scorer's weighted, normalised score per candidate, in millionths (0 for rows the
+    snapshot gives no load terms: the last-resort fill).
+
+    Predicted wait = prompt x per-token + one step + queued x per-queued, queued = max(scraped
+    waiting, in flight - scraped running) (extproc.scheduler.scorers.load); then min-max scaled
+    over the candidates with a span of at least one typical TTFT, times the weight."""
+    prompt = max(1, prompt_tokens)
+    predicted: dict[int, int] = {}
+    for i, entry in enumerate(endpoints):
+        if len(entry) < 7:
+            continue
+        per_token, step, per_queued, waiting, running = (int(v) for v in entry[2:7])
+        queued = max(waiting, busy[i] - running)
+        predicted[i] = min(prompt * per_token + step + queued * per_queued, LOAD_CAP)
+    out = [0] * len(endpoints)
+    if not predicted or weight == 0:
+        return out
+    best, worst = min(predicted.values()), max(predicted.values())
+    span = worst - best
+    if span == 0:
+        return out  # no preference: the scheduler adds nothing either
+    per_thousandth = max(span, LOAD_MIN_SPAN) // 1000  # i64-safe: predictions are at most 1e15
+    for i, value in predicted.items():
+        scaled = min((worst - value) * 1000 // per_thousandth, 1_000_000)  # the fastest: 1e6
+        out[i] = scaled * weight // 1_000_000
+    return out
 
 
 def preferred(addresses: list[str], key: bytes, own: list[int], load_factor_pct: int) -> int:
@@ -64,16 +102,18 @@ def order(
     key: bytes | None,
     bonus: int,
     inflight: Callable[[str], int],
+    prompt_tokens: int = 0,
 ) -> list[str]:
     """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order)."""
-    addresses = [str(address) for address, _ in endpoints]
+    addresses = [str(entry[0]) for entry in endpoints]
     own = [inflight(address) for address in addresses]
     factor = int(snapshot["affinity_load_factor_pct"])
     favourite = preferred(addresses, key, own, factor) if key is not None else -1
     weight = int(snapshot["inflight_weight"])
+    load = load_scores(endpoints, prompt_tokens, own, int(snapshot.get("load_weight", 0)))
     totals = [
-        int(score) - weight * own[i] + (bonus if i == favourite else 0)
-        for i, (_, score) in enumerate(endpoints)
+        int(entry[1]) + load[i] - weight * own[i] + (bonus if i == favourite else 0)
+        for i, entry in enumerate(endpoints)
     ]
     ranked = sorted(range(len(addresses)), key=lambda i: (-totals[i], i))
     return [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
@@ -113,8 +153,8 @@ class SnapshotPicker:
             row = snapshot.index.get(address)
             return int(inflight[row]) if row is not None else 0
 
-        chosen = order(self.snapshot, endpoints, key, bonus, own)[:count]
+        chosen = order(self.snapshot, endpoints, key, bonus, own, ctx.prompt_tokens)[:count]
         if ctx.want_scores:
-            scores = dict((str(a), float(s)) for a, s in endpoints)
+            scores = {str(entry[0]): float(entry[1]) for entry in endpoints}
             ctx.scores = [scores[a] / 1e6 for a in chosen]
         return [snapshot.index[address] for address in chosen]

@@ -10,6 +10,7 @@ asks the brain, which answers with the ext_proc path's own code.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,10 +24,13 @@ from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
 from extproc.scheduler.scorers.session import Params as SessionParams
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 # Scores travel as integers (millionths): float parsing in the filter then cannot differ from
 # Python's, so both sides order candidates identically.
 SCORE_SCALE = 1_000_000
+# The load scorer's terms (in typical TTFTs) travel in billionths: one prompt token's share of
+# a typical TTFT can be a few millionths.
+LOAD_SCALE = 1_000_000_000
 TASK_PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "embedding": "/v1/embeddings"}
 # A snapshot the filter has not been able to confirm with the brain for this long is not used:
 # requests go to the brain's decide endpoint (and, with the brain down too, to Envoy's
@@ -133,10 +137,18 @@ def _candidates(router: Router, fleet: FleetSnapshot, target: Target, now: float
     picker = router.picker
     if isinstance(picker, Scheduler):
         kept, scores, last_resort, saturated = picker.prepared_scores(fleet, rows, now)
-        endpoints = [
+        endpoints: list[list[Any]] = [
             [fleet.endpoints[row].address, round(score * SCORE_SCALE)]
             for row, score in zip(kept, scores, strict=True)
         ]
+        load = picker.load_terms(fleet, kept, now) if kept else None
+        if load is not None:
+            # The load scorer's request part is the filter's (fresh in-flight, the prompt's size):
+            # kept rows carry its fleet terms and the scrape's queue (reference.load_scores).
+            columns = (*load[1], fleet.waiting[kept], fleet.running[kept])
+            scales = (LOAD_SCALE, LOAD_SCALE, LOAD_SCALE, 1, 1)
+            for entry, *values in zip(endpoints, *columns, strict=True):
+                entry.extend(_integer(v, scale) for v, scale in zip(values, scales, strict=True))
         endpoints += [
             [fleet.endpoints[row].address, LAST_RESORT_SCORE - i] for i, row in enumerate(last_resort)
         ]
@@ -149,6 +161,10 @@ def _candidates(router: Router, fleet: FleetSnapshot, target: Target, now: float
             for r in ready
         ]
     }
+
+
+def _integer(value: float, scale: int) -> int:
+    return round(float(value) * scale) if math.isfinite(value) else 0
 
 
 def _targets(routes: dict[str, dict[str, Any]]) -> Iterable[Target]:
@@ -204,6 +220,7 @@ def build_snapshot(
         # The 404's list of models, already escaped for a JSON string.
         "available": json.dumps(", ".join(served_models), ensure_ascii=False)[1:-1],
         "inflight_weight": round(weights.get("inflight", 1.0) * SCORE_SCALE),
+        "load_weight": round(weights.get("load", 0.0) * SCORE_SCALE),
         "session_weight": round(weights.get("session", 1.0) * SCORE_SCALE),
         "prefix_weight": round(weights.get("prefix", 2.0) * SCORE_SCALE),
         "prefix_bytes": 256,

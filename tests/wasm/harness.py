@@ -17,6 +17,7 @@ from typing import Any
 
 from extproc.deploy.wasm_config import FilterSettings, render_wasm
 from extproc.devstack.stack import envoy_binary, free_port
+from extproc.wasm.snapshot import SNAPSHOT_FORMAT
 
 Reply = tuple[int, dict[str, str], bytes]
 
@@ -223,9 +224,9 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 def snapshot_for(addresses: list[str], **overrides: Any) -> dict[str, Any]:
-    """A small format-1 snapshot: model "m" served by every address, scores falling by position."""
+    """A small snapshot (extproc.wasm.snapshot.SNAPSHOT_FORMAT): model "m" served by every address, scores falling by position."""
     snapshot: dict[str, Any] = {
-        "format": 1,
+        "format": SNAPSHOT_FORMAT,
         "version": "v1",
         "endpoints_per_request": 3,
         "max_body_bytes": 4 * 1024 * 1024,

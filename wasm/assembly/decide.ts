@@ -117,9 +117,44 @@ function preferred(snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer, own:
   return -1;
 }
 
-/** Candidates best first: prepared score − in-flight weight × own in-flight + affinity bonus. */
+// The scheduler's MIN_SPAN (one typical TTFT) in the snapshot's load units (billionths), and a
+// cap on predictions (a million typical TTFTs) that keeps the i64 arithmetic from overflowing.
+const LOAD_MIN_SPAN: i64 = 1_000_000_000;
+const LOAD_CAP: i64 = 1_000_000_000_000_000;
+
+/** The load scorer's request part (extproc/scheduler/scorers/load.py), weighted, in millionths:
+ * predicted wait = prompt × per-token + one step + queued × per-queued, with queued =
+ * max(scraped waiting, in flight on all workers − scraped running); min-max scaled over the
+ * candidates with a span of at least one typical TTFT. extproc/wasm/reference.py: load_scores. */
+function loadScores(snapshot: Snapshot, endpoints: Array<Candidate>, busy: Array<i64>, prompt: i64): Array<i64> {
+  const n = endpoints.length;
+  const out = new Array<i64>(n);
+  if (snapshot.loadWeight == 0) return out;
+  const predicted = new Array<i64>(n);
+  let best = LOAD_CAP;
+  let worst: i64 = -1;
+  for (let i = 0; i < n; i++) {
+    const c = endpoints[i];
+    if (!c.hasLoad) continue;
+    const queued = max<i64>(c.waiting, busy[i] - c.running);
+    const value = min<i64>(prompt * c.perToken + c.step + queued * c.perQueued, LOAD_CAP);
+    predicted[i] = value;
+    if (value < best) best = value;
+    if (value > worst) worst = value;
+  }
+  if (worst <= best) return out; // no load terms, or no preference
+  const perThousandth = max<i64>(worst - best, LOAD_MIN_SPAN) / 1000;
+  for (let i = 0; i < n; i++) {
+    if (!endpoints[i].hasLoad) continue;
+    const scaled = min<i64>((worst - predicted[i]) * 1000 / perThousandth, 1_000_000);
+    out[i] = scaled * snapshot.loadWeight / 1_000_000;
+  }
+  return out;
+}
+
+/** Candidates best first: prepared score + load score − in-flight weight × in-flight + affinity bonus. */
 export function pick(
-  snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer | null, bonus: i64, inflight: InFlight,
+  snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer | null, bonus: i64, inflight: InFlight, prompt: i64,
 ): Array<Candidate> {
   const endpoints = set.endpoints;
   const n = endpoints.length;
@@ -130,8 +165,9 @@ export function pick(
     busy[i] = <i64>inflight.count(address);
   }
   const favourite = key != null ? preferred(snapshot, set, key, busy) : -1;
+  const load = loadScores(snapshot, endpoints, busy, prompt);
   for (let i = 0; i < n; i++) {
-    totals[i] = endpoints[i].score - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
+    totals[i] = endpoints[i].score + load[i] - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
   }
   const count = min(snapshot.endpointsPerRequest, n);
   const taken = new Array<bool>(n);
@@ -148,73 +184,106 @@ export function pick(
   return out;
 }
 
-/** Appends the "\n"-joined texts of a prompt-like value (string, or array of strings) as parse_body
- * reads `prompt` and `input`; token-id arrays have no text. */
-function appendPromptText(json: Json, pos: i32, out: Uint8Array, n: i32, limit: i32): i32 {
+/** The prompt text parse_body builds (extproc/request.py), kept only as its first bytes (the
+ * prefix-affinity key) and its size in UTF-8 bytes (estimate_tokens, for the load score). */
+class PromptText {
+  prefix: Uint8Array;
+  size: i32 = 0;
+
+  constructor(public json: Json, limit: i32) {
+    this.prefix = new Uint8Array(limit);
+  }
+
+  separator(): void {
+    if (this.size < this.prefix.byteLength) this.prefix[this.size] = 0x0a;
+    this.size++;
+  }
+
+  string(pos: i32): void {
+    const json = this.json;
+    const end = json.skipString(pos);
+    const limit = this.prefix.byteLength;
+    if (this.size < limit) json.decodeInto(pos, end, this.prefix, this.size, limit);
+    this.size += json.decodedSize(pos, end);
+  }
+
+  /** The prefix-affinity key: the first `limit` bytes (possibly ending inside a character). */
+  key(): Uint8Array {
+    return this.prefix.subarray(0, min(this.size, this.prefix.byteLength));
+  }
+
+  /** estimate_tokens(text), at least 1 as the load scorer uses it. */
+  tokens(): i64 {
+    const size = <i64>this.size;
+    return max<i64>(1, this.json.nonAscii ? (size + 2) / 3 : (size + 3) / 4);
+  }
+}
+
+/** A prompt-like value as _prompt_text reads it (`prompt`, `input`): a string, or an array of
+ * strings joined by "\n"; token-id arrays have no text. */
+function addPromptText(json: Json, pos: i32, text: PromptText): void {
   const kind = json.kind(pos);
-  if (kind == Kind.String) return json.decodeInto(pos, json.skipString(pos), out, n, limit);
-  if (kind != Kind.Array) return n;
+  if (kind == Kind.String) { text.string(pos); return; }
+  if (kind != Kind.Array) return;
   const items = json.items(pos, 1)!;
   for (let i = 0; i < items.length; i++) {
-    if (json.kind(items[i]) != Kind.String) return n;
+    if (json.kind(items[i]) != Kind.String) return;
   }
-  for (let i = 0; i < items.length && n < limit; i++) {
-    if (i > 0) out[n++] = 0x0a;
-    n = json.decodeInto(items[i], json.skipString(items[i]), out, n, limit);
+  for (let i = 0; i < items.length; i++) {
+    if (i > 0) text.separator();
+    text.string(items[i]);
   }
-  return n;
 }
 
 /** A message's content as _content_text reads it: a string, or the text parts of an array. */
-function appendContentText(json: Json, pos: i32, out: Uint8Array, n: i32, limit: i32): i32 {
+function addContentText(json: Json, pos: i32, text: PromptText): void {
   const kind = json.kind(pos);
-  if (kind == Kind.String) return json.decodeInto(pos, json.skipString(pos), out, n, limit);
-  if (kind != Kind.Array) return n;
+  if (kind == Kind.String) { text.string(pos); return; }
+  if (kind != Kind.Array) return;
   const items = json.items(pos, 2)!;
   let parts = 0;
-  for (let i = 0; i < items.length && n < limit; i++) {
+  for (let i = 0; i < items.length; i++) {
     const at = items[i];
-    let text = -1;
+    let part = -1;
     if (json.kind(at) == Kind.String) {
-      text = at;
+      part = at;
     } else if (json.kind(at) == Kind.Object) {
       const fields = json.fields(at, 3)!;
       const type = lastField(fields, "type");
       const value = lastField(fields, "text");
       const name = type != null ? json.stringAt(type.start) : null;
-      if (name != null && (name == "text" || name == "input_text") && value != null && json.kind(value.start) == Kind.String) {
-        text = value.start;
+      if (name != null && (name == "text" || name == "input_text" || name == "output_text")
+        && value != null && json.kind(value.start) == Kind.String) {
+        part = value.start;
       }
     }
-    if (text < 0) continue;
-    if (parts > 0) out[n++] = 0x0a;
+    if (part < 0) continue;
+    if (parts > 0) text.separator();
     parts++;
-    n = json.decodeInto(text, json.skipString(text), out, n, limit);
+    text.string(part);
   }
-  return n;
 }
 
-/** The first `limit` bytes of the prompt text parse_body builds (messages' texts joined by
- * "\n", empty ones skipped): the prefix-affinity key, as extproc/wasm/reference.py computes it. */
-function promptPrefix(json: Json, task: string, fields: Array<Field>, limit: i32): Uint8Array {
-  const out = new Uint8Array(limit);
-  let n = 0;
+/** parse_body's prompt text: messages' texts joined by "\n" (empty ones skipped), or the
+ * completion's prompt, the embedding's input. */
+function promptText(json: Json, task: string, fields: Array<Field>, limit: i32): PromptText {
+  const text = new PromptText(json, limit);
   if (task == "chat") {
     const messages = json.items(lastField(fields, "messages")!.start, 1)!;
-    for (let i = 0; i < messages.length && n < limit; i++) {
+    for (let i = 0; i < messages.length; i++) {
       const message = json.fields(messages[i], 2)!;
       const content = lastField(message, "content");
       if (content == null) continue;
-      const before = n;
-      if (n > 0) out[n++] = 0x0a;
-      const afterSeparator = n;
-      n = appendContentText(json, content.start, out, n, limit);
-      if (n == afterSeparator) n = before; // an empty text is not joined
+      const before = text.size;
+      if (before > 0) text.separator();
+      const afterSeparator = text.size;
+      addContentText(json, content.start, text);
+      if (text.size == afterSeparator) text.size = before; // an empty text is not joined
     }
   } else {
-    n = appendPromptText(json, lastField(fields, task == "completion" ? "prompt" : "input")!.start, out, 0, limit);
+    addPromptText(json, lastField(fields, task == "completion" ? "prompt" : "input")!.start, text);
   }
-  return out.subarray(0, n);
+  return text;
 }
 
 /** Checks parse_body would pass; false means "not sure": the brain answers. */
@@ -280,6 +349,8 @@ export function decide(
     return rejected;
   }
 
+  const text = promptText(json, task, fields, snapshot.prefixBytes);
+  if (json.unsupported) return ESCALATE;
   let key: ArrayBuffer | null = null;
   let bonus: i64 = 0;
   const userField = lastField(fields, "user");
@@ -291,7 +362,7 @@ export function decide(
     key = String.UTF8.encode(user);
     bonus = snapshot.sessionWeight;
   } else {
-    const prefix = promptPrefix(json, task, fields, snapshot.prefixBytes);
+    const prefix = text.key();
     if (prefix.byteLength > 0) {
       key = prefix.slice().buffer;
       bonus = snapshot.prefixWeight;
@@ -306,7 +377,7 @@ export function decide(
     const set = snapshot.candidatesFor(target);
     if (set == null || set.endpoints.length == 0) continue;
     if (set.saturated) return ESCALATE; // shedding by priority is the brain's call
-    chosen = pick(snapshot, set, key, bonus, inflight);
+    chosen = pick(snapshot, set, key, bonus, inflight, text.tokens());
     served = target;
     fallback = i > 0;
     break;

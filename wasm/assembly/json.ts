@@ -14,6 +14,7 @@ export class Field {
 
 export class Json {
   unsupported: bool = false; // valid for Python but not decided here, or invalid: escalate
+  nonAscii: bool = false; // a string decodedSize() measured holds a character >= U+0080
   lastEnd: i32 = 0; // where the object fields() read ended
   constructor(public data: usize, public len: i32) {}
 
@@ -282,6 +283,49 @@ export class Json {
       else if (e == 0x72) out[n++] = 0x0d;
       else if (e == 0x74) out[n++] = 0x09;
       else out[n++] = <u8>e; // " \ /
+    }
+    return n;
+  }
+
+  /** Bytes of the string at pos (validated by skipString) once decoded as UTF-8; sets
+   * `nonAscii` when one of them is >= 0x80 and `unsupported` on a lone surrogate, as decodeInto. */
+  decodedSize(pos: i32, end: i32): i32 {
+    const backslash = i8x16.splat(0x5c);
+    const ascii = i8x16.splat(0x7f);
+    let i = pos + 1;
+    const last = end - 1;
+    let n = 0;
+    while (i < last) {
+      // Long prompts are plain ASCII: 16 bytes per step until an escape or a multi-byte character.
+      while (i + 16 <= last) {
+        const chunk = v128.load(this.data + <usize>i);
+        if (v128.any_true(v128.or(i8x16.eq(chunk, backslash), i8x16.gt_u(chunk, ascii)))) break;
+        i += 16;
+        n += 16;
+      }
+      if (i >= last) break;
+      const c = this.at(i);
+      if (c != 0x5c) {
+        if (c >= 0x80) this.nonAscii = true;
+        n++;
+        i++;
+        continue;
+      }
+      const e = this.at(i + 1);
+      i += 2;
+      if (e != 0x75) { n++; continue; }
+      let code = this.hex(i);
+      i += 4;
+      if (code >= 0xd800 && code <= 0xdbff && i + 6 <= last && this.at(i) == 0x5c && this.at(i + 1) == 0x75) {
+        const low = this.hex(i + 2);
+        if (low >= 0xdc00 && low <= 0xdfff) {
+          code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+          i += 6;
+        }
+      }
+      if (code >= 0xd800 && code <= 0xdfff) { this.unsupported = true; code = 0xfffd; }
+      if (code >= 0x80) this.nonAscii = true;
+      n += code < 0x80 ? 1 : code < 0x800 ? 2 : code < 0x10000 ? 3 : 4;
     }
     return n;
   }

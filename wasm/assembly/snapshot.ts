@@ -1,13 +1,21 @@
 // The brain's routing snapshot (format 1, see docs/wasm.md), parsed once per change per VM.
 import { Json, Kind, Field } from "./json";
 
-export const SNAPSHOT_FORMAT: i64 = 1;
+export const SNAPSHOT_FORMAT: i64 = 2;
 
 export class Target {
   constructor(public model: string, public pool: string) {}
 }
 
 export class Candidate {
+  // The load scorer's fleet terms (billionths of a typical TTFT) and the scrape's queue; only
+  // kept rows have them (hasLoad), the last-resort fill does not.
+  hasLoad: bool = false;
+  perToken: i64 = 0;
+  step: i64 = 0;
+  perQueued: i64 = 0;
+  waiting: i64 = 0;
+  running: i64 = 0;
   constructor(public address: string, public score: i64, public addressBytes: ArrayBuffer) {}
 }
 
@@ -37,6 +45,7 @@ export class Snapshot {
   injectStreamUsage: bool = false;
   available: string = "";
   inflightWeight: i64 = 1000000;
+  loadWeight: i64 = 0;
   sessionWeight: i64 = 1000000;
   prefixWeight: i64 = 2000000;
   prefixBytes: i32 = 256;
@@ -120,11 +129,20 @@ function parseCandidates(json: Json, pos: i32): CandidateSet | null {
       const items = json.items(field.start, 3);
       if (items == null) return null;
       for (let j = 0; j < items.length; j++) {
-        const pair = json.items(items[j], 4);
-        if (pair == null || pair.length != 2) return null;
-        const address = json.stringAt(pair[0]);
+        const entry = json.items(items[j], 4);
+        if (entry == null || (entry.length != 2 && entry.length != 7)) return null;
+        const address = json.stringAt(entry[0]);
         if (address == null) return null;
-        set.endpoints.push(new Candidate(address, json.intAt(pair[1], 0), String.UTF8.encode(address)));
+        const candidate = new Candidate(address, json.intAt(entry[1], 0), String.UTF8.encode(address));
+        if (entry.length == 7) {
+          candidate.hasLoad = true;
+          candidate.perToken = json.intAt(entry[2], 0);
+          candidate.step = json.intAt(entry[3], 0);
+          candidate.perQueued = json.intAt(entry[4], 0);
+          candidate.waiting = json.intAt(entry[5], 0);
+          candidate.running = json.intAt(entry[6], 0);
+        }
+        set.endpoints.push(candidate);
       }
     }
   }
@@ -171,6 +189,7 @@ export function parseSnapshot(bytes: Uint8Array): Snapshot | null {
       const available = json.stringAt(at);
       if (available != null) snapshot.available = available;
     } else if (key == "inflight_weight") snapshot.inflightWeight = json.intAt(at, snapshot.inflightWeight);
+    else if (key == "load_weight") snapshot.loadWeight = json.intAt(at, snapshot.loadWeight);
     else if (key == "session_weight") snapshot.sessionWeight = json.intAt(at, snapshot.sessionWeight);
     else if (key == "prefix_weight") snapshot.prefixWeight = json.intAt(at, snapshot.prefixWeight);
     else if (key == "prefix_bytes") snapshot.prefixBytes = <i32>json.intAt(at, snapshot.prefixBytes);

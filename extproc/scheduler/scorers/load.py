@@ -40,7 +40,9 @@ class LoadScorer:
         self._key: tuple[object, object] | None = None
         self._terms: tuple[FloatArray, FloatArray, FloatArray] | None = None
 
-    def _fleet_terms(self, view: PickView) -> tuple[FloatArray, FloatArray, FloatArray]:
+    def fleet_terms(self, view: PickView) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per candidate: the prediction's cost of one prompt token, of the one decode step, and
+        of each request queued ahead (in typical TTFTs); the Wasm snapshot carries them too."""
         key = self._key
         if key is not None and key[0] is view.snapshot and key[1] is view.rows and self._terms is not None:
             return self._terms
@@ -56,7 +58,7 @@ class LoadScorer:
     def score(self, view: PickView) -> FloatArray:
         ctx = view.ctx
         prompt = ctx.prompt_tokens or max(1, len(ctx.prompt_text) // CHARS_PER_TOKEN)
-        per_prompt_token, one_step, per_queued = self._fleet_terms(view)
+        per_prompt_token, one_step, per_queued = self.fleet_terms(view)
         predicted = prompt * per_prompt_token
         predicted += one_step
         predicted += view.queued() * per_queued
