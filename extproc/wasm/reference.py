@@ -40,9 +40,7 @@ LOAD_MIN_SPAN = 1_000_000_000
 LOAD_CAP = 10**15
 
 
-def load_scores(
-    endpoints: list[list[Any]], prompt_tokens: int, busy: list[int], weight: int
-) -> list[int]:
+def load_scores(endpoints: list[list[Any]], prompt_tokens: int, busy: list[int], weight: int) -> list[int]:
     """The load scorer's weighted, normalised score per candidate, in millionths (0 for rows the
     snapshot gives no load terms: the last-resort fill).
 

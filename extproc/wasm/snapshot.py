@@ -10,8 +10,8 @@ asks the brain, which answers with the ext_proc path's own code.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
