@@ -152,6 +152,36 @@ export function decodeHeaders(bytes: Uint8Array): Array<string> {
   return out;
 }
 
+/** A header map fetched as one block (getHeaderPairsRaw): each lookup scans it in the module
+ * instead of crossing into the host (and back, for the value's memory) once per header. */
+export class HeaderPairs {
+  constructor(public bytes: Uint8Array) {}
+
+  /** The first value under `name` (lowercase: Envoy's header keys are), "" when absent: what
+   * proxy_get_header_map_value answers. */
+  get(name: string): string {
+    const bytes = this.bytes;
+    if (bytes.byteLength < 4) return "";
+    const base = bytes.dataStart;
+    const count = load<u32>(base);
+    const wanted = name.length;
+    let at = base + 4 + 8 * <usize>count;
+    for (let i: u32 = 0; i < count; i++) {
+      const keyLength = load<u32>(base + 4 + 8 * <usize>i);
+      const valueLength = load<u32>(base + 8 + 8 * <usize>i);
+      if (keyLength == <u32>wanted) {
+        let same = true;
+        for (let j = 0; j < wanted; j++) {
+          if (<i32>load<u8>(at + <usize>j) != name.charCodeAt(j)) { same = false; break; }
+        }
+        if (same) return String.UTF8.decodeUnsafe(at + keyLength + 1, valueLength);
+      }
+      at += keyLength + 1 + valueLength + 1;
+    }
+    return "";
+  }
+}
+
 /** All headers of a map, in the wire format (decodeHeaders reads it). */
 export function getHeaderPairsRaw(kind: MapType): Uint8Array {
   store<usize>(slotPtr, 0);

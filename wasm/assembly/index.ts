@@ -8,7 +8,7 @@
 // everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
-  RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
+  HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
   incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setTickPeriod,
 } from "./abi";
 import { Json, Kind } from "./json";
@@ -22,6 +22,7 @@ export { proxy_on_memory_allocate } from "./memory";
 const SNAPSHOT_PATH = "/v1/llm-extproc/snapshot";
 const DECIDE_PATH = "/v1/llm-extproc/decide";
 const OBSERVATIONS_PATH = "/v1/llm-extproc/observations";
+const SERVED_HEADER = DESTINATION_HEADER + "-served";
 
 class Settings {
   cluster: string = "llm_brain";
@@ -77,10 +78,10 @@ class Request {
 
 const requests = new Map<u32, Request>();
 
-function fresh(): bool {
+function fresh(now: u64): bool {
   const current = snapshot;
   if (current == null) return false;
-  return nowNanos() - confirmedAtNs <= <u64>current.staleAfterMs * 1000000;
+  return now - confirmedAtNs <= <u64>current.staleAfterMs * 1000000;
 }
 
 // -- lifecycle ---------------------------------------------------------------------------------
@@ -273,21 +274,21 @@ function routeTier(headers: Array<string>): string {
   return "";
 }
 
-function route(request: Request, headers: Array<string>, primary: string): void {
+function route(request: Request, headers: Array<string>, primary: string, now: u64): void {
   for (let i = 0; i + 1 < headers.length; i += 2) setFilterState(headers[i], headers[i + 1]);
   if (primary.length > 0) {
     request.primary = primary;
-    inflight.add(primary, 1);
+    inflight.add(primary, 1, now);
   }
   for (let i = 0; i + 1 < headers.length; i += 2) {
     if (headers[i] == "x-llm-model") request.model = headers[i + 1];
     else if (headers[i] == "x-llm-tier") request.tier = headers[i + 1];
   }
-  request.startedNs = nowNanos();
+  request.startedNs = now;
   incrementMetric(routedMetric, 1);
 }
 
-function apply(request: Request, decision: Decision): void {
+function apply(request: Request, decision: Decision, now: u64): void {
   observations.decided(request.task, decision.model, routeTier(decision.headers), decision.outcomeLabel, decision.primary);
   if (decision.outcome == Outcome.Error) {
     incrementMetric(rejectedMetric, 1);
@@ -298,7 +299,7 @@ function apply(request: Request, decision: Decision): void {
   if (newBody != null) {
     setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(newBody));
   }
-  route(request, decision.headers, decision.primary);
+  route(request, decision.headers, decision.primary, now);
 }
 
 /** The brain's answer (extproc/wasm/brain.py): route, respond or continue undecided. */
@@ -347,7 +348,7 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
   }
   if (action == "route") {
     if (body != null) setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(String.UTF8.encode(body)));
-    route(request, headers, primary);
+    route(request, headers, primary, nowNanos());
   } else {
     incrementMetric(failOpenMetric, 1);
   }
@@ -363,21 +364,23 @@ function taskOf(path: string): string {
 export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
   if (!requests.has(id)) return HeadersStatus.Continue;
   const request = requests.get(id);
-  const path = getHeader(MapType.RequestHeaders, ":path");
-  const method = getHeader(MapType.RequestHeaders, ":method");
-  request.task = taskOf(path);
-  request.contentType = getHeader(MapType.RequestHeaders, "content-type");
+  // One copy of all headers (kept for a possible escalation) answers every lookup below.
+  const pairs = new HeaderPairs(getHeaderPairsRaw(MapType.RequestHeaders));
+  request.headers = pairs.bytes;
+  const method = pairs.get(":method");
+  request.task = taskOf(pairs.get(":path"));
+  request.contentType = pairs.get("content-type");
   const current = snapshot;
   if (current != null) {
-    request.session = getHeader(MapType.RequestHeaders, current.sessionHeader);
-    if (current.tenantHeader.length > 0) request.tenant = getHeader(MapType.RequestHeaders, current.tenantHeader);
+    request.session = pairs.get(current.sessionHeader);
+    if (current.tenantHeader.length > 0) request.tenant = pairs.get(current.tenantHeader);
   }
   // The headers phase of the ext_proc path (404, 405, /v1/models, empty body) is the brain's.
   if (request.task == "" || request.task == "models" || method != "POST" || endOfStream != 0) {
     return escalate(id, request, null) ? HeadersStatus.StopIteration : HeadersStatus.Continue;
   }
-  if (current != null && fresh()) {
-    const length = getHeader(MapType.RequestHeaders, "content-length");
+  if (current != null && fresh(nowNanos())) {
+    const length = pairs.get("content-length");
     if (length.length > 0 && length.length < 19) {
       const size = U64.parseInt(length);
       if (size > <u64>current.maxBodyBytes) {
@@ -386,7 +389,6 @@ export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32):
       }
     }
   }
-  request.headers = getHeaderPairsRaw(MapType.RequestHeaders);
   // Continue: Envoy's buffer filter after us holds the headers until the body is complete
   // (StopIteration here would starve our body callback).
   return HeadersStatus.Continue;
@@ -398,7 +400,8 @@ export function proxy_on_request_body(id: u32, size: u32, endOfStream: u32): u32
   if (request.escalated) return DataStatus.StopIterationAndBuffer;
   request.bodySize = size;
   const current = snapshot;
-  const usable = current != null && fresh();
+  const now = nowNanos();
+  const usable = current != null && fresh(now);
   if (usable && <i64>size > current!.maxBodyBytes) {
     tooLarge(size, current!.maxBodyBytes);
     return DataStatus.StopIterationNoBuffer;
@@ -406,12 +409,12 @@ export function proxy_on_request_body(id: u32, size: u32, endOfStream: u32): u32
   if (endOfStream == 0) return DataStatus.StopIterationAndBuffer;
   const body = getBufferRaw(BufferType.RequestBody, 0, size);
   if (body == null) return DataStatus.Continue;
-  const status = decideBody(id, request, body, usable ? current : null);
+  const status = decideBody(id, request, body, usable ? current : null, now);
   heap.free(body.pointer);
   return status;
 }
 
-function decideBody(id: u32, request: Request, body: RawBytes, current: Snapshot | null): u32 {
+function decideBody(id: u32, request: Request, body: RawBytes, current: Snapshot | null, now: u64): u32 {
   if (current == null) {
     incrementMetric(staleMetric, 1);
     return escalate(id, request, body) ? DataStatus.StopIterationAndBuffer : DataStatus.Continue;
@@ -423,7 +426,7 @@ function decideBody(id: u32, request: Request, body: RawBytes, current: Snapshot
     return escalate(id, request, body) ? DataStatus.StopIterationAndBuffer : DataStatus.Continue;
   }
   request.headers = null;
-  apply(request, decision);
+  apply(request, decision, now);
   return decision.outcome == Outcome.Error ? DataStatus.StopIterationNoBuffer : DataStatus.Continue;
 }
 
@@ -435,11 +438,12 @@ export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32)
     if (endOfStream != 0) release(request);
     return HeadersStatus.Continue;
   }
-  const status = getHeader(MapType.ResponseHeaders, ":status");
+  const pairs = new HeaderPairs(getHeaderPairsRaw(MapType.ResponseHeaders));
+  const status = pairs.get(":status");
   request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
-  const served = getHeader(MapType.ResponseHeaders, DESTINATION_HEADER + "-served");
+  const served = pairs.get(SERVED_HEADER);
   request.servedBy = served.length > 0 ? served : request.primary;
-  request.streamed = getHeader(MapType.ResponseHeaders, "content-type").startsWith("text/event-stream");
+  request.streamed = pairs.get("content-type").startsWith("text/event-stream");
   observations.headers(request.primary, request.servedBy, request.status, nowNanos() - request.startedNs, request.streamed);
   request.observed = true;
   if (endOfStream != 0) release(request);
@@ -454,8 +458,11 @@ export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u3
       request.firstByte = true; // a stream's first chunk: its time to first token
       observations.firstByte(request.servedBy, nowNanos() - request.startedNs);
     }
-    const chunk = getBuffer(BufferType.ResponseBody, 0, size);
-    if (chunk != null) observations.body(request.servedBy, chunk);
+    const chunk = getBufferRaw(BufferType.ResponseBody, 0, size);
+    if (chunk != null) {
+      observations.body(request.servedBy, chunk);
+      heap.free(chunk.pointer);
+    }
   }
   if (endOfStream != 0) release(request);
   return DataStatus.Continue;
@@ -465,7 +472,7 @@ export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u3
 function release(request: Request): void {
   const primary = request.primary;
   if (primary.length > 0) {
-    inflight.add(primary, -1);
+    inflight.add(primary, -1, nowNanos());
     request.primary = "";
   }
 }

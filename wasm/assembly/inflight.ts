@@ -1,7 +1,9 @@
 // In-flight counts across Envoy's workers. Each worker thread runs its own VM: a VM counts its
 // own requests and publishes them in shared data whenever they change; before each decision it
 // reads the other VMs' entries (re-parsing only those whose CAS moved). Every tick it renews its
-// entry's timestamp and learns which VMs exist.
+// entry's timestamp and learns which VMs exist. A VM registers at its first decision, so the
+// main thread's VM (it only polls) is nobody's peer: with one worker, no VM reads another's
+// entry per request.
 import { getShared, nowNanos, setShared } from "./abi";
 
 const REGISTRY_KEY = "llm-extproc/vms"; // the VMs' ids, one per line
@@ -17,23 +19,30 @@ class Peer {
 export class InFlight {
   own: Map<string, i32> = new Map<string, i32>();
   others: Map<string, i32> = new Map<string, i32>();
-  id: string = "";
+  id: string = ""; // registered (at the first decision) once set
   peers: Map<string, Peer> = new Map<string, Peer>();
 
   count(address: string): i32 {
     return (this.own.has(address) ? this.own.get(address) : 0) + (this.others.has(address) ? this.others.get(address) : 0);
   }
 
-  add(address: string, delta: i32): void {
+  add(address: string, delta: i32, now: u64): void {
+    if (this.id.length == 0) this.register(now); // routed by the brain before any decision here
     const n = (this.own.has(address) ? this.own.get(address) : 0) + delta;
     if (n > 0) this.own.set(address, n);
     else this.own.delete(address);
-    this.publish(nowNanos());
+    this.publish(now);
+  }
+
+  /** Joins the registry, learns the other VMs and reads them (tick does all three). */
+  private register(now: u64): void {
+    this.id = now.toString();
+    this.tick();
   }
 
   /** "time_ns\naddress count\n..." under this VM's key. */
   private publish(now: u64): void {
-    if (this.id.length == 0) return; // not registered yet (before the first tick)
+    if (this.id.length == 0) return; // not registered yet (before its first decision)
     let text = now.toString() + "\n";
     const keys = this.own.keys();
     for (let i = 0; i < keys.length; i++) text += keys[i] + " " + this.own.get(keys[i]).toString() + "\n";
@@ -43,8 +52,8 @@ export class InFlight {
   /** Every tick: renew this VM's entry, make sure it is registered, learn the other VMs. A lost
    * update (two VMs creating the registry at once) heals on a later tick. */
   tick(): void {
+    if (this.id.length == 0) return; // no decision here yet
     const now = nowNanos();
-    if (this.id.length == 0) this.id = now.toString();
     this.publish(now);
     const registry = getShared(REGISTRY_KEY);
     const text = registry == null ? "" : String.UTF8.decodeUnsafe(registry.value.dataStart, registry.value.byteLength);
@@ -63,6 +72,10 @@ export class InFlight {
 
   /** Re-reads the other VMs' counts (before a decision); parses only entries that changed. */
   refresh(): void {
+    if (this.id.length == 0) {
+      this.register(nowNanos());
+      return;
+    }
     const ids = this.peers.keys();
     if (ids.length == 0) return;
     let changed = false;

@@ -1,3 +1,4 @@
+import { RawBytes } from "./abi";
 import { jsonQuote } from "./decide";
 
 // Response observation inside the filter: status, time to first byte, token usage; aggregated
@@ -15,25 +16,27 @@ class EndpointStats {
 
 const USAGE = "\"usage\"";
 
-function findAscii(chunk: Uint8Array, needle: string, from: i32): i32 {
+function findAscii(data: usize, length: i32, needle: string, from: i32): i32 {
   const n = needle.length;
-  const last = chunk.byteLength - n;
+  const last = length - n;
   for (let i = from; i <= last; i++) {
     let j = 0;
-    while (j < n && <i32>chunk[i + j] == needle.charCodeAt(j)) j++;
+    while (j < n && <i32>load<u8>(data + <usize>(i + j)) == needle.charCodeAt(j)) j++;
     if (j == n) return i;
   }
   return -1;
 }
 
-function numberAfter(chunk: Uint8Array, key: string, from: i32): i64 {
-  const at = findAscii(chunk, key, from);
+function numberAfter(data: usize, length: i32, key: string, from: i32): i64 {
+  const at = findAscii(data, length, key, from);
   if (at < 0) return 0;
   let i = at + key.length;
-  while (i < chunk.byteLength && (chunk[i] == 0x20 || chunk[i] == 0x3a)) i++;
+  while (i < length && (load<u8>(data + <usize>i) == 0x20 || load<u8>(data + <usize>i) == 0x3a)) i++;
   let value: i64 = 0;
-  while (i < chunk.byteLength && chunk[i] >= 0x30 && chunk[i] <= 0x39) {
-    value = value * 10 + <i64>(chunk[i] - 0x30);
+  while (i < length) {
+    const c = load<u8>(data + <usize>i);
+    if (c < 0x30 || c > 0x39) break;
+    value = value * 10 + <i64>(c - 0x30);
     i++;
   }
   return value;
@@ -78,12 +81,14 @@ export class Observations {
   }
 
   /** A body chunk: the usage object of a JSON answer or of a stream's final chunk. */
-  body(endpoint: string, chunk: Uint8Array): void {
-    const at = findAscii(chunk, USAGE, 0);
+  body(endpoint: string, chunk: RawBytes): void {
+    const data = chunk.pointer;
+    const length = chunk.length;
+    const at = findAscii(data, length, USAGE, 0);
     if (at < 0) return;
     const stats = this.of(endpoint);
-    stats.promptTokens += numberAfter(chunk, "\"prompt_tokens\"", at);
-    stats.completionTokens += numberAfter(chunk, "\"completion_tokens\"", at);
+    stats.promptTokens += numberAfter(data, length, "\"prompt_tokens\"", at);
+    stats.completionTokens += numberAfter(data, length, "\"completion_tokens\"", at);
   }
 
   /** The batch as JSON (extproc/wasm/brain.py reads it), and a fresh start. */
