@@ -155,14 +155,13 @@ export function decodeHeaders(bytes: Uint8Array): Array<string> {
 /** A header map fetched as one block (getHeaderPairsRaw): each lookup scans it in the module
  * instead of crossing into the host (and back, for the value's memory) once per header. */
 export class HeaderPairs {
-  constructor(public bytes: Uint8Array) {}
+  constructor(public base: usize, public length: i32) {}
 
   /** The first value under `name` (lowercase: Envoy's header keys are), "" when absent: what
    * proxy_get_header_map_value answers. */
   get(name: string): string {
-    const bytes = this.bytes;
-    if (bytes.byteLength < 4) return "";
-    const base = bytes.dataStart;
+    if (this.length < 4) return "";
+    const base = this.base;
     const count = load<u32>(base);
     const wanted = name.length;
     let at = base + 4 + 8 * <usize>count;
@@ -190,6 +189,14 @@ export function getHeaderPairsRaw(kind: MapType): Uint8Array {
   return takeBytes();
 }
 
+/** All headers of a map left in host-allocated memory (no copy): read, then heap.free(pointer). */
+export function getHeaderPairsInPlace(kind: MapType): RawBytes | null {
+  store<usize>(slotPtr, 0);
+  store<u32>(slotLen, 0);
+  if (proxy_get_header_map_pairs(kind, slotPtr, slotLen) != WasmResult.Ok) return null;
+  return new RawBytes(load<usize>(slotPtr), <i32>load<u32>(slotLen));
+}
+
 export function sendLocalResponse(status: u32, details: string, body: ArrayBuffer, headers: Array<string>): void {
   const detailBytes = String.UTF8.encode(details);
   const headerBytes = encodeHeaders(headers);
@@ -203,8 +210,16 @@ export function sendLocalResponse(status: u32, details: string, body: ArrayBuffe
 }
 
 /** Filter state "wasm.<name>", read by Envoy's header_mutation as %FILTER_STATE(wasm.<name>:PLAIN)%. */
+const encodedNames = new Map<string, ArrayBuffer>(); // the few decision header names
+
 export function setFilterState(name: string, value: string): void {
-  const key = String.UTF8.encode(name);
+  let key: ArrayBuffer;
+  if (encodedNames.has(name)) {
+    key = encodedNames.get(name);
+  } else {
+    key = String.UTF8.encode(name);
+    encodedNames.set(name, key);
+  }
   const bytes = String.UTF8.encode(value);
   proxy_set_property(changetype<usize>(key), key.byteLength, changetype<usize>(bytes), bytes.byteLength);
 }
@@ -262,6 +277,11 @@ export function getShared(key: string): Shared | null {
 export function setShared(key: string, value: ArrayBuffer, cas: u32): bool {
   const name = String.UTF8.encode(key);
   return proxy_set_shared_data(changetype<usize>(name), name.byteLength, changetype<usize>(value), value.byteLength, cas) == WasmResult.Ok;
+}
+
+/** setShared for bytes in module memory, under a key already encoded (no cas). */
+export function setSharedRaw(key: ArrayBuffer, value: usize, length: i32): bool {
+  return proxy_set_shared_data(changetype<usize>(key), key.byteLength, value, length, 0) == WasmResult.Ok;
 }
 
 /** HTTP call answers arrive at the root context: act on the request that made the call. */

@@ -9,12 +9,13 @@ export const enum Outcome { Routed = 0, Error = 1, Escalate = 2 }
 
 export const DESTINATION_HEADER = "x-gateway-destination-endpoint";
 
+const EMPTY = new Array<string>(0);
+
 export class Decision {
   outcome: Outcome = Outcome.Escalate;
   status: i32 = 0;
   body: string = "";
-  errorHeaders: Array<string> = new Array<string>();
-  endpoints: Array<string> = new Array<string>();
+  errorHeaders: Array<string> = EMPTY;
   headers: Array<string> = new Array<string>(); // name, value, ...
   newBody: ArrayBuffer | null = null;
   primary: string = "";
@@ -28,6 +29,7 @@ function error(status: i32, message: string, type: string, code: string, retryAf
   const decision = new Decision();
   decision.outcome = Outcome.Error;
   decision.status = status;
+  decision.errorHeaders = new Array<string>();
   // json.dumps(..., ensure_ascii=False) layout; the message holds no character that needs escaping.
   decision.body = '{"error": {"message": "' + message + '", "type": "' + type + '", "code": "' + code + '"}}';
   decision.errorHeaders.push("content-type");
@@ -74,7 +76,7 @@ export function mediaTypeIsJson(contentType: string): bool {
 
 function lastField(fields: Array<Field>, key: string): Field | null {
   for (let i = fields.length - 1; i >= 0; i--) {
-    if (fields[i].key == key) return fields[i];
+    if (fields[i].is(key)) return fields[i];
   }
   return null;
 }
@@ -92,8 +94,8 @@ const AFFINITY_TRIES = 8;
  * affinity_load_factor × average + 1 (the scheduler's session bound), so a hot prefix or user
  * cannot pile onto one endpoint.
  * -1 when none of the first AFFINITY_TRIES qualifies. Ties in rank: the first wins. */
-function preferred(snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer, own: Array<i64>): i32 {
-  let seed = fnv1a(changetype<usize>(key), key.byteLength, FNV_OFFSET);
+function preferred(snapshot: Snapshot, set: CandidateSet, key: Uint8Array, own: Array<i64>): i32 {
+  let seed = fnv1a(key.dataStart, key.byteLength, FNV_OFFSET);
   seed = seed * 16777619; // the \0 separator: hash ^= 0 is a no-op
   const endpoints = set.endpoints;
   const n = endpoints.length;
@@ -154,7 +156,7 @@ function loadScores(snapshot: Snapshot, endpoints: Array<Candidate>, busy: Array
 
 /** Candidates best first: prepared score + load score − in-flight weight × in-flight + affinity bonus. */
 export function pick(
-  snapshot: Snapshot, set: CandidateSet, key: ArrayBuffer | null, bonus: i64, inflight: InFlight, prompt: i64,
+  snapshot: Snapshot, set: CandidateSet, key: Uint8Array | null, bonus: i64, inflight: InFlight, prompt: i64,
 ): Array<Candidate> {
   const endpoints = set.endpoints;
   const n = endpoints.length;
@@ -186,12 +188,16 @@ export function pick(
 
 /** The prompt text parse_body builds (extproc/request.py), kept only as its first bytes (the
  * prefix-affinity key) and its size in UTF-8 bytes (estimate_tokens, for the load score). */
+// The prefix's bytes, reused by every request (the key is hashed before the next one).
+let prefixBuffer = new Uint8Array(256);
+
 class PromptText {
   prefix: Uint8Array;
   size: i32 = 0;
 
   constructor(public json: Json, limit: i32) {
-    this.prefix = new Uint8Array(limit);
+    if (prefixBuffer.byteLength != limit) prefixBuffer = new Uint8Array(limit);
+    this.prefix = prefixBuffer;
   }
 
   separator(): void {
@@ -342,6 +348,7 @@ export function decide(
     rejected.outcome = Outcome.Error;
     rejected.status = route.rejectStatus;
     rejected.body = route.rejectBody;
+    rejected.errorHeaders = new Array<string>();
     rejected.errorHeaders.push("content-type");
     rejected.errorHeaders.push("application/json");
     rejected.model = model;
@@ -351,20 +358,20 @@ export function decide(
 
   const text = promptText(json, task, fields, snapshot.prefixBytes);
   if (json.unsupported) return ESCALATE;
-  let key: ArrayBuffer | null = null;
+  let key: Uint8Array | null = null;
   let bonus: i64 = 0;
   const userField = lastField(fields, "user");
   const user = userField != null ? json.stringAt(userField.start) : null;
   if (sessionValue.length > 0) {
-    key = String.UTF8.encode(sessionValue);
+    key = Uint8Array.wrap(String.UTF8.encode(sessionValue));
     bonus = snapshot.sessionWeight;
   } else if (user != null && user.length > 0) {
-    key = String.UTF8.encode(user);
+    key = Uint8Array.wrap(String.UTF8.encode(user));
     bonus = snapshot.sessionWeight;
   } else {
     const prefix = text.key();
     if (prefix.byteLength > 0) {
-      key = prefix.slice().buffer;
+      key = prefix;
       bonus = snapshot.prefixWeight;
     }
   }
@@ -397,7 +404,6 @@ export function decide(
   decision.outcomeLabel = fallback ? "fallback_model" : "routed";
   let list = "";
   for (let i = 0; i < chosen.length; i++) {
-    decision.endpoints.push(chosen[i].address);
     list += (i > 0 ? "," : "") + chosen[i].address;
   }
   decision.primary = chosen[0].address;

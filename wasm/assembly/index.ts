@@ -8,7 +8,7 @@
 // everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
-  HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
+  HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsInPlace, getHeaderPairsRaw, httpCall, httpCallRaw,
   incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setTickPeriod,
 } from "./abi";
 import { Json, Kind } from "./json";
@@ -365,8 +365,9 @@ export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32):
   if (!requests.has(id)) return HeadersStatus.Continue;
   const request = requests.get(id);
   // One copy of all headers (kept for a possible escalation) answers every lookup below.
-  const pairs = new HeaderPairs(getHeaderPairsRaw(MapType.RequestHeaders));
-  request.headers = pairs.bytes;
+  const copy = getHeaderPairsRaw(MapType.RequestHeaders);
+  request.headers = copy;
+  const pairs = new HeaderPairs(copy.dataStart, copy.byteLength);
   const method = pairs.get(":method");
   request.task = taskOf(pairs.get(":path"));
   request.contentType = pairs.get("content-type");
@@ -438,12 +439,14 @@ export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32)
     if (endOfStream != 0) release(request);
     return HeadersStatus.Continue;
   }
-  const pairs = new HeaderPairs(getHeaderPairsRaw(MapType.ResponseHeaders));
+  const raw = getHeaderPairsInPlace(MapType.ResponseHeaders);
+  const pairs = raw != null ? new HeaderPairs(raw.pointer, raw.length) : new HeaderPairs(0, 0);
   const status = pairs.get(":status");
   request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
   const served = pairs.get(SERVED_HEADER);
   request.servedBy = served.length > 0 ? served : request.primary;
   request.streamed = pairs.get("content-type").startsWith("text/event-stream");
+  if (raw != null) heap.free(raw.pointer);
   observations.headers(request.primary, request.servedBy, request.status, nowNanos() - request.startedNs, request.streamed);
   request.observed = true;
   if (endOfStream != 0) release(request);

@@ -4,12 +4,23 @@
 // entry's timestamp and learns which VMs exist. A VM registers at its first decision, so the
 // main thread's VM (it only polls) is nobody's peer: with one worker, no VM reads another's
 // entry per request.
-import { getShared, nowNanos, setShared } from "./abi";
+import { getShared, nowNanos, setShared, setSharedRaw } from "./abi";
 
 const REGISTRY_KEY = "llm-extproc/vms"; // the VMs' ids, one per line
 const PREFIX = "llm-extproc/inflight/";
 // A VM that has not published for this long is gone (reloaded, or its worker stopped).
 const GONE_AFTER_NS: u64 = 2_000_000_000;
+
+/** Decimal digits of value at out[n..]; returns the new length. */
+function writeDigits(out: Uint8Array, n: i32, value: u64): i32 {
+  let digits = 1;
+  for (let rest = value / 10; rest > 0; rest /= 10) digits++;
+  for (let i = digits - 1; i >= 0; i--) {
+    out[n + i] = <u8>(0x30 + <u32>(value % 10));
+    value /= 10;
+  }
+  return n + digits;
+}
 
 class Peer {
   cas: u32 = 0;
@@ -21,6 +32,9 @@ export class InFlight {
   others: Map<string, i32> = new Map<string, i32>();
   id: string = ""; // registered (at the first decision) once set
   peers: Map<string, Peer> = new Map<string, Peer>();
+  // Published twice per request: written into one reused buffer, under a key encoded once.
+  private entryKey: ArrayBuffer = new ArrayBuffer(0);
+  private entry: Uint8Array = new Uint8Array(256);
 
   count(address: string): i32 {
     return (this.own.has(address) ? this.own.get(address) : 0) + (this.others.has(address) ? this.others.get(address) : 0);
@@ -37,16 +51,28 @@ export class InFlight {
   /** Joins the registry, learns the other VMs and reads them (tick does all three). */
   private register(now: u64): void {
     this.id = now.toString();
+    this.entryKey = String.UTF8.encode(PREFIX + this.id);
     this.tick();
   }
 
   /** "time_ns\naddress count\n..." under this VM's key. */
   private publish(now: u64): void {
     if (this.id.length == 0) return; // not registered yet (before its first decision)
-    let text = now.toString() + "\n";
     const keys = this.own.keys();
-    for (let i = 0; i < keys.length; i++) text += keys[i] + " " + this.own.get(keys[i]).toString() + "\n";
-    setShared(PREFIX + this.id, String.UTF8.encode(text), 0);
+    let size = 21; // the time's digits and its newline
+    for (let i = 0; i < keys.length; i++) size += keys[i].length + 13;
+    if (size > this.entry.byteLength) this.entry = new Uint8Array(size * 2);
+    const out = this.entry;
+    let n = writeDigits(out, 0, now);
+    out[n++] = 0x0a;
+    for (let i = 0; i < keys.length; i++) {
+      const address = keys[i]; // host:port, ASCII
+      for (let j = 0; j < address.length; j++) out[n++] = <u8>address.charCodeAt(j);
+      out[n++] = 0x20;
+      n = writeDigits(out, n, <u64>this.own.get(address));
+      out[n++] = 0x0a;
+    }
+    setSharedRaw(this.entryKey, out.dataStart, n);
   }
 
   /** Every tick: renew this VM's entry, make sure it is registered, learn the other VMs. A lost

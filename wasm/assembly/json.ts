@@ -8,8 +8,33 @@ export const MAX_DEPTH = 64;
 
 export const enum Kind { Invalid = 0, Object = 1, Array = 2, String = 3, Number = 4, True = 5, False = 6, Null = 7 }
 
+/** An object member: its key's span (decoded only when asked) and its value's span. */
 export class Field {
-  constructor(public key: string, public start: i32, public end: i32) {}
+  private decoded: string | null = null;
+
+  constructor(private json: Json, private keyStart: i32, private keyEnd: i32, private escaped: bool, public start: i32, public end: i32) {}
+
+  get key(): string {
+    let key = this.decoded;
+    if (key == null) {
+      key = this.json.decodeString(this.keyStart, this.keyEnd);
+      this.decoded = key;
+    }
+    return key;
+  }
+
+  /** Whether the key is `name` (ASCII): a plain key is compared in place, without a string. */
+  is(name: string): bool {
+    if (this.escaped) return this.key == name;
+    const n = name.length;
+    if (this.keyEnd - this.keyStart - 2 != n) return false;
+    const json = this.json;
+    const first = this.keyStart + 1;
+    for (let i = 0; i < n; i++) {
+      if (json.at(first + i) != <u32>name.charCodeAt(i)) return false;
+    }
+    return true;
+  }
 }
 
 export class Json {
@@ -330,7 +355,7 @@ export class Json {
     return n;
   }
 
-  /** The members of the object at pos: each key decoded, with its value's span. null if invalid. */
+  /** The members of the object at pos: each key's and value's span. null if invalid. */
   fields(pos: i32, depth: i32): Array<Field> | null {
     const out = new Array<Field>();
     pos = this.ws(pos + 1);
@@ -339,13 +364,20 @@ export class Json {
       if (this.kind(pos) != Kind.String) return null;
       const keyEnd = this.skipString(pos);
       if (keyEnd < 0) return null;
-      const key = this.decodeString(pos, keyEnd);
+      let escaped = false;
+      for (let i = pos + 1; i < keyEnd - 1; i++) {
+        if (this.at(i) == 0x5c) { escaped = true; break; }
+      }
+      const key = pos;
       pos = this.ws(keyEnd);
       if (pos >= this.len || this.at(pos) != 0x3a) return null;
       const valueStart = this.ws(pos + 1);
       const valueEnd = this.skipValue(valueStart, depth + 1);
       if (valueEnd < 0) return null;
-      out.push(new Field(key, valueStart, valueEnd));
+      const field = new Field(this, key, keyEnd, escaped, valueStart, valueEnd);
+      // An escaped key may hide a lone surrogate: decoding it now flags `unsupported`.
+      if (escaped) field.key;
+      out.push(field);
       pos = this.ws(valueEnd);
       if (pos >= this.len) return null;
       const c = this.at(pos);

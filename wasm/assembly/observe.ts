@@ -17,12 +17,20 @@ class EndpointStats {
 const USAGE = "\"usage\"";
 
 function findAscii(data: usize, length: i32, needle: string, from: i32): i32 {
+  // Every needle here starts with a quote: 16 bytes per step until one shows up.
+  const quote = i8x16.splat(0x22);
   const n = needle.length;
   const last = length - n;
-  for (let i = from; i <= last; i++) {
+  let i = from;
+  while (i <= last) {
+    if (i + 16 <= length && !v128.any_true(i8x16.eq(v128.load(data + <usize>i), quote))) {
+      i += 16;
+      continue;
+    }
     let j = 0;
     while (j < n && <i32>load<u8>(data + <usize>(i + j)) == needle.charCodeAt(j)) j++;
     if (j == n) return i;
+    i++;
   }
   return -1;
 }
@@ -48,8 +56,19 @@ export class Observations {
   // "task|model|tier|outcome|primary endpoint": llm_extproc_requests on the brain.
   decisions: Map<string, i64> = new Map<string, i64>();
 
+  // The last key built: traffic repeats itself, so most decisions reuse it instead of
+  // concatenating five strings again.
+  private last: Array<string> = ["", "", "", "", ""];
+  private lastKey: string = "";
+
   decided(task: string, model: string, tier: string, outcome: string, primary: string): void {
-    const key = task + "|" + model + "|" + tier + "|" + outcome + "|" + primary;
+    const last = this.last;
+    let key = this.lastKey;
+    if (key.length == 0 || task != last[0] || model != last[1] || tier != last[2] || outcome != last[3] || primary != last[4]) {
+      key = task + "|" + model + "|" + tier + "|" + outcome + "|" + primary;
+      last[0] = task; last[1] = model; last[2] = tier; last[3] = outcome; last[4] = primary;
+      this.lastKey = key;
+    }
     this.decisions.set(key, (this.decisions.has(key) ? this.decisions.get(key) : 0) + 1);
   }
 
