@@ -120,6 +120,49 @@ def test_own_in_flight_steers_away_until_the_response_ends(
     assert echoed(envoy.request(CHAT, chat(text="")))["endpoint"] == first
 
 
+def test_load_score_weighs_the_prompt_and_fresh_in_flight_by_each_endpoints_speed(
+    wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
+) -> None:
+    import threading
+
+    from tests.wasm import harness
+
+    _, brain = wasm
+    slow, fast = envoy.addresses[:2]
+    # (address, score, per prompt token, step, per queued, waiting, running): slow prefills a
+    # token in 0.04 typical TTFTs, fast in 0.001 but has one request queued (one TTFT).
+    terms = {
+        "m|": {
+            "endpoints": [
+                [slow, 0, 40_000_000, 100_000_000, 1_000_000_000, 0, 0],
+                [fast, 0, 1_000_000, 100_000_000, 1_000_000_000, 1, 1],
+            ]
+        }
+    }
+    # No prefix affinity: the load score alone decides.
+    loaded = snapshot_for(
+        envoy.addresses, candidates=terms, load_weight=3_000_000, inflight_weight=0, prefix_weight=0
+    )
+    publish(brain, loaded)
+    # ~3 tokens: slow's prefill (0.12) beats fast's queue; ~400 tokens (16 TTFTs on slow): fast.
+    assert echoed(envoy.request(CHAT, chat(text="x" * 10)))["endpoint"] == slow
+    assert echoed(envoy.request(CHAT, chat(text="x" * 1600)))["endpoint"] == fast
+    harness.slow_started.clear()
+    harness.release_slow.clear()
+    held = threading.Thread(
+        target=envoy.request, args=(CHAT, chat(text="x" * 10), {harness.SLOW_HEADER: "1"})
+    )
+    held.start()
+    try:
+        assert harness.slow_started.wait(10)
+        # One of ours in flight at slow, beyond the one it ran when scraped (none): queued there.
+        assert echoed(envoy.request(CHAT, chat(text="x" * 10)))["endpoint"] == fast
+    finally:
+        harness.release_slow.set()
+        held.join(10)
+    assert echoed(envoy.request(CHAT, chat(text="x" * 10)))["endpoint"] == slow
+
+
 def test_client_sent_routing_headers_are_ignored(envoy: WasmEnvoy) -> None:
     spoofed = {"x-gateway-destination-endpoint": envoy.addresses[3], "x-llm-model": "evil"}
     answer = echoed(envoy.request(CHAT, chat(text=""), spoofed))

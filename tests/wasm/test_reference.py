@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.wasm.reference import affinity_key, fnv1a, order, preferred
+from extproc.wasm.reference import affinity_key, fnv1a, load_scores, order, preferred
 
 
 def test_fnv1a_matches_the_published_test_vectors() -> None:
@@ -46,3 +46,53 @@ def test_order_is_score_minus_in_flight_plus_bonus_ties_in_snapshot_order() -> N
     favourite = preferred(["a:1", "b:1", "c:1"], b"hell", [0, 0, 0], 125)
     assert order(snapshot(), endpoints, key, bonus, lambda a: 0)[0] == ["a:1", "b:1", "c:1"][favourite]
     assert affinity_key(snapshot(), "user-9", "hello") == (b"user-9", 1_000_000)
+
+
+def loaded(address: str, score: int, waiting: int, running: int, per_token: int = 1_000_000) -> list[Any]:
+    # One prompt token costs a thousandth of a typical TTFT, a step a tenth, a queued request one.
+    return [address, score, per_token, 100_000_000, 1_000_000_000, waiting, running]
+
+
+def test_load_score_prefers_the_shorter_predicted_wait_scaled_like_the_scheduler() -> None:
+    endpoints = [loaded("a:1", 0, waiting=4, running=2), loaded("b:1", 0, waiting=0, running=2)]
+    # a waits 4 typical TTFTs longer: scaled over the span, b gets the whole weight.
+    assert load_scores(endpoints, 100, [0, 0], 3_000_000) == [0, 3_000_000]
+    # Half a TTFT apart is less than the one-TTFT minimum span: half the weight.
+    half = [loaded("a:1", 0, 0, 0, per_token=6_000_000), loaded("b:1", 0, 0, 0)]
+    assert load_scores(half, 100, [0, 0], 3_000_000) == [0, 1_500_000]
+    # No difference, no preference; no load terms (the last-resort fill), nothing.
+    assert load_scores([loaded("a:1", 0, 1, 0), loaded("b:1", 0, 1, 0)], 5, [0, 0], 3_000_000) == [0, 0]
+    assert load_scores([["a:1", 0], ["b:1", 0]], 5, [3, 0], 3_000_000) == [0, 0]
+
+
+def test_fresh_in_flight_beyond_the_scraped_running_counts_as_queued() -> None:
+    endpoints = [loaded("a:1", 0, waiting=0, running=2), loaded("b:1", 0, waiting=0, running=0)]
+    # Two in flight at a are the two it runs: no queue; at b, two sent since the scrape queue.
+    assert load_scores(endpoints, 10, [2, 2], 1_000_000) == [1_000_000, 0]
+    idle = order(snapshot(load_weight=3_000_000, inflight_weight=0), endpoints, None, 0, lambda a: 0)
+    assert idle == ["a:1", "b:1"]  # equal predictions: snapshot order
+    busy_b = order(
+        snapshot(load_weight=3_000_000, inflight_weight=0),
+        [loaded("a:1", 0, 0, 0), loaded("b:1", 1_000_000, 0, 0)],
+        None,
+        0,
+        lambda a: 3 if a == "b:1" else 0,
+    )
+    assert busy_b == ["a:1", "b:1"]  # b's better fleet score loses to its three queued requests
+
+
+def test_a_long_prompt_goes_where_prefill_is_fastest() -> None:
+    endpoints = [
+        loaded("slow:1", 0, 0, 0, per_token=4_000_000),
+        loaded("fast:1", 0, 1, 4, per_token=1_000_000),
+    ]
+    # Short prompt: fast's queued request (1 TTFT) outweighs slow's prefill (0.04 TTFT).
+    assert (
+        order(snapshot(load_weight=3_000_000), endpoints, None, 0, lambda a: 0, prompt_tokens=10)[0]
+        == "slow:1"
+    )
+    # 2,000 tokens: 8 TTFTs of prefill on slow against 2 + 1 on fast.
+    assert (
+        order(snapshot(load_weight=3_000_000), endpoints, None, 0, lambda a: 0, prompt_tokens=2000)[0]
+        == "fast:1"
+    )
