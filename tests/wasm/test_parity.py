@@ -117,6 +117,9 @@ def text(rng: random.Random) -> str:
             "x" * 300,
             "🙂 emoji",
             "same prefix " * 30,
+            # Long prompts (the filter scans strings over 1 KB once per request).
+            "long " * 400,
+            'naïve "quoted" \\ 漢字 ' * 80,
         ]
     )
 

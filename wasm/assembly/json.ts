@@ -5,6 +5,8 @@
 // the ext_proc path does) instead of guessing.
 
 export const MAX_DEPTH = 64;
+// Strings at least this long (in the body) are scanned once per request, then looked up.
+const LONG_STRING = 1024;
 
 export const enum Kind { Invalid = 0, Object = 1, Array = 2, String = 3, Number = 4, True = 5, False = 6, Null = 7 }
 
@@ -40,6 +42,8 @@ export class Field {
 export class Json {
   unsupported: bool = false; // valid for Python but not decided here, or invalid: escalate
   nonAscii: bool = false; // a string decodedSize() measured holds a character >= U+0080
+  private long: Map<i32, i64> | null = null; // long string start -> end << 1 | plain
+  private plain: bool = true; // the last scan met neither an escape nor a non-ASCII byte
   lastEnd: i32 = 0; // where the object fields() read ended
   constructor(public data: usize, public len: i32) {}
 
@@ -208,6 +212,28 @@ export class Json {
 
   /** End of the string starting at pos (a quote), or -1. Escapes and UTF-8 are validated. */
   skipString(pos: i32): i32 {
+    // A request's body is walked several times (validation, the decision, the prompt text):
+    // long strings (prompts) are scanned once and their ends remembered.
+    const known = this.long;
+    if (known != null && known.has(pos)) return <i32>(known.get(pos) >> 1);
+    const start = pos;
+    this.plain = true;
+    const end = this.scanString(pos);
+    if (end - start >= LONG_STRING) {
+      const cache = known != null ? known : new Map<i32, i64>();
+      cache.set(start, (<i64>end << 1) | (this.plain ? 1 : 0));
+      this.long = cache;
+    }
+    return end;
+  }
+
+  /** True when the long string at pos (already skipped) holds only ASCII and no escape. */
+  private plainLong(pos: i32): bool {
+    const known = this.long;
+    return known != null && known.has(pos) && (known.get(pos) & 1) == 1;
+  }
+
+  private scanString(pos: i32): i32 {
     pos++;
     const quote = i8x16.splat(0x22);
     const backslash = i8x16.splat(0x5c);
@@ -228,6 +254,7 @@ export class Json {
       const c = this.at(pos);
       if (c == 0x22) return pos + 1;
       if (c == 0x5c) {
+        this.plain = false;
         if (pos + 1 >= this.len) return -1;
         const e = this.at(pos + 1);
         if (e == 0x75) {
@@ -244,6 +271,7 @@ export class Json {
       } else if (c < 0x80) {
         pos++;
       } else {
+        this.plain = false;
         const n = this.utf8Length(pos, c);
         if (n == 0) { this.unsupported = true; return -1; }
         pos += n;
@@ -315,6 +343,7 @@ export class Json {
   /** Bytes of the string at pos (validated by skipString) once decoded as UTF-8; sets
    * `nonAscii` when one of them is >= 0x80 and `unsupported` on a lone surrogate, as decodeInto. */
   decodedSize(pos: i32, end: i32): i32 {
+    if (this.plainLong(pos)) return end - pos - 2;
     const backslash = i8x16.splat(0x5c);
     const ascii = i8x16.splat(0x7f);
     let i = pos + 1;
