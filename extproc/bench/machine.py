@@ -46,6 +46,8 @@ def machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "envoy": envoy,
         "date": datetime.date.today().isoformat(),
+        # Benchmarks here often share the machine: the 1/5/15-minute load when the run ended.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

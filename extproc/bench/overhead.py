@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -57,25 +58,35 @@ def parse_wrk(text: str) -> dict[str, float]:
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", text)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if not (p50 and p99 and rps):
+    if not (p50 and p99 and rps and total):
         raise RuntimeError(f"cannot parse wrk output:\n{text}")
     return {
         "p50_ms": ms(*p50.groups()),
         "p99_ms": ms(*p99.groups()),
         "rps": float(rps.group(1)),
+        "requests": float(total.group(1)),
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}
 
     def spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        self.pids[name] = self.procs[-1].pid
 
     def envoy(self, name: str, config: str) -> None:
         path = self.work / f"{name}.yaml"
@@ -262,6 +273,17 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
             setups["vllm-router"] = ports["vllm_router"]
+        # CPU per request of each setup's own processes (the shared canned backend and wrk
+        # excluded): on a shared machine it moves far less than latency and req/s do.
+        own = {
+            "envoy": ["plain"],
+            "envoy+wasm": ["wasm_front", "brain"],
+            "envoy+wasm-escalated": ["escalating_front", "escalating_brain"],
+            "envoy+extproc": ["front", "extproc"],
+            "envoy+extproc+observer": ["observed", "extproc"],
+            "envoy+python-floor": ["floor_front", "floor"],
+            "vllm-router": ["vllm-router"],
+        }
         for name, port in setups.items():
             wait_http(
                 f"http://127.0.0.1:{port}/health"
@@ -289,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for concurrency in args.concurrency:
                     for name, port in setups.items():
+                        pids = [bench.pids[process] for process in own[name]]
+                        cpu_before = sum(cpu_seconds(pid) for pid in pids)
                         out = subprocess.run(
                             [
                                 "wrk",
@@ -305,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                             timeout=args.seconds + 30,
                             check=True,
                         ).stdout
-                        results.setdefault((name, concurrency, prompt_bytes), []).append(parse_wrk(out))
+                        run = parse_wrk(out)
+                        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
+                        run["cpu_us_per_request"] = cpu / max(run["requests"], 1.0) * 1e6
+                        results.setdefault((name, concurrency, prompt_bytes), []).append(run)
         rows: list[dict[str, Any]] = []
         print(
             f"{'setup':<23} {'conc':>4} {'prompt':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'non-2xx':>8}"
+            f" {'cpu us/req':>10}"
         )
         for (name, concurrency, prompt_bytes), runs in results.items():
             best = sorted(runs, key=lambda r: r["p50_ms"])[len(runs) // 2]  # the median run
@@ -318,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             row["rps_max"] = max(r["rps"] for r in runs)
             row["p50_ms_min"] = min(r["p50_ms"] for r in runs)
             row["p50_ms_max"] = max(r["p50_ms"] for r in runs)
+            row["cpu_us_per_request_min"] = min(r["cpu_us_per_request"] for r in runs)
+            row["cpu_us_per_request_max"] = max(r["cpu_us_per_request"] for r in runs)
             rows.append(row)
             print(
                 f"{name:<23} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "
-                f"{best['rps']:>9.0f} {best['errors']:>8.0f}"
+                f"{best['rps']:>9.0f} {best['errors']:>8.0f} {best['cpu_us_per_request']:>10.0f}"
             )
         Path(args.json).write_text(
             json.dumps(
