@@ -1,9 +1,10 @@
-"""The routing snapshot the Wasm filter decides from (format 1; docs/wasm.md).
+"""The routing snapshot the Wasm filter decides from (format 2; docs/wasm.md).
 
 Built by the brain from the same objects the ext_proc path decides with: the compiled policy,
 evaluated once per (task, stream, model, tenant) key where its verdict cannot depend on anything else,
 and per (model, pool) target the candidates the scheduler's fleet-only filters keep, with their
-prepared fleet scores. Anything the table cannot express is marked "escalate": the filter then
+prepared fleet scores and the load scorer's per-endpoint terms (the filter adds the request's
+part: the prompt's size and its fresh in-flight counts). Anything the table cannot express is marked "escalate": the filter then
 asks the brain, which answers with the ext_proc path's own code.
 """
 

@@ -44,6 +44,7 @@ export class Json {
   nonAscii: bool = false; // a string decodedSize() measured holds a character >= U+0080
   private long: Map<i32, i64> | null = null; // long string start -> end << 1 | plain
   private plain: bool = true; // the last scan met neither an escape nor a non-ASCII byte
+  private escapeEnd: i32 = 0; // where the escape codePoint() read ends
   lastEnd: i32 = 0; // where the object fields() read ended
   constructor(public data: usize, public len: i32) {}
 
@@ -305,16 +306,8 @@ export class Json {
       const e = this.at(i + 1);
       i += 2;
       if (e == 0x75) {
-        let code = this.hex(i);
-        i += 4;
-        if (code >= 0xd800 && code <= 0xdbff && i + 6 <= last && this.at(i) == 0x5c && this.at(i + 1) == 0x75) {
-          const low = this.hex(i + 2);
-          if (low >= 0xdc00 && low <= 0xdfff) {
-            code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
-            i += 6;
-          }
-        }
-        if (code >= 0xd800 && code <= 0xdfff) { this.unsupported = true; code = 0xfffd; }
+        const code = this.codePoint(i, last);
+        i = this.escapeEnd;
         if (code < 0x80) {
           out[n++] = <u8>code;
         } else if (code < 0x800) {
@@ -338,6 +331,24 @@ export class Json {
       else out[n++] = <u8>e; // " \ /
     }
     return n;
+  }
+
+  /** The code point of the \uXXXX escape whose digits start at i (with a following low
+   * surrogate's escape, if any); sets escapeEnd past it. A lone surrogate is U+FFFD and flags
+   * `unsupported` (json.loads would keep it; the brain decides those). */
+  private codePoint(i: i32, last: i32): i32 {
+    let code = this.hex(i);
+    i += 4;
+    if (code >= 0xd800 && code <= 0xdbff && i + 6 <= last && this.at(i) == 0x5c && this.at(i + 1) == 0x75) {
+      const low = this.hex(i + 2);
+      if (low >= 0xdc00 && low <= 0xdfff) {
+        code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+        i += 6;
+      }
+    }
+    this.escapeEnd = i;
+    if (code >= 0xd800 && code <= 0xdfff) { this.unsupported = true; code = 0xfffd; }
+    return code;
   }
 
   /** Bytes of the string at pos (validated by skipString) once decoded as UTF-8; sets
@@ -368,16 +379,8 @@ export class Json {
       const e = this.at(i + 1);
       i += 2;
       if (e != 0x75) { n++; continue; }
-      let code = this.hex(i);
-      i += 4;
-      if (code >= 0xd800 && code <= 0xdbff && i + 6 <= last && this.at(i) == 0x5c && this.at(i + 1) == 0x75) {
-        const low = this.hex(i + 2);
-        if (low >= 0xdc00 && low <= 0xdfff) {
-          code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
-          i += 6;
-        }
-      }
-      if (code >= 0xd800 && code <= 0xdfff) { this.unsupported = true; code = 0xfffd; }
+      const code = this.codePoint(i, last);
+      i = this.escapeEnd;
       if (code >= 0x80) this.nonAscii = true;
       n += code < 0x80 ? 1 : code < 0x800 ? 2 : code < 0x10000 ? 3 : 4;
     }
