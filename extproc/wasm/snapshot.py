@@ -211,7 +211,7 @@ def build_snapshot(
         "format": SNAPSHOT_FORMAT,
         "endpoints_per_request": config.endpoints_per_request,
         "max_body_bytes": config.max_body_bytes,
-        "session_header": config.session_header,
+        "session_header": config.session_header.lower(),  # Envoy's header keys are lowercase
         "tenant_header": policy.policy.tenants.header.lower() if policy is not None else "",
         "tenants": tenants,
         "stale_after_ms": stale_after_ms,

@@ -82,9 +82,10 @@ def test_session_key_sticks_to_one_endpoint_and_keys_spread(
     wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
 ) -> None:
     _, brain = wasm
-    # Equally good endpoints: the affinity bonus alone decides.
+    # Equally good endpoints: the affinity bonus alone decides. The header is named as a user
+    # might configure it; Envoy's keys are lowercase.
     equal = {"m|": {"endpoints": [[a, 0] for a in envoy.addresses]}}
-    publish(brain, snapshot_for(envoy.addresses, candidates=equal))
+    publish(brain, snapshot_for(envoy.addresses, candidates=equal, session_header="X-User-Id"))
     firsts = {}
     for user in (f"user-{i}" for i in range(12)):
         seen = {echoed(envoy.request(CHAT, chat(), {"x-user-id": user}))["endpoint"] for _ in range(3)}

@@ -170,10 +170,11 @@ export function parseSnapshot(bytes: Uint8Array): Snapshot | null {
     else if (key == "max_body_bytes") snapshot.maxBodyBytes = json.intAt(at, snapshot.maxBodyBytes);
     else if (key == "session_header") {
       const name = json.stringAt(at);
-      if (name != null) snapshot.sessionHeader = name;
+      // Looked up in the header map's own bytes, where Envoy keeps keys lowercase.
+      if (name != null) snapshot.sessionHeader = name.toLowerCase();
     } else if (key == "tenant_header") {
       const name = json.stringAt(at);
-      if (name != null) snapshot.tenantHeader = name;
+      if (name != null) snapshot.tenantHeader = name.toLowerCase();
     } else if (key == "tenants") {
       const items = json.items(at, 1);
       if (items == null) return null;
