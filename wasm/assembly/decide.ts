@@ -186,11 +186,11 @@ export function pick(
   return out;
 }
 
-/** The prompt text parse_body builds (extproc/request.py), kept only as its first bytes (the
- * prefix-affinity key) and its size in UTF-8 bytes (estimate_tokens, for the load score). */
 // The prefix's bytes, reused by every request (the key is hashed before the next one).
 let prefixBuffer = new Uint8Array(256);
 
+/** The prompt text parse_body builds (extproc/request.py), kept only as its first bytes (the
+ * prefix-affinity key) and its size in UTF-8 bytes (estimate_tokens, for the load score). */
 class PromptText {
   prefix: Uint8Array;
   size: i32 = 0;
