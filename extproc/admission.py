@@ -184,8 +184,12 @@ class Capacity:
         return pending.cache.max_entry_bytes if pending is not None else 0
 
     def observed(self, observation: Observation, body: bytes | None) -> None:
-        request_id = observation.request_id
-        pending: PendingStore | None = self._stores.pop(request_id, None)
+        self.store(observation, body)
+        self.settle(observation)
+
+    def store(self, observation: Observation, body: bytes | None) -> None:
+        """The response of a cache miss passed whole: it answers the next identical request."""
+        pending: PendingStore | None = self._stores.pop(observation.request_id, None)
         if (
             pending is not None
             and body is not None
@@ -199,7 +203,10 @@ class Capacity:
             self._background(self.cache.put(pending.key, entry, keep_stale_s=keep))
             if self.metrics is not None:
                 self.metrics.cache_stores.inc()
-        lease: Lease | None = self._settles.pop(request_id, None)
+
+    def settle(self, observation: Observation) -> None:
+        """The response's real token usage corrects its tenant's token budget."""
+        lease: Lease | None = self._settles.pop(observation.request_id, None)
         usage = observation.usage
         if lease is not None and usage is not None and self.limiter is not None:
             actual = (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)

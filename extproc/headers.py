@@ -37,6 +37,9 @@ PROVIDER_HEADER = "x-llm-provider"
 # provider's (its model name, maybe Azure's deployment path).
 REQUESTED_MODEL_HEADER = "x-llm-requested-model"
 ORIGINAL_PATH_HEADER = "x-llm-original-path"
+# The Wasm data path's provider path: Wasm cannot set :path from its body callback, so the
+# decision carries it here and Envoy's Lua step moves it into :path (docs/wasm.md).
+PROVIDER_PATH_HEADER = "x-llm-provider-path"
 # Set by the provider clusters' upstream observer (its own header_mutation), so that stream is
 # told apart from the listener's observer; removed before the provider sees the request.
 PROVIDER_ATTEMPT_HEADER = "x-llm-provider-attempt"

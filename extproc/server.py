@@ -39,6 +39,7 @@ from extproc.headers import (
     MODEL_HEADER,
     ORIGINAL_PATH_HEADER,
     POOL_HEADER,
+    PRIORITY_HEADER,
     PROVIDER_ATTEMPT_HEADER,
     PROVIDER_HEADER,
     REQUEST_ID_HEADER,
@@ -613,6 +614,7 @@ class ExternalProcessor(ep_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _describe(self, record: RouteRecord, decision: Decision, parsed: ParsedRequest) -> None:
         record.tenant, record.rule, record.tier = decision.tenant, decision.rule, decision.tier
+        record.priority = next((v for k, v in decision.set_headers if k == PRIORITY_HEADER), "")
         record.model_requested, record.model_served = decision.requested_model, decision.model
         record.pool, record.endpoints, record.scores = decision.pool, decision.endpoints, decision.scores
         record.speeds = decision.speeds

@@ -31,6 +31,10 @@ BENCHMARKS = {
         "extproc.bench.providers",
         "hosted providers through Envoy: spill-over at 120 % of the fleet, fallback during 429s",
     ),
+    "wasm-limits": (
+        "extproc.bench.wasm_limits",
+        "Wasm data path: a tenant the filter decides vs escalated limited tenants (rate, concurrency)",
+    ),
     "memory": (
         "extproc.bench.memory",
         "ext_proc RSS growth per request under steady load, by kind of request",

@@ -82,8 +82,25 @@ def render(
     rendered = Template(text).substitute(values)
     if not providers:
         return rendered
-    config = yaml.safe_load(rendered)
-    files = add_providers(config, providers, sds_dir=sds_dir, addresses=provider_addresses)
+    return with_providers(
+        yaml.safe_load(rendered), providers, provider_addresses, sds_dir=sds_dir, sds_out=sds_out
+    )
+
+
+def with_providers(
+    config: dict[str, Any],
+    providers: Sequence[ProviderUpstream],
+    provider_addresses: Mapping[str, str] | None,
+    *,
+    sds_dir: Path | None,
+    sds_out: Path | None = None,
+    fallback_routing: dict[str, Any] | None = None,
+) -> str:
+    """The parsed config with the providers' routes and clusters (extproc.deploy.envoy_providers),
+    as YAML; their keys' SDS files are written to ``sds_out`` (default ``sds_dir``)."""
+    files = add_providers(
+        config, providers, sds_dir=sds_dir, addresses=provider_addresses, fallback_routing=fallback_routing
+    )
     out = sds_out or sds_dir
     for name, content in files.items():
         assert out is not None

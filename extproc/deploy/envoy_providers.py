@@ -307,11 +307,14 @@ def _route(upstream: ProviderUpstream) -> dict[str, Any]:
     }
 
 
-def _fallback_listener(main: dict[str, Any], fleet_route: dict[str, Any]) -> dict[str, Any]:
+def _fallback_listener(
+    main: dict[str, Any], fleet_route: dict[str, Any], routing: dict[str, Any] | None
+) -> dict[str, Any]:
     hcm = copy.deepcopy(main["filter_chains"][0]["filters"][0])
     config = hcm["typed_config"]
     config["stat_prefix"] = "provider_fallback"
-    routing = next(f for f in config["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+    if routing is None:
+        routing = next(f for f in config["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
     router = next(f for f in config["http_filters"] if f["name"] == "envoy.filters.http.router")
     config["http_filters"] = [
         # The provider key rode along with the retry: it goes no further.
@@ -341,11 +344,14 @@ def add_providers(
     sds_dir: Path | None = None,
     addresses: Mapping[str, str] | None = None,
     extproc_cluster: str = "extproc",
+    fallback_routing: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Add the providers to a parsed Envoy config (extproc/deploy/envoy/local.yaml rendered).
 
     ``addresses``: provider name -> "ip:port" to connect to instead of resolving its host (the
-    local stack's double). Returns the SDS files to write into ``sds_dir`` (name -> YAML text).
+    local stack's double). ``fallback_routing``: the HTTP filter that decides the fallback hop
+    (default: the main listener's ext_proc filter). Returns the SDS files to write into
+    ``sds_dir`` (name -> YAML text).
     """
     if not upstreams:
         return {}
@@ -354,7 +360,7 @@ def add_providers(
     routes: list[dict[str, Any]] = hcm["route_config"]["virtual_hosts"][0]["routes"]
     fleet_route = routes[-1]
     routes[:0] = [_route(u) for u in upstreams]
-    config["static_resources"]["listeners"].append(_fallback_listener(main, fleet_route))
+    config["static_resources"]["listeners"].append(_fallback_listener(main, fleet_route, fallback_routing))
     clusters = config["static_resources"]["clusters"]
     for upstream in upstreams:
         clusters.append(_with_fallback(upstream, extproc_cluster, sds_dir))

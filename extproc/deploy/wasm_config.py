@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
+
+import yaml
 
 from extproc.deploy import shipped
-from extproc.deploy.envoy_config import lb_endpoints
+from extproc.deploy.envoy_config import EnvoyPorts, lb_endpoints, render, with_providers
 from extproc.headers import (
     COMPLEXITY_HEADER,
     DESTINATION_HEADER,
@@ -19,11 +22,18 @@ from extproc.headers import (
     ENVOY_TIMEOUT_MS_HEADER,
     MIRROR_CLUSTER_HEADER,
     MODEL_HEADER,
+    ORIGINAL_PATH_HEADER,
+    POOL_HEADER,
     PRIORITY_HEADER,
+    PROVIDER_HEADER,
+    PROVIDER_PATH_HEADER,
+    REQUESTED_MODEL_HEADER,
     RULE_HEADER,
     STREAM_HEADER,
+    TENANT_HEADER,
     TIER_HEADER,
 )
+from extproc.providers.upstream import ProviderUpstream
 
 # Every request header a decision may set. Wasm cannot set request headers from its body
 # callback, so the filter writes each as filter state and Envoy's header_mutation copies it:
@@ -45,23 +55,51 @@ DECISION_HEADERS = (
 )
 
 
+# ... and those of a decision that hands the request to a hosted provider (docs/providers.md),
+# copied only when the config has providers. The provider's path travels in
+# PROVIDER_PATH_HEADER (the brain's answer maps ":path" to it): header_mutation may not set
+# pseudo-headers, so a Lua step moves it into :path and has Envoy pick the route again (the
+# provider's route matches PROVIDER_HEADER).
+PROVIDER_DECISION_HEADERS = (
+    PROVIDER_HEADER,
+    POOL_HEADER,
+    TENANT_HEADER,
+    REQUESTED_MODEL_HEADER,
+    ORIGINAL_PATH_HEADER,
+    PROVIDER_PATH_HEADER,
+)
+
+PROVIDER_PATH_LUA = f"""function envoy_on_request(handle)
+  local headers = handle:headers()
+  local path = headers:get("{PROVIDER_PATH_HEADER}")
+  if path then
+    headers:replace(":path", path)
+    headers:remove("{PROVIDER_PATH_HEADER}")
+    handle:clearRouteCache()
+  end
+end
+"""
+
+
 def wasm_module() -> Path:
     return shipped("wasm", "llm_extproc.wasm")
 
 
+def _mutations(names: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "append": {
+                "header": {"key": name, "value": f"%FILTER_STATE(wasm.{name}:PLAIN)%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        }
+        for name in names
+    ]
+
+
 def decision_mutations() -> str:
     """header_mutation's request_mutations: each decision header from filter state wasm.<name>."""
-    return json.dumps(
-        [
-            {
-                "append": {
-                    "header": {"key": name, "value": f"%FILTER_STATE(wasm.{name}:PLAIN)%"},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
-            }
-            for name in DECISION_HEADERS
-        ]
-    )
+    return json.dumps(_mutations(DECISION_HEADERS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +110,8 @@ class FilterSettings:
     decide_timeout_ms: int = 1000
     report_every_ticks: int = 10
     observe: bool = True
+    # Per-request records per report batch (about 1 s); more are counted as dropped.
+    max_records: int = 1000
 
     def json(self) -> str:
         return json.dumps(
@@ -82,6 +122,7 @@ class FilterSettings:
                 "decide_timeout_ms": self.decide_timeout_ms,
                 "report_every_ticks": self.report_every_ticks,
                 "observe": self.observe,
+                "max_records": self.max_records,
             }
         )
 
@@ -101,9 +142,15 @@ def render_wasm(
     shadow: Sequence[str] = (),
     settings: FilterSettings = DEFAULT_SETTINGS,
     module: Path | None = None,
+    providers: Sequence[ProviderUpstream] = (),
+    provider_addresses: Mapping[str, str] | None = None,
+    sds_dir: Path | None = None,
+    extproc_port: int = 0,
 ) -> str:
+    """``providers``: hosted provider pools, as in extproc.deploy.envoy_config.render; their
+    fallback hop and attempt observer talk ext_proc to the brain's gRPC port ``extproc_port``."""
     text = shipped("envoy", "wasm.yaml").read_text()
-    return Template(text).substitute(
+    rendered = Template(text).substitute(
         admin_port=admin_port,
         listen_port=listen_port,
         listen_host=listen_host,
@@ -116,3 +163,40 @@ def render_wasm(
         wasm_path=json.dumps(str(module or wasm_module())),
         decision_mutations=decision_mutations(),
     )
+    if not providers:
+        return rendered
+    # The ext_proc data path's config for the same brain: its routing filter decides the
+    # fallback hop (rare: a provider attempt failed), its cluster reaches the brain's gRPC port.
+    extproc = yaml.safe_load(
+        render(
+            addresses,
+            EnvoyPorts(extproc_port=extproc_port, extproc_host=brain_host),
+            max_body_bytes=max_body_bytes,
+        )
+    )
+    routing = next(f for f in _http_filters(extproc) if f["name"] == "envoy.filters.http.ext_proc")
+    config = yaml.safe_load(rendered)
+    config["static_resources"]["clusters"].append(
+        next(c for c in extproc["static_resources"]["clusters"] if c["name"] == "extproc")
+    )
+    config["layered_runtime"] = extproc["layered_runtime"]
+    filters = _http_filters(config)
+    at = next(i for i, f in enumerate(filters) if f["name"] == "apply-decision")
+    filters[at]["typed_config"]["mutations"]["request_mutations"] += _mutations(PROVIDER_DECISION_HEADERS)
+    filters.insert(
+        at + 1,
+        {
+            "name": "provider-path",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": PROVIDER_PATH_LUA},
+            },
+        },
+    )
+    return with_providers(config, providers, provider_addresses, sds_dir=sds_dir, fallback_routing=routing)
+
+
+def _http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
+    main = config["static_resources"]["listeners"][0]
+    filters: list[dict[str, Any]] = main["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    return filters

@@ -246,6 +246,10 @@ class LocalStack:
                 admin_port=self.admin_port,
                 brain_port=self.config.brain_port,
                 shadow=[e["address"] for e in self.fleet if e.get("pool") == "shadow"],
+                providers=self.providers,
+                provider_addresses={name: sim["address"] for name, sim in self.provider_sims.items()},
+                sds_dir=self.workdir,
+                extproc_port=self.extproc_port,
             )
         return render(
             [e["address"] for e in self.fleet],

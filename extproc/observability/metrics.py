@@ -245,6 +245,7 @@ class Metrics:
             registry=registry,
         )
         self._children: dict[tuple[str, ...], Any] = {}
+        self._histogram_children: dict[tuple[Any, ...], Any] = {}
         self._policy_version: str | None = None
 
     def watch_fleet(
@@ -272,17 +273,26 @@ class Metrics:
         labels = (observation.model, observation.pool)
         status = observation.status
         error_type = "" if 0 < status < 400 else str(status or "reset")
-        self.request_duration.labels(*labels, error_type).observe(observation.duration_s)
+        self._child(self.request_duration, *labels, error_type).observe(observation.duration_s)
         if not math.isnan(observation.ttft_s):
-            self.time_to_first_token.labels(*labels).observe(observation.ttft_s)
+            self._child(self.time_to_first_token, *labels).observe(observation.ttft_s)
         if not math.isnan(observation.time_per_output_token_s):
-            self.time_per_output_token.labels(*labels).observe(observation.time_per_output_token_s)
+            self._child(self.time_per_output_token, *labels).observe(observation.time_per_output_token_s)
         usage = observation.usage
         if usage is not None:
             if usage.prompt_tokens is not None:
-                self.token_usage.labels("input", *labels).observe(usage.prompt_tokens)
+                self._child(self.token_usage, "input", *labels).observe(usage.prompt_tokens)
             if usage.completion_tokens is not None:
-                self.token_usage.labels("output", *labels).observe(usage.completion_tokens)
+                self._child(self.token_usage, "output", *labels).observe(usage.completion_tokens)
+
+    def _child(self, metric: Histogram, *labels: str) -> Any:
+        """A labelled child, created once (labels() costs microseconds; one is taken per
+        observed response)."""
+        key = (metric, *labels)
+        child = self._histogram_children.get(key)
+        if child is None:
+            child = self._histogram_children[key] = metric.labels(*labels)
+        return child
 
     def policy_loaded(self, version: str, ok: bool) -> None:
         self.policy_reloads.labels("success" if ok else "failure").inc()

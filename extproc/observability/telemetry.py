@@ -34,6 +34,7 @@ class RouteRecord:
     tenant: str | None = None
     rule: str = ""
     tier: str = ""
+    priority: str = ""  # the policy's priority name, when it set one
     model_requested: str = ""
     model_served: str = ""
     pool: str = ""
@@ -106,6 +107,23 @@ class Telemetry:
 
     def observed(self, observation: Observation, traceparent: str) -> None:
         self.observers_seen = True
+        self._feed(observation)
+        if observation.request_id and self.wants(observation.request_id, traceparent):
+            self._join(observation.request_id, None, observation)
+
+    def logs(self, request_id: str, failed: bool) -> bool:
+        """Whether this request gets a decision-log line (errors always, others sampled)."""
+        return self.log.enabled and (failed or self.log.sampled(request_id))
+
+    def completed(self, record: RouteRecord | None, observation: Observation | None) -> None:
+        """A request whose decision and response arrive together (the Wasm filter's records):
+        metrics from its response, and its decision-log line (``record``, given when ``logs``)."""
+        if observation is not None:
+            self._feed(observation)
+        if record is not None and self.logs(record.request_id, bool(record.error)):
+            self._emit(record, observation)
+
+    def _feed(self, observation: Observation) -> None:
         self.observations += 1
         if not observation.pool and self.pool_of is not None and observation.endpoint:
             observation.pool = self.pool_of(observation.endpoint)
@@ -115,8 +133,6 @@ class Telemetry:
             self.on_ttft(observation.endpoint, observation.ttft_s)
         if self.on_observation is not None:
             self.on_observation(observation)
-        if observation.request_id and self.wants(observation.request_id, traceparent):
-            self._join(observation.request_id, None, observation)
 
     def _join(self, request_id: str, record: RouteRecord | None, observation: Observation | None) -> None:
         now = self.clock()
@@ -176,6 +192,8 @@ class Telemetry:
             "outcome": record.outcome,
             "duration_ms": round((record.finished - record.started) * 1000, 3),
         }
+        if record.priority:
+            line["priority"] = record.priority
         if record.error:
             line["error"] = record.error
         if observation is not None:

@@ -4,7 +4,11 @@
 - ``POST /v1/llm-extproc/decide``: one request the snapshot could not decide, answered by the
   ext_proc path's own code (ExternalProcessor's header and body phases, policy, capacity).
 - ``POST /v1/llm-extproc/observations``: the filter's per-tick batch of response observations,
-  fed to passive health and counted.
+  fed to passive health and counted, and its per-request records (extproc.wasm.records):
+  histograms, decision log, spend, token budgets, and the end of escalated requests'
+  concurrency leases.
+- ``POST /v1/llm-extproc/cache-fill``: the whole response of an escalated cache miss, kept by the
+  filter as it passed (``x-request-id`` names the miss), stored in the response cache.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +26,19 @@ from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.deploy.wasm_config import DECISION_HEADERS
-from extproc.headers import DESTINATION_HEADER, LB_METADATA_NAMESPACE
+from extproc.admission import Lease
+from extproc.deploy.wasm_config import DECISION_HEADERS, DEFAULT_SETTINGS, PROVIDER_DECISION_HEADERS
+from extproc.headers import (
+    DESTINATION_HEADER,
+    LB_METADATA_NAMESPACE,
+    PROVIDER_HEADER,
+    PROVIDER_PATH_HEADER,
+    REQUEST_ID_HEADER,
+)
+from extproc.observe import Observation
 from extproc.router import Router
 from extproc.server import ExternalProcessor, _StreamState
+from extproc.wasm.records import FilterRecord
 from extproc.wasm.snapshot import DEFAULT_STALE_AFTER_MS, build_snapshot
 
 log = logging.getLogger(__name__)
@@ -32,13 +46,26 @@ log = logging.getLogger(__name__)
 SNAPSHOT_PATH = "/v1/llm-extproc/snapshot"
 DECIDE_PATH = "/v1/llm-extproc/decide"
 OBSERVATIONS_PATH = "/v1/llm-extproc/observations"
+CACHE_FILL_PATH = "/v1/llm-extproc/cache-fill"
 # The filter sends the original request line in these (its call's own :path is DECIDE_PATH).
 ORIGINAL_PATH = "x-llm-extproc-path"
 ORIGINAL_METHOD = "x-llm-extproc-method"
 # A snapshot is rebuilt at most this often: the fleet changes every scrape (50-100 ms) anyway,
 # and N+1 Envoy VMs poll every 100 ms.
 REBUILD_EVERY_S = 0.05
+# An escalated request's concurrency lease is held until the filter's record says the request
+# ended. A record that never comes (the VM died, the call to us timed out and the filter failed
+# open) must not lock the tenant out: past the route's timeout (300 s) the lease expires.
+LEASE_TTL_S = 360.0
+MAX_HELD_LEASES = 100_000
+# The filter waits this long for /decide (extproc.deploy.wasm_config.FilterSettings), then lets
+# the request through undecided: it will never send that request's record. A decision that
+# took most of it keeps no lease (the tenant may get one request too many, never a lockout).
+DECIDE_TIMEOUT_S = DEFAULT_SETTINGS.decide_timeout_ms / 1000
+LATE_DECISION_S = 0.8 * DECIDE_TIMEOUT_S
 _DECIDABLE = frozenset(DECISION_HEADERS)
+# A provider decision's headers (Envoy copies them only in configs with providers).
+_DECIDABLE_FOR_PROVIDERS = frozenset((*DECISION_HEADERS, *PROVIDER_DECISION_HEADERS))
 
 
 def _pairs(mutation: ep.HeaderMutation) -> list[list[str]]:
@@ -60,7 +87,13 @@ def answer_for(response: ep.ProcessingResponse) -> dict[str, Any]:
         }
     if response.HasField("request_body") and response.request_body.HasField("response"):
         common = response.request_body.response
-        headers = [pair for pair in _pairs(common.header_mutation) if pair[0] in _DECIDABLE]
+        # A provider's path (docs/wasm.md: Envoy's Lua step moves it into :path).
+        headers = [
+            [PROVIDER_PATH_HEADER, value] if name == ":path" else [name, value]
+            for name, value in _pairs(common.header_mutation)
+        ]
+        allowed = _DECIDABLE_FOR_PROVIDERS if any(n == PROVIDER_HEADER for n, _ in headers) else _DECIDABLE
+        headers = [pair for pair in headers if pair[0] in allowed]
         endpoints = (
             response.dynamic_metadata.fields[LB_METADATA_NAMESPACE]
             .struct_value.fields[DESTINATION_HEADER]
@@ -153,6 +186,12 @@ class Brain:
         self.clock = clock
         self.reports = Reports()
         self.decided = 0
+        self.records = 0
+        self.records_dropped = 0  # over the filter's per-batch cap: counted, not seen
+        self.records_unreadable = 0
+        self.leases_expired = 0
+        self.cache_fills = 0
+        self._leases: OrderedDict[str, tuple[float, Lease]] = OrderedDict()
         self.snapshots_built = 0
         self._snapshot: dict[str, Any] | None = None
         self._snapshot_body = b""
@@ -174,6 +213,12 @@ class Brain:
             "completion_tokens": sum(e.completion_tokens for e in endpoints),
             "first_byte_timings": sum(e.ttft_count for e in endpoints),
             "inflight": sum(e.inflight for e in endpoints),
+            "records": self.records,
+            "records_dropped": self.records_dropped,
+            "records_unreadable": self.records_unreadable,
+            "leases_held": len(self._leases),
+            "leases_expired": self.leases_expired,
+            "cache_fills": self.cache_fills,
         }
 
     def snapshot(self) -> tuple[dict[str, Any], bytes]:
@@ -208,21 +253,101 @@ class Brain:
             end_of_stream=not body,
         )
         state = _StreamState()
+        answer: dict[str, Any] = {"action": "continue"}
+        started = self.clock()
         try:
             response = processor.on_request_headers(message, state)
             if response.HasField("immediate_response") or state.headers is None or not body:
-                return answer_for(response)
+                answer = answer_for(response)
+                return answer
             response = processor.on_request_body(ep.HttpBody(body=body, end_of_stream=True), state)
             if processor.capacity is not None and state.parsed is not None:
                 response = await processor.protect(state, response)
-            return answer_for(response)
+            answer = answer_for(response)
+            return answer
         finally:
             processor._release(state)
-            if state.lease is not None and processor.capacity is not None:
-                processor.capacity.release(state.lease)
+            self._after_decision(state, answer, late=self.clock() - started >= LATE_DECISION_S)
             if state.record is not None and processor.telemetry is not None:
                 processor.telemetry.routed(state.record)
             self.decided += 1
+
+    def _after_decision(self, state: _StreamState, answer: dict[str, Any], late: bool) -> None:
+        """What outlives the decision of a routed request: its concurrency lease (held until the
+        filter's record ends it) and a cache miss to fill (the filter keeps the response).
+        ``late``: the filter has probably stopped waiting for this answer."""
+        capacity = self.processor.capacity
+        if capacity is None:
+            return
+        lease = state.lease
+        routed = answer.get("action") == "route"
+        if lease is not None:
+            if routed and not late and lease.limits.concurrency is not None and lease.request_id:
+                self._hold(lease)
+                answer["lease"] = True
+            else:
+                capacity.release(lease)
+        if routed and state.cache_status == "miss" and state.headers is not None:
+            keep = capacity.keep_bytes_for(state.headers.request_id)
+            if keep > 0:
+                answer["cache_keep"] = keep
+
+    def _hold(self, lease: Lease) -> None:
+        now = self.clock()
+        self._leases[lease.request_id] = (now + LEASE_TTL_S, lease)
+        self._expire_leases(now)
+
+    def _expire_leases(self, now: float) -> None:
+        capacity = self.processor.capacity
+        held = self._leases
+        while held:
+            request_id, (until, lease) = next(iter(held.items()))
+            if until > now and len(held) <= MAX_HELD_LEASES:
+                break
+            del held[request_id]
+            self.leases_expired += 1
+            if capacity is not None:
+                capacity.release(lease)
+
+    def ended(self, raw_records: Any, dropped: int) -> None:
+        """The filter's per-request records: the ext_proc observer's work, from a batch."""
+        self.records_dropped += max(0, dropped)
+        if not isinstance(raw_records, list):
+            return
+        processor, router = self.processor, self.router
+        telemetry, capacity = processor.telemetry, processor.capacity
+        now = router.clock()
+        fleet = router.fleet.snapshot
+        for raw in raw_records:
+            record = FilterRecord.parse(raw)
+            if record is None:
+                self.records_unreadable += 1
+                continue
+            self.records += 1
+            held = self._leases.pop(record.request_id, None) if record.request_id else None
+            if held is not None and capacity is not None:
+                capacity.release(held[1])
+            pool = record.pool
+            if not pool:
+                row = fleet.index.get(record.served_by or record.endpoints.split(",", 1)[0])
+                pool = fleet.endpoints[row].pool if row is not None else ""
+            observation = record.observation(pool)
+            if observation is not None:
+                if observation.tenant or observation.pool:
+                    router.account(observation, observation.tenant)
+                if capacity is not None:
+                    capacity.settle(observation)
+            if telemetry is None:
+                continue
+            if record.escalated:
+                # Our own decision's record waits for this (joined by request id).
+                if observation is not None:
+                    telemetry.observed(observation, "")
+            elif telemetry.logs(record.request_id, bool(record.error)):
+                telemetry.completed(record.route_record(pool, now), observation)
+            elif observation is not None:
+                telemetry.completed(None, observation)
+        self._expire_leases(self.clock())
 
     async def _decide(self, request: web.Request) -> web.Response:
         headers: list[tuple[str, str]] = [
@@ -243,6 +368,19 @@ class Brain:
             return web.Response(status=400, text="not JSON")
         if isinstance(batch, dict):
             self.reports.add(batch, self.router)
+            dropped = batch.get("records_dropped", 0)
+            self.ended(batch.get("records"), dropped if isinstance(dropped, int) else 0)
+        return web.Response(status=204)
+
+    async def _cache_fill(self, request: web.Request) -> web.Response:
+        capacity = self.processor.capacity
+        request_id = request.headers.get(REQUEST_ID_HEADER, "")
+        body = await request.read()
+        if capacity is not None and request_id:
+            streamed = request.headers.get("content-type", "").startswith("text/event-stream")
+            # The filter sends only whole 200 answers; a stream must still have reached [DONE].
+            capacity.store(Observation(request_id=request_id, status=200, streamed=streamed), body)
+            self.cache_fills += 1
         return web.Response(status=204)
 
     def app(self) -> web.Application:
@@ -250,6 +388,7 @@ class Brain:
         app.router.add_get(SNAPSHOT_PATH, self._get_snapshot)
         app.router.add_post(DECIDE_PATH, self._decide)
         app.router.add_post(OBSERVATIONS_PATH, self._observations)
+        app.router.add_post(CACHE_FILL_PATH, self._cache_fill)
         return app
 
     async def start(self, host: str, port: int) -> int:

@@ -99,13 +99,18 @@ def test_a_repeated_request_is_answered_from_cache_without_reaching_a_gpu(capaci
 
 
 def test_a_streaming_hit_replays_to_the_openai_client(capacity_stack: LocalStack) -> None:
+    replays_a_streamed_answer(capacity_stack, "stream me")
+
+
+def replays_a_streamed_answer(local: LocalStack, text: str) -> None:
+    """A streamed miss is stored once it reached [DONE], and replayed to the OpenAI client."""
     client = openai.OpenAI(
-        base_url=capacity_stack.base_url,
+        base_url=local.base_url,
         api_key="unused",
         max_retries=0,
         default_headers={"x-tenant-id": "acme"},
     )
-    messages = [{"role": "user", "content": "stream me"}]
+    messages = [{"role": "user", "content": text}]
 
     def stream() -> tuple[str, list[str]]:
         raw = client.chat.completions.with_raw_response.create(

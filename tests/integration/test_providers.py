@@ -76,7 +76,11 @@ default: {{}}
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    work = tmp_path_factory.mktemp("providers")
+    yield from provider_stack(tmp_path_factory.mktemp("providers"))
+
+
+def provider_stack(work: Path, **overrides: Any) -> Iterator[LocalStack]:
+    """The stack with the provider doubles (also on the Wasm data path: tests/wasm/test_providers.py)."""
     for name, key in (("openai", OPENAI_KEY), ("azure", AZURE_KEY)):
         (work / name).mkdir()
         (work / name / "api-key").write_text(key)
@@ -85,7 +89,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     # Every decision logged, prompts included: the keys must still be nowhere in it.
     log = ["--decision-log", str(work / "decisions.jsonl"), "--decision-log-sample-rate", "1"]
     stack = started_stack(
-        policy=str(policy), sim_endpoints=2, extproc_args=[*log, "--decision-log-include-prompt"]
+        policy=str(policy), sim_endpoints=2, extproc_args=[*log, "--decision-log-include-prompt"], **overrides
     )
     yield stack
     stack.stop()
@@ -235,14 +239,28 @@ def cost(local: LocalStack, pool: str, tenant: str = "acme") -> float:
     return 0.0
 
 
+def settled_costs(local: LocalStack) -> tuple[float, float]:
+    """The provider's and the fleet's spend once earlier answers' usage is counted: ext_proc's
+    observer reports as a response ends, the Wasm filter in batches (about every second)."""
+    costs = cost(local, "openai"), cost(local, "fast")
+    for _ in range(20):
+        time.sleep(1.2)
+        now = cost(local, "openai"), cost(local, "fast")
+        if now == costs:
+            break
+        costs = now
+    return costs
+
+
 def test_rate_limited_provider_falls_back_honours_retry_after_and_resumes(local: LocalStack) -> None:
-    time.sleep(0.5)  # earlier tests' usage is counted
-    provider_cost, fleet_cost = cost(local, "openai"), cost(local, "fast")
+    provider_cost, fleet_cost = settled_costs(local)
     provider_call(local, "openai", "/sim/control", {"rate_limit_for_s": 2.0, "retry_after_s": 2})
     before = stats(local, "openai")
     answers = [post(local, chat("gpt-4"), credential=("authorization", CLIENT_TOKEN)) for _ in range(6)]
-    time.sleep(0.5)
     # Served by the fleet: charged at the fleet's price, the provider's spend unchanged.
+    deadline = time.monotonic() + 10
+    while cost(local, "fast") == fleet_cost and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert cost(local, "openai") == provider_cost and cost(local, "fast") > fleet_cost
     assert [status for status, _, _ in answers] == [200] * 6
     assert not any(served_by_provider(h) for _, h, _ in answers)

@@ -70,9 +70,12 @@ def test_the_filter_routes_table_decidable_requests_itself(wasm_stack: LocalStac
 
 def test_premium_tenant_is_routed_to_the_large_model_by_the_table(wasm_stack: LocalStack) -> None:
     before = envoy_stats(wasm_stack)
+    counted = routed_count(wasm_stack, "llama-3-70b", "routed")
     raw = chat(wasm_stack, "llama-3-8b", tenant="acme")
     assert raw.parse().model == "llama-3-70b"  # the policy's premium rule, and the body rewrite
     assert envoy_stats(wasm_stack)["escalated"] == before["escalated"]
+    # Counted under the served model, as the ext_proc path labels llm_extproc_requests.
+    wait_until(lambda: routed_count(wasm_stack, "llama-3-70b", "routed") >= counted + 1, 10)
 
 
 def test_tenant_with_complexity_upgrade_is_decided_by_the_brain(wasm_stack: LocalStack) -> None:
@@ -96,8 +99,17 @@ def test_observations_reach_the_brain(wasm_stack: LocalStack) -> None:
     assert healthz(wasm_stack)["wasm"]["responses"] >= 3
 
 
+def ttft_histogram_count(stack: LocalStack) -> float:
+    url = f"http://127.0.0.1:{stack.config.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    prefix = "gen_ai_server_time_to_first_token_seconds_count{"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: LocalStack) -> None:
     before = healthz(wasm_stack)["wasm"]
+    histogram_before = ttft_histogram_count(wasm_stack)
     client = openai.OpenAI(base_url=wasm_stack.base_url, api_key="unused", max_retries=0, timeout=30)
     stream = client.chat.completions.create(
         model="llama-3-8b",
@@ -114,6 +126,8 @@ def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: Loc
         return (
             now["first_byte_timings"] > before["first_byte_timings"]
             and now["completion_tokens"] >= before["completion_tokens"] + 6
+            # the request's record: the histogram ext_proc's observer feeds
+            and ttft_histogram_count(wasm_stack) > histogram_before
         )
 
     wait_until(reported, 10)

@@ -23,6 +23,9 @@ declare function proxy_set_buffer_bytes(kind: i32, start: u32, size: u32, ptr: u
 @external("env", "proxy_get_header_map_value")
 declare function proxy_get_header_map_value(kind: i32, keyPtr: usize, keyLen: usize, ptrOut: usize, sizeOut: usize): u32;
 // @ts-ignore: decorator
+@external("env", "proxy_replace_header_map_value")
+declare function proxy_replace_header_map_value(kind: i32, keyPtr: usize, keyLen: usize, valuePtr: usize, valueLen: usize): u32;
+// @ts-ignore: decorator
 @external("env", "proxy_get_header_map_pairs")
 declare function proxy_get_header_map_pairs(kind: i32, ptrOut: usize, sizeOut: usize): u32;
 // @ts-ignore: decorator
@@ -112,6 +115,13 @@ export function getHeader(kind: MapType, name: string): string {
   if (proxy_get_header_map_value(kind, changetype<usize>(key), key.byteLength, slotPtr, slotLen) != WasmResult.Ok) return "";
   const bytes = takeBytes();
   return String.UTF8.decodeUnsafe(bytes.dataStart, bytes.byteLength);
+}
+
+/** Sets (or replaces) one header, e.g. of the response in its headers callback. */
+export function setHeader(kind: MapType, name: string, value: string): void {
+  const key = String.UTF8.encode(name);
+  const bytes = String.UTF8.encode(value);
+  proxy_replace_header_map_value(kind, changetype<usize>(key), key.byteLength, changetype<usize>(bytes), bytes.byteLength);
 }
 
 /** proxy-wasm's header map wire format: count, (key len, value len)*, (key\0 value\0)*. */

@@ -9,12 +9,12 @@
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
   HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsInPlace, getHeaderPairsRaw, httpCall, httpCallRaw,
-  incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setTickPeriod,
+  incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setHeader, setTickPeriod,
 } from "./abi";
 import { Json, Kind } from "./json";
 import { Decision, Outcome, decide, DESTINATION_HEADER } from "./decide";
 import { Snapshot, parseSnapshot } from "./snapshot";
-import { Observations } from "./observe";
+import { KeptBody, Observations, RequestRecord } from "./observe";
 import { InFlight } from "./inflight";
 
 export { proxy_on_memory_allocate } from "./memory";
@@ -22,6 +22,7 @@ export { proxy_on_memory_allocate } from "./memory";
 const SNAPSHOT_PATH = "/v1/llm-extproc/snapshot";
 const DECIDE_PATH = "/v1/llm-extproc/decide";
 const OBSERVATIONS_PATH = "/v1/llm-extproc/observations";
+const CACHE_FILL_PATH = "/v1/llm-extproc/cache-fill";
 const SERVED_HEADER = DESTINATION_HEADER + "-served";
 
 class Settings {
@@ -31,6 +32,7 @@ class Settings {
   decideTimeoutMs: u32 = 1000;
   reportEveryTicks: u32 = 10;
   observe: bool = true; // response observation (status, time to first byte, usage)
+  maxRecords: i32 = 1000; // per-request records per report batch; beyond, counted as dropped
 }
 
 let settings = new Settings();
@@ -38,6 +40,7 @@ let snapshot: Snapshot | null = null;
 let confirmedAtNs: u64 = 0; // when the brain last confirmed our snapshot version
 let pollToken: u32 = 0;
 let reportToken: u32 = 0;
+let reportAgain = false; // a record the brain waits for arrived while a report was in flight
 let ticks: u32 = 0;
 let rootId: u32 = 0;
 const inflight = new InFlight(); // this VM's counts, plus the other workers' VMs'
@@ -74,6 +77,10 @@ class Request {
   firstByte: bool = false;
   servedBy: string = "";
   token: u32 = 0; // the pending call to the brain, if any
+  requestId: string = "";
+  record: RequestRecord | null = null; // from the decision to the response's end (observed requests)
+  kept: KeptBody | null = null; // the response, for the brain's response cache (a miss to fill)
+  fleet: bool = false; // routed to the fleet's endpoints (else a provider's cluster)
 }
 
 const requests = new Map<u32, Request>();
@@ -125,10 +132,12 @@ export function proxy_on_configure(root: u32, size: u32): u32 {
         else if (field.key == "decide_timeout_ms") next.decideTimeoutMs = <u32>json.intAt(field.start, next.decideTimeoutMs);
         else if (field.key == "report_every_ticks") next.reportEveryTicks = <u32>json.intAt(field.start, next.reportEveryTicks);
         else if (field.key == "observe") next.observe = json.kind(field.start) == Kind.True;
+        else if (field.key == "max_records") next.maxRecords = <i32>json.intAt(field.start, next.maxRecords);
       }
     }
   }
   settings = next;
+  observations.maxRecords = next.maxRecords;
   setTickPeriod(settings.pollMs);
   poll();
   return 1;
@@ -178,7 +187,11 @@ function poll(): void {
 }
 
 function report(): void {
-  if (reportToken != 0 || observations.empty()) return;
+  if (reportToken != 0) {
+    reportAgain = reportAgain || observations.urgent;
+    return;
+  }
+  if (observations.empty()) return;
   const body = String.UTF8.encode(observations.drain(inflight.own));
   const headers = brainHeaders("POST", OBSERVATIONS_PATH);
   headers.push("content-type"); headers.push("application/json");
@@ -212,6 +225,10 @@ export function proxy_on_http_call_response(id: u32, token: u32, headers: u32, b
   }
   if (token == reportToken) {
     reportToken = 0;
+    if (reportAgain) {
+      reportAgain = false;
+      report();
+    }
     return;
   }
   if (!callers.has(token)) return;
@@ -274,10 +291,11 @@ function routeTier(headers: Array<string>): string {
   return "";
 }
 
-function route(request: Request, headers: Array<string>, primary: string, now: u64): void {
+function route(request: Request, headers: Array<string>, primary: string, now: u64, lease: bool = false): void {
   for (let i = 0; i + 1 < headers.length; i += 2) setFilterState(headers[i], headers[i + 1]);
   if (primary.length > 0) {
     request.primary = primary;
+    request.fleet = true;
     inflight.add(primary, 1, now);
   }
   for (let i = 0; i + 1 < headers.length; i += 2) {
@@ -286,12 +304,46 @@ function route(request: Request, headers: Array<string>, primary: string, now: u
   }
   request.startedNs = now;
   incrementMetric(routedMetric, 1);
+  // Fleet requests, and those a provider serves (no endpoint list: a cluster of its own). A
+  // request holding the brain's concurrency lease is recorded even without observation: its
+  // record ends the lease.
+  if ((settings.observe || lease) && (primary.length > 0 || hasHeader(headers, "x-llm-provider"))) {
+    const record = newRecord(request, "");
+    record.escalated = request.escalated;
+    record.urgent = lease;
+    record.routed(headers, destination(headers));
+    request.record = record;
+  }
 }
 
+function hasHeader(headers: Array<string>, name: string): bool {
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i] == name) return true;
+  }
+  return false;
+}
+
+function destination(headers: Array<string>): string {
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i] == DESTINATION_HEADER) return headers[i + 1];
+  }
+  return "";
+}
+
+
 function apply(request: Request, decision: Decision, now: u64): void {
-  observations.decided(request.task, decision.model, routeTier(decision.headers), decision.outcomeLabel, decision.primary);
+  // llm_extproc_requests' labels as the ext_proc path sets them: the served model when routed.
+  const served = decision.outcome == Outcome.Error ? decision.model : servedModel(decision.headers, decision.model);
+  observations.decided(request.task, served, routeTier(decision.headers), decision.outcomeLabel, decision.primary);
   if (decision.outcome == Outcome.Error) {
     incrementMetric(rejectedMetric, 1);
+    if (settings.observe) {
+      const record = newRecord(request, decision.model);
+      record.status = decision.status;
+      record.outcome = decision.outcomeLabel;
+      record.error = decision.body;
+      observations.ended(record);
+    }
     sendLocalResponse(<u32>decision.status, "llm_extproc", String.UTF8.encode(decision.body), decision.errorHeaders);
     return;
   }
@@ -300,6 +352,27 @@ function apply(request: Request, decision: Decision, now: u64): void {
     setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(newBody));
   }
   route(request, decision.headers, decision.primary, now);
+  const record = request.record;
+  if (record != null) {
+    record.requested = decision.model;
+    record.outcome = decision.outcomeLabel;
+  }
+}
+
+function servedModel(headers: Array<string>, requested: string): string {
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i] == "x-llm-model") return headers[i + 1];
+  }
+  return requested;
+}
+
+function newRecord(request: Request, requested: string): RequestRecord {
+  const record = new RequestRecord();
+  record.requestId = request.requestId;
+  record.task = request.task;
+  record.tenant = request.tenant;
+  record.requested = requested;
+  return record;
 }
 
 /** The brain's answer (extproc/wasm/brain.py): route, respond or continue undecided. */
@@ -320,6 +393,8 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
   let body: string | null = null;
   let headers = new Array<string>();
   let primary = "";
+  let lease = false;
+  let keep: i32 = 0;
   if (fields != null) {
     for (let i = 0; i < fields.length; i++) {
       const field = fields[i];
@@ -327,6 +402,8 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
       else if (field.key == "status") code = <i32>json.intAt(field.start, 0);
       else if (field.key == "body") body = json.stringAt(field.start);
       else if (field.key == "primary") primary = json.stringAt(field.start) || "";
+      else if (field.key == "lease") lease = json.kind(field.start) == Kind.True;
+      else if (field.key == "cache_keep") keep = <i32>json.intAt(field.start, 0);
       else if (field.key == "headers") {
         const items = json.items(field.start, 1);
         if (items == null) continue;
@@ -348,7 +425,8 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
   }
   if (action == "route") {
     if (body != null) setBuffer(BufferType.RequestBody, 0, request.bodySize, Uint8Array.wrap(String.UTF8.encode(body)));
-    route(request, headers, primary, nowNanos());
+    route(request, headers, primary, nowNanos(), lease);
+    if (keep > 0 && settings.observe) request.kept = new KeptBody(keep);
   } else {
     incrementMetric(failOpenMetric, 1);
   }
@@ -371,6 +449,7 @@ export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32):
   const method = pairs.get(":method");
   request.task = taskOf(pairs.get(":path"));
   request.contentType = pairs.get("content-type");
+  request.requestId = pairs.get("x-request-id");
   const current = snapshot;
   if (current != null) {
     request.session = pairs.get(current.sessionHeader);
@@ -434,7 +513,8 @@ function decideBody(id: u32, request: Request, body: RawBytes, current: Snapshot
 export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32): u32 {
   if (!requests.has(id)) return HeadersStatus.Continue;
   const request = requests.get(id);
-  if (request.primary.length == 0) return HeadersStatus.Continue;
+  const record = request.record;
+  if (request.primary.length == 0 && record == null) return HeadersStatus.Continue;
   if (!settings.observe) {
     if (endOfStream != 0) release(request);
     return HeadersStatus.Continue;
@@ -445,10 +525,29 @@ export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32)
   request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
   const served = pairs.get(SERVED_HEADER);
   request.servedBy = served.length > 0 ? served : request.primary;
-  request.streamed = pairs.get("content-type").startsWith("text/event-stream");
+  const contentType = pairs.get("content-type");
+  request.streamed = contentType.startsWith("text/event-stream");
+  // A provider answered, or the fleet did through the fallback hop (its attempt failed).
+  const fallback = request.fleet ? "" : pairs.get("x-llm-fallback-model");
   if (raw != null) heap.free(raw.pointer);
-  observations.headers(request.primary, request.servedBy, request.status, nowNanos() - request.startedNs, request.streamed);
+  const elapsed = nowNanos() - request.startedNs;
+  if (request.fleet) observations.headers(request.primary, request.servedBy, request.status, elapsed, request.streamed);
   request.observed = true;
+  if (record != null) {
+    record.status = request.status;
+    record.servedBy = request.servedBy;
+    record.streamed = request.streamed;
+    if (!request.streamed) record.ttftNs = <i64>elapsed;
+    if (fallback.length > 0) {
+      record.model = fallback;
+      record.pool = "";
+    }
+  }
+  const kept = request.kept;
+  if (kept != null) {
+    kept.contentType = contentType;
+    setHeader(MapType.ResponseHeaders, "x-llm-cache", "miss"); // as the ext_proc path marks misses
+  }
   if (endOfStream != 0) release(request);
   return HeadersStatus.Continue;
 }
@@ -457,13 +556,18 @@ export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u3
   if (!requests.has(id)) return DataStatus.Continue;
   const request = requests.get(id);
   if (request.observed && size > 0) {
+    const record = request.record;
     if (request.streamed && !request.firstByte) {
       request.firstByte = true; // a stream's first chunk: its time to first token
-      observations.firstByte(request.servedBy, nowNanos() - request.startedNs);
+      const elapsed = nowNanos() - request.startedNs;
+      if (request.fleet) observations.firstByte(request.servedBy, elapsed);
+      if (record != null) record.ttftNs = <i64>elapsed;
     }
-    const chunk = getBufferRaw(BufferType.ResponseBody, 0, size);
+    const chunk = record != null ? getBufferRaw(BufferType.ResponseBody, 0, size) : null;
     if (chunk != null) {
-      observations.body(request.servedBy, chunk);
+      observations.body(request.fleet ? request.servedBy : "", chunk, record!);
+      const kept = request.kept;
+      if (kept != null) kept.add(chunk);
       heap.free(chunk.pointer);
     }
   }
@@ -478,6 +582,25 @@ function release(request: Request): void {
     inflight.add(primary, -1, nowNanos());
     request.primary = "";
   }
+  const record = request.record;
+  if (record != null) {
+    request.record = null;
+    record.durationNs = <i64>(nowNanos() - request.startedNs);
+    observations.ended(record);
+    const kept = request.kept;
+    request.kept = null;
+    if (kept != null && !kept.overflow && record.status == 200) fillCache(record, kept);
+    // The brain holds this request's concurrency lease until it hears the request ended.
+    if (record.urgent) report();
+  }
+}
+
+/** A response the brain's cache asked for, once it has passed whole (docs/wasm.md). */
+function fillCache(record: RequestRecord, kept: KeptBody): void {
+  const headers = brainHeaders("POST", CACHE_FILL_PATH);
+  headers.push("x-request-id"); headers.push(record.requestId);
+  headers.push("content-type"); headers.push(kept.contentType);
+  httpCall(settings.cluster, headers, kept.bytes(), 1000);
 }
 
 export function proxy_on_log(id: u32): void {

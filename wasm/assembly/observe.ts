@@ -2,7 +2,10 @@ import { RawBytes } from "./abi";
 import { jsonQuote } from "./decide";
 
 // Response observation inside the filter: status, time to first byte, token usage; aggregated
-// per endpoint and reported to the brain in batches (no second gRPC stream per request).
+// per endpoint and reported to the brain in batches (no second gRPC stream per request). Each
+// batch also carries compact per-request records (RequestRecord), bounded per batch, from which
+// the brain feeds the ext_proc path's histograms, decision log, token budgets and spend
+// (extproc/wasm/records.py reads them).
 
 class EndpointStats {
   responses: i64 = 0;
@@ -50,11 +53,81 @@ function numberAfter(data: usize, length: i32, key: string, from: i32): i64 {
   return value;
 }
 
+/** One request, from the decision to the response's end. Fields in RECORD_FIELDS order
+ * (extproc/wasm/records.py): a JSON array per request keeps the batch small. */
+export class RequestRecord {
+  requestId: string = "";
+  task: string = "";
+  tenant: string = "";
+  requested: string = ""; // the model the client asked for
+  model: string = ""; // the model served (x-llm-model)
+  tier: string = "";
+  rule: string = "";
+  priority: string = "";
+  endpoints: string = ""; // the ordered list handed to Envoy
+  servedBy: string = "";
+  pool: string = ""; // a provider's pool (x-llm-pool); the brain knows the fleet's endpoints' pools
+  status: i32 = 0;
+  outcome: string = ""; // routed, fallback_model, rejected, unavailable; "" when the brain decided
+  streamed: bool = false;
+  ttftNs: i64 = -1; // a stream's first chunk, else the response headers
+  durationNs: i64 = -1;
+  promptTokens: i64 = -1;
+  completionTokens: i64 = -1;
+  error: string = ""; // the error body of a request the filter refused
+  escalated: bool = false;
+  urgent: bool = false; // the brain holds a concurrency lease for it: report at once
+
+  /** The route's headers: served model, tier, rule, priority (as the ext_proc path labels them). */
+  routed(headers: Array<string>, endpoints: string): void {
+    this.endpoints = endpoints;
+    for (let i = 0; i + 1 < headers.length; i += 2) {
+      const name = headers[i];
+      if (name == "x-llm-model") this.model = headers[i + 1];
+      else if (name == "x-llm-tier") this.tier = headers[i + 1];
+      else if (name == "x-llm-rule") this.rule = headers[i + 1];
+      else if (name == "x-llm-priority") this.priority = headers[i + 1];
+      else if (name == "x-llm-pool") this.pool = headers[i + 1];
+    }
+  }
+
+  /** The record's JSON array, appended to `parts` (joined once per batch: few allocations). */
+  write(parts: Array<string>): void {
+    parts.push("["); quoted(parts, this.requestId);
+    parts.push(","); quoted(parts, this.task);
+    parts.push(","); quoted(parts, this.tenant);
+    parts.push(","); quoted(parts, this.requested);
+    parts.push(","); quoted(parts, this.model);
+    parts.push(","); quoted(parts, this.tier);
+    parts.push(","); quoted(parts, this.rule);
+    parts.push(","); quoted(parts, this.priority);
+    parts.push(","); quoted(parts, this.endpoints);
+    parts.push(","); quoted(parts, this.servedBy);
+    parts.push(","); quoted(parts, this.pool);
+    parts.push(","); parts.push(this.status.toString());
+    parts.push(","); quoted(parts, this.outcome);
+    parts.push(this.streamed ? ",1," : ",0,");
+    parts.push(this.ttftNs < 0 ? "-1" : (this.ttftNs / 1000).toString());
+    parts.push(","); parts.push(this.durationNs < 0 ? "-1" : (this.durationNs / 1000).toString());
+    parts.push(","); parts.push(this.promptTokens.toString());
+    parts.push(","); parts.push(this.completionTokens.toString());
+    parts.push(","); quoted(parts, this.error);
+    parts.push(this.escalated ? ",1]" : ",0]");
+  }
+
+}
+
 export class Observations {
   stats: Map<string, EndpointStats> = new Map<string, EndpointStats>();
   // Decisions taken here (escalated ones the brain counts itself), by
   // "task|model|tier|outcome|primary endpoint": llm_extproc_requests on the brain.
   decisions: Map<string, i64> = new Map<string, i64>();
+  // Per-request records, at most maxRecords per batch (the rest are counted), serialised when
+  // the batch is sent: off the request's path.
+  records: Array<RequestRecord> = new Array<RequestRecord>();
+  recordsDropped: i64 = 0;
+  maxRecords: i32 = 1000;
+  urgent: bool = false; // a record the brain waits for (a concurrency lease) is in the batch
 
   // The last key built: traffic repeats itself, so most decisions reuse it instead of
   // concatenating five strings again.
@@ -78,7 +151,18 @@ export class Observations {
   }
 
   empty(): bool {
-    return this.stats.size == 0 && this.decisions.size == 0;
+    return this.stats.size == 0 && this.decisions.size == 0 && this.records.length == 0 && this.recordsDropped == 0;
+  }
+
+  /** A request ended (or was refused): its record joins the batch, unless the batch is full.
+   * A record holding the brain's concurrency lease is never dropped (it is sent at once). */
+  ended(record: RequestRecord): void {
+    if (record.urgent) this.urgent = true;
+    else if (this.records.length >= this.maxRecords) {
+      this.recordsDropped++;
+      return;
+    }
+    this.records.push(record);
   }
 
   /** Response headers; for a non-streamed response their time is its latency. */
@@ -100,14 +184,20 @@ export class Observations {
   }
 
   /** A body chunk: the usage object of a JSON answer or of a stream's final chunk. */
-  body(endpoint: string, chunk: RawBytes): void {
+  body(endpoint: string, chunk: RawBytes, record: RequestRecord): void {
     const data = chunk.pointer;
     const length = chunk.length;
     const at = findAscii(data, length, USAGE, 0);
     if (at < 0) return;
-    const stats = this.of(endpoint);
-    stats.promptTokens += numberAfter(data, length, "\"prompt_tokens\"", at);
-    stats.completionTokens += numberAfter(data, length, "\"completion_tokens\"", at);
+    const prompt = numberAfter(data, length, "\"prompt_tokens\"", at);
+    const completion = numberAfter(data, length, "\"completion_tokens\"", at);
+    if (endpoint.length > 0) { // a fleet endpoint's (a provider's answers are in records only)
+      const stats = this.of(endpoint);
+      stats.promptTokens += prompt;
+      stats.completionTokens += completion;
+    }
+    record.promptTokens = prompt;
+    record.completionTokens = completion;
   }
 
   /** The batch as JSON (extproc/wasm/brain.py reads it), and a fresh start. */
@@ -130,6 +220,69 @@ export class Observations {
       out += (i > 0 ? ", " : "") + jsonQuote(decided[i]) + ": " + this.decisions.get(decided[i]).toString();
     }
     this.decisions.clear();
-    return out + "}}";
+    const parts = new Array<string>();
+    parts.push(out);
+    parts.push('}, "records": [');
+    for (let i = 0; i < this.records.length; i++) {
+      if (i > 0) parts.push(", ");
+      this.records[i].write(parts);
+    }
+    parts.push('], "records_dropped": ');
+    parts.push(this.recordsDropped.toString());
+    this.records = new Array<RequestRecord>();
+    this.recordsDropped = 0;
+    this.urgent = false;
+    parts.push("}");
+    return parts.join("");
+  }
+}
+
+/** A JSON string literal into `parts`: the text as it is when nothing needs escaping (the
+ * usual case: ids, names, addresses), else decide.ts's escaping. */
+function quoted(parts: Array<string>, text: string): void {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c == 0x22 || c == 0x5c) {
+      parts.push(jsonQuote(text));
+      return;
+    }
+  }
+  parts.push('"');
+  parts.push(text);
+  parts.push('"');
+}
+
+/** A response kept for the response cache as it passes (the brain asked: a miss to fill),
+ * at most `limit` bytes; past that nothing is kept. No buffering: chunks flow on unchanged. */
+export class KeptBody {
+  chunks: Array<Uint8Array> = new Array<Uint8Array>();
+  size: i32 = 0;
+  overflow: bool = false;
+  contentType: string = "";
+
+  constructor(public limit: i32) {}
+
+  /** Copies a chunk (the host's buffer is freed after the callback). */
+  add(chunk: RawBytes): void {
+    if (this.overflow) return;
+    if (this.size + chunk.length > this.limit) {
+      this.overflow = true;
+      this.chunks = new Array<Uint8Array>();
+      return;
+    }
+    const copy = new Uint8Array(chunk.length);
+    memory.copy(copy.dataStart, chunk.pointer, <usize>chunk.length);
+    this.chunks.push(copy);
+    this.size += chunk.length;
+  }
+
+  bytes(): ArrayBuffer {
+    const out = new Uint8Array(this.size);
+    let at = 0;
+    for (let i = 0; i < this.chunks.length; i++) {
+      out.set(this.chunks[i], at);
+      at += this.chunks[i].byteLength;
+    }
+    return out.buffer;
   }
 }

@@ -1,0 +1,118 @@
+"""The filter's per-request records through a real Envoy (wasm/assembly/observe.ts), read with
+the brain's own parser (extproc/wasm/records.py): the two must agree field by field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from extproc.wasm.records import RECORD_FIELDS, FilterRecord
+from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started, wait_until
+
+pytestmark = pytest.mark.envoy
+
+CHAT = "/v1/chat/completions"
+MAX_RECORDS = 2
+
+
+@pytest.fixture(scope="module")
+def wasm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WasmEnvoy, StaticBrain]]:
+    # Batches every 2 s (20 ticks of 100 ms) of at most MAX_RECORDS records.
+    yield from started(
+        tmp_path_factory.mktemp("records"), endpoints=3, report_every_ticks=20, max_records=MAX_RECORDS
+    )
+
+
+def chat(model: str = "m", **extra: Any) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+def records(brain: StaticBrain) -> list[FilterRecord]:
+    parsed = [FilterRecord.parse(raw) for batch in brain.reports for raw in batch.get("records", [])]
+    assert None not in parsed, [batch.get("records") for batch in brain.reports]
+    return [record for record in parsed if record is not None]
+
+
+def of(brain: StaticBrain, request_id: str) -> FilterRecord | None:
+    return next((r for r in records(brain) if r.request_id == request_id), None)
+
+
+def confirmed(brain: StaticBrain, envoy: WasmEnvoy, **overrides: Any) -> None:
+    snapshot = snapshot_for(envoy.addresses, **overrides)
+    brain.snapshot = {**snapshot, "version": f"v-{brain.polls}"}
+    wait_until(lambda: brain.confirmed.get(brain.snapshot["version"], 0) >= 4)  # type: ignore[index]
+
+
+def test_a_routed_request_is_recorded_with_its_decision_and_response(
+    wasm: tuple[WasmEnvoy, StaticBrain],
+) -> None:
+    envoy, brain = wasm
+    confirmed(brain, envoy)
+    status, headers, _ = envoy.request(CHAT, chat(), {"x-request-id": "rec-routed-1"})
+    assert status == 200
+    wait_until(lambda: of(brain, "rec-routed-1") is not None, 10)
+    record = of(brain, "rec-routed-1")
+    assert record is not None
+    assert (record.task, record.model_requested, record.model_served) == ("chat", "m", "m")
+    listed = record.endpoints.split(",")
+    assert sorted(listed) == sorted(envoy.addresses)
+    assert record.served_by == headers["x-gateway-destination-endpoint-served"] == listed[0]
+    assert (record.status, record.outcome, record.streamed, record.escalated) == (200, "routed", False, False)
+    # The echo endpoint's usage object.
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 5)
+    assert 0 <= record.ttft_us <= record.duration_us
+
+
+def test_a_request_the_filter_refuses_is_recorded_with_its_error(wasm: tuple[WasmEnvoy, StaticBrain]) -> None:
+    envoy, brain = wasm
+    confirmed(brain, envoy, escalate_unknown_models=False)
+    status, _, body = envoy.request(CHAT, chat("nope"), {"x-request-id": "rec-404"})
+    assert status == 404
+    wait_until(lambda: of(brain, "rec-404") is not None, 10)
+    record = of(brain, "rec-404")
+    assert record is not None
+    assert (record.status, record.outcome, record.model_requested, record.served_by) == (
+        404,
+        "rejected",
+        "nope",
+        "",
+    )
+    assert json.loads(record.error) == json.loads(body)
+    assert record.observation("") is None  # no response to feed histograms with
+    assert record.route_record("", 0.0).error.startswith("model 'nope' does not exist")
+
+
+def test_batches_hold_at_most_max_records_and_count_the_rest(wasm: tuple[WasmEnvoy, StaticBrain]) -> None:
+    envoy, brain = wasm
+    confirmed(brain, envoy)
+    brain.reports.clear()
+    sent = 7
+    for i in range(sent):
+        assert envoy.request(CHAT, chat(), {"x-request-id": f"rec-cap-{i}"})[0] == 200
+
+    def counted() -> int:
+        return sum(len(b["records"]) + b["records_dropped"] for b in brain.reports)
+
+    wait_until(lambda: counted() >= sent, 10)
+    assert counted() == sent
+    assert all(len(batch["records"]) <= MAX_RECORDS for batch in brain.reports)
+    assert sum(batch["records_dropped"] for batch in brain.reports) > 0
+
+
+def test_record_fields_are_the_filters_order() -> None:
+    source = (Path(__file__).parents[2] / "wasm" / "assembly" / "observe.ts").read_text()
+    start = source.index("  write(parts: Array<string>): void {")
+    json_body = source[start : source.index("\n  }\n", start)]
+    camel = ["".join(p.capitalize() if i else p for i, p in enumerate(f.split("_"))) for f in RECORD_FIELDS]
+    renamed = {
+        "modelRequested": "requested",
+        "modelServed": "model",
+        "ttftUs": "ttftNs",
+        "durationUs": "durationNs",
+    }
+    positions = [json_body.index("this." + renamed.get(name, name)) for name in camel]
+    assert positions == sorted(positions), list(zip(RECORD_FIELDS, positions, strict=True))
