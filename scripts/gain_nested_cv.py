@@ -1,0 +1,248 @@
+"""Repeated nested cross-validation of the strong_gain head: the shipped configuration against
+candidates whose hyper-parameters are all chosen by inner cross-validation.
+
+    python scripts/gain_nested_cv.py [--routing dev.jsonl] [--seeds 5] [--out result.json]
+
+Outer loop: 5 folds by prompt (crc32 of the prompt and the seed; seed 0 is the shipped
+`extproc.complexity.train.folds`), repeated for several seeds. On each outer training part, every
+configuration of the grid is scored by the APGR of its pooled inner 4-fold held-out predictions
+(inner folds again by prompt); the best one is refitted on the whole outer training part and
+predicts the outer test fold. Everything fitted (vocabulary, min_df, idf, the difficulty features'
+standardisation, ridge) sees only the part it is trained on.
+
+Reported per seed and as mean / min-max over seeds:
+- shipped: the shipped head's fixed settings (TF-IDF word 1-2grams, min_df 2, sublinear tf, ridge
+  alpha 20), nothing tuned;
+- shipped family, tuned: the same model, alpha / min_df / sublinear tf chosen by inner CV;
+- candidate: as the tuned family plus the 61 difficulty features (standardised, times a scale
+  chosen by inner CV, 0 included) as ridge columns next to the n-grams.
+
+The TF-IDF matrices are computed from one count matrix of all prompts, restricted per training part
+to the n-grams with df >= min_df there (the same numbers as scikit-learn's TfidfVectorizer fitted
+on that part; checked at start against `extproc.complexity.train.fit`). Single-threaded BLAS is
+advised (OMP_NUM_THREADS=1): the data are small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import json
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from extproc import complexity
+from extproc.complexity.evaluate import apgr, read_labelled
+from extproc.complexity.features import Prompt
+from extproc.complexity.train import (
+    ALPHA,
+    DEFAULT_ROUTING,
+    MIN_DF,
+    _identity,
+    documents,
+    fit,
+    folds,
+    gains,
+    labelled_rows,
+    sklearn,
+)
+
+FloatArray = npt.NDArray[np.float64]
+# scikit-learn brings scipy; neither ships type information
+sp: Any = importlib.import_module("scipy.sparse")
+preprocessing: Any = importlib.import_module("sklearn.preprocessing")
+Index = npt.NDArray[np.intp]
+
+OUTER_FOLDS = 5
+INNER_FOLDS = 4
+ALPHAS = (5.0, 10.0, 20.0, 40.0)
+MIN_DFS = (1, 2, 3)
+SUBLINEAR = (True, False)
+SCALES = (0.0, 0.005, 0.01, 0.02, 0.05)
+
+
+@dataclass(frozen=True)
+class Config:
+    alpha: float
+    min_df: int
+    sublinear: bool
+    scale: float  # of the standardised difficulty features (0: n-grams only)
+
+
+SHIPPED = Config(ALPHA, MIN_DF, True, 0.0)
+GRID = [Config(a, m, s, c) for m, s, c, a in itertools.product(MIN_DFS, SUBLINEAR, SCALES, ALPHAS)]
+
+
+class Data:
+    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
+        text, _ = sklearn()
+        self.rows = rows
+        self.prompts = [r["prompt"] for r in rows]
+        self.docs = documents(self.prompts)
+        self.counts = sp.csr_matrix(text.CountVectorizer(analyzer=_identity).fit_transform(self.docs))
+        self.gain = gains(rows)
+        self.weak = np.array([float(r["weak_correct"]) for r in rows])
+        self.strong = np.array([float(r["strong_correct"]) for r in rows])
+        extractor = complexity.model().extractor
+        self.dense = np.array([extractor.vector(Prompt.from_text(p)) for p in self.prompts])
+
+    def apgr(self, scores: FloatArray, part: Index) -> float:
+        return apgr(scores, self.weak[part], self.strong[part])["apgr"]
+
+    def split(self, part: Index, salt: str, k: int) -> Index:
+        """Fold numbers of the rows `part`, by prompt."""
+        return np.array([zlib.crc32((self.prompts[i] + salt).encode()) % k for i in part], dtype=np.intp)
+
+
+def tfidf(counts: Any, train: Index, test: Index, min_df: int, sublinear: bool) -> tuple[Any, Any]:
+    """TfidfVectorizer(min_df, sublinear_tf, norm l2, smooth idf) fitted on `train`, applied to both."""
+    fitted = counts[train]
+    df = np.bincount(fitted.indices, minlength=counts.shape[1])
+    keep = np.nonzero(df >= min_df)[0]
+    idf = np.log((1.0 + len(train)) / (1.0 + df[keep])) + 1.0
+    out = []
+    for part in (fitted, counts[test]):
+        matrix = sp.csr_matrix(part[:, keep], dtype=np.float64)
+        if sublinear:
+            matrix.data = 1.0 + np.log(matrix.data)
+        out.append(preprocessing.normalize(matrix @ sp.diags(idf), norm="l2"))
+    return out[0], out[1]
+
+
+def predictions(data: Data, train: Index, test: Index, configs: Sequence[Config]) -> dict[Config, FloatArray]:
+    """Each configuration fitted on `train`, its predictions for `test`."""
+    _, linear = sklearn()
+    result: dict[Config, FloatArray] = {}
+    mean = data.dense[train].mean(axis=0)
+    std = data.dense[train].std(axis=0)
+    std[std == 0] = 1.0
+    z_train = (data.dense[train] - mean) / std
+    z_test = (data.dense[test] - mean) / std
+    for (min_df, sublinear), group in itertools.groupby(
+        sorted(configs, key=lambda c: (c.min_df, c.sublinear, c.scale)), key=lambda c: (c.min_df, c.sublinear)
+    ):
+        x_train, x_test = tfidf(data.counts, train, test, min_df, sublinear)
+        for scale, same in itertools.groupby(group, key=lambda c: c.scale):
+            a, b = x_train, x_test
+            if scale:
+                a = sp.hstack([x_train, sp.csr_matrix(z_train * scale)]).tocsr()
+                b = sp.hstack([x_test, sp.csr_matrix(z_test * scale)]).tocsr()
+            for config in same:
+                result[config] = linear.Ridge(alpha=config.alpha).fit(a, data.gain[train]).predict(b)
+    return result
+
+
+def inner_scores(data: Data, train: Index, seed: int) -> dict[Config, float]:
+    """APGR of each configuration's pooled inner held-out predictions on the outer training part."""
+    inner = data.split(train, f"|inner{seed}", INNER_FOLDS)
+    held = {config: np.zeros(len(train)) for config in GRID}
+    for j in range(INNER_FOLDS):
+        fold = predictions(data, train[inner != j], train[inner == j], GRID)
+        for config, values in fold.items():
+            held[config][inner == j] = values
+    return {config: data.apgr(values, train) for config, values in held.items()}
+
+
+def best(scores: dict[Config, float], allowed: Sequence[Config]) -> Config:
+    """Highest inner APGR; ties go to the earlier (smaller) configuration of the grid."""
+    return max(allowed, key=lambda c: (scores[c], -GRID.index(c)))
+
+
+def outer_folds(data: Data, seed: int) -> Index:
+    if seed == 0:
+        return folds(data.rows, OUTER_FOLDS)
+    return data.split(np.arange(len(data.rows)), f"|outer{seed}", OUTER_FOLDS)
+
+
+def run_seed(data: Data, seed: int) -> dict[str, Any]:
+    fold = outer_folds(data, seed)
+    names = ("shipped", "shipped family, tuned", "candidate: + difficulty features, tuned")
+    allowed = ([SHIPPED], [c for c in GRID if c.scale == 0.0], GRID)
+    held = {name: np.zeros(len(data.rows)) for name in names}
+    chosen: dict[str, list[dict[str, Any]]] = {name: [] for name in names[1:]}
+    for f in range(OUTER_FOLDS):
+        train = np.nonzero(fold != f)[0]
+        test = np.nonzero(fold == f)[0]
+        scores = inner_scores(data, train, seed)
+        picks = [SHIPPED] + [best(scores, a) for a in allowed[1:]]
+        fitted = predictions(data, train, test, list(dict.fromkeys(picks)))
+        for name, pick in zip(names, picks, strict=True):
+            held[name][test] = fitted[pick]
+            if name in chosen:
+                chosen[name].append({**pick.__dict__, "inner_apgr": round(scores[pick], 4)})
+    everything = np.arange(len(data.rows))
+    return {
+        "seed": seed,
+        "apgr": {name: data.apgr(values, everything) for name, values in held.items()},
+        "chosen": chosen,
+    }
+
+
+def check_tfidf(data: Data) -> float:
+    """Largest difference between this script's shipped configuration and train.fit on fold 0."""
+    fold = folds(data.rows, OUTER_FOLDS)
+    train, test = np.nonzero(fold != 0)[0], np.nonzero(fold == 0)[0]
+    ours = predictions(data, train, test, [SHIPPED])[SHIPPED]
+    theirs = fit([data.docs[i] for i in train], data.gain[train]).predict_documents(
+        [data.docs[i] for i in test]
+    )
+    return float(np.max(np.abs(ours - theirs)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--routing", default=str(DEFAULT_ROUTING))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", help="write the results here (JSON)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    data = Data(labelled_rows(read_labelled(Path(args.routing))))
+    difference = check_tfidf(data)
+    print(f"{len(data.rows)} rows; TF-IDF check against train.fit: max |diff| {difference:.2e}", flush=True)
+    if difference > 1e-6:
+        raise SystemExit("this script's TF-IDF does not reproduce train.fit")
+    results = []
+    for seed in range(args.seeds):
+        result = run_seed(data, seed)
+        results.append(result)
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in result["apgr"].items())
+        print(f"seed {seed}: {shown} ({time.time() - start:.0f} s)", flush=True)
+    summary = {}
+    for name in results[0]["apgr"]:
+        values = [r["apgr"][name] for r in results]
+        summary[name] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
+        print(f"{name}: mean {np.mean(values):.4f}, min {min(values):.4f}, max {max(values):.4f}")
+    shipped = np.array([r["apgr"]["shipped"] for r in results])
+    for name in list(summary)[1:]:
+        paired = np.array([r["apgr"][name] for r in results]) - shipped
+        summary[name]["minus_shipped"] = {
+            "mean": float(paired.mean()),
+            "min": paired.min(),
+            "max": paired.max(),
+        }
+        print(
+            f"{name} - shipped, per seed: mean {paired.mean():+.4f}, min {paired.min():+.4f}, max {paired.max():+.4f}"
+        )
+    if args.out:
+        report = {
+            "grid": {"alpha": ALPHAS, "min_df": MIN_DFS, "sublinear_tf": SUBLINEAR, "scale": SCALES},
+            "shipped": SHIPPED.__dict__,
+            "outer_folds": OUTER_FOLDS,
+            "inner_folds": INNER_FOLDS,
+            "summary": summary,
+            "seeds": results,
+        }
+        Path(args.out).write_text(json.dumps(report, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
