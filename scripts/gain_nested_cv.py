@@ -29,6 +29,7 @@ import argparse
 import importlib
 import itertools
 import json
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc import complexity
+from extproc.bench.machine import machine
 from extproc.complexity.evaluate import apgr, read_labelled
 from extproc.complexity.features import Prompt
 from extproc.complexity.train import (
@@ -271,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.out:
         report = {
+            "command": " ".join(["python", "scripts/gain_nested_cv.py", *sys.argv[1:]]),
+            "machine": machine(),
+            "seconds": round(time.time() - start),
             "fixed": [c.__dict__ for c in args.fixed or []],
             "grid": {"alpha": ALPHAS, "min_df": MIN_DFS, "sublinear_tf": SUBLINEAR, "scale": SCALES},
             "shipped": SHIPPED.__dict__,
