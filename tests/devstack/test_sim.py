@@ -77,11 +77,14 @@ async def test_slow_gpu_class_is_slower() -> None:
         async with aiohttp.ClientSession() as session:
             await chat(session, fast, "q " * 500, 8)
             await chat(session, slow, "q " * 500, 8)
-            fast_e2e = (await stats(session, fast))["records"][0]["e2e_s"]
-            slow_e2e = (await stats(session, slow))["records"][0]["e2e_s"]
+            fast_record = (await stats(session, fast))["records"][0]
+            slow_record = (await stats(session, slow))["records"][0]
     finally:
         await sim.stop()
-    assert slow_e2e > fast_e2e * 2
+    # The modelled prompt work by the cited per-class rates (a busy machine stretches wall time
+    # at random: the fast one's 0.12 s took 0.21 s in a loaded CI run); and the wall time agrees.
+    assert slow_record["prefill_s"] > fast_record["prefill_s"] * 2
+    assert slow_record["e2e_s"] > fast_record["e2e_s"]
 
 
 async def test_openai_client_streams_with_include_usage(fleet: SimFleet) -> None:
