@@ -252,7 +252,9 @@ async def test_prefill_and_decode_speeds_differ_by_class_and_show_in_the_servers
     """The router's own parser reads the evidence it learns from; classes differ unevenly."""
     from extproc.collectors.promparse import parse_page
 
-    sim = await start_fleet([EndpointSpec(gpu_class="a100"), EndpointSpec(gpu_class="l40s")], time_scale=0.2)
+    # Real time (scale 1): an event loop on a busy machine adds milliseconds per step, which at a
+    # compressed scale would be a large share of a 2 ms decode step.
+    sim = await start_fleet([EndpointSpec(gpu_class="a100"), EndpointSpec(gpu_class="l40s")], time_scale=1.0)
     try:
         async with aiohttp.ClientSession() as session:
             rates = []
@@ -280,7 +282,7 @@ async def test_an_endpoint_degrades_on_command_and_on_schedule() -> None:
             EndpointSpec(gpu_class="a100"),
             EndpointSpec(gpu_class="a100", slowdown_after_s=0.0, slowdown_factor=4.0),
         ],
-        time_scale=0.2,
+        time_scale=1.0,  # real time: event-loop lag stays small next to a 12 ms step
     )
     steady, scheduled = (e.address for e in sim.endpoints)
     try:
