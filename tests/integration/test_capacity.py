@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from extproc.devstack.stack import LocalStack
 from tests.conftest import RedisServer, started_stack
+from tests.integration.test_envoy import post as envoy_post
 from tests.integration.test_envoy import sim_control
 
 pytestmark = pytest.mark.envoy
@@ -37,18 +36,7 @@ default:
 def post(
     local: LocalStack, body: dict[str, object], tenant: str = "acme"
 ) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{local.listen_port}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "x-tenant-id": tenant},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+    return envoy_post(local, "/v1/chat/completions", json.dumps(body).encode(), {"x-tenant-id": tenant})
 
 
 def chat(text: str, **extra: object) -> dict[str, object]:

@@ -19,6 +19,7 @@ import pytest
 from extproc.devstack.provider_sim import CLIENT_TOKEN_PREFIX
 from extproc.devstack.stack import LocalStack
 from tests.conftest import started_stack
+from tests.integration.test_envoy import post as envoy_post
 
 pytestmark = pytest.mark.envoy
 
@@ -119,18 +120,10 @@ def stats(local: LocalStack, provider: str) -> dict[str, Any]:
 def post(
     local: LocalStack, body: dict[str, Any], tenant: str = "acme", credential: tuple[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    headers = {"content-type": "application/json", "x-tenant-id": tenant}
+    headers = {"x-tenant-id": tenant}
     if credential is not None:
         headers[credential[0]] = credential[1]
-    request = urllib.request.Request(
-        f"{local.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+    return envoy_post(local, "/v1/chat/completions", json.dumps(body).encode(), headers)
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
