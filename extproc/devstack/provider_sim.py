@@ -31,6 +31,8 @@ from typing import Any
 import trustme
 from aiohttp import web
 
+from extproc.observability.listen import listen
+
 # Requests carrying this prefix in a credential header are a client's credential: tests and the
 # benchmark send client tokens of this shape, so seeing one here is a leak.
 CLIENT_TOKEN_PREFIX = "client-"
@@ -111,13 +113,8 @@ class ProviderSim:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context())
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        listening = await listen(self.app(), host, port, ssl_context=self.ssl_context())
+        self._runner, self.port = listening.runner, listening.port
 
     async def stop(self) -> None:
         if self._runner is not None:

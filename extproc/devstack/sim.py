@@ -36,6 +36,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from extproc.devstack.sim_apis import add_api_routes
+from extproc.observability.listen import listen
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,14 +461,8 @@ class SimEndpoint:
 
     async def start(self) -> None:
         self.engine.start()
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        server = site._server  # the bound port when spec.port was 0
-        assert server is not None
-        self._listener = server
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        listening = await listen(self.app(), self.host, self.port, reuse_address=True)
+        self.runner, self._listener, self.port = listening.runner, listening.server, listening.port
 
     async def stop(self) -> None:
         for task in list(self.in_flight):

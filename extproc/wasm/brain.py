@@ -35,6 +35,7 @@ from extproc.headers import (
     PROVIDER_PATH_HEADER,
     REQUEST_ID_HEADER,
 )
+from extproc.observability.listen import listen
 from extproc.observe import Observation
 from extproc.router import Router
 from extproc.server import ExternalProcessor, _StreamState
@@ -392,13 +393,8 @@ class Brain:
         return app
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        listening = await listen(self.app(), host, port)
+        self._runner, self.port = listening.runner, listening.port
         log.info("Wasm brain listening on %s:%d", host, self.port)
         return self.port
 
