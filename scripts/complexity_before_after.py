@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from extproc import complexity
 from extproc.bench.complexity import two_kb_prompts
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.bench.previous_gain import PreviousStrongGain
 from extproc.complexity.evaluate import read_labelled
 from extproc.complexity.features import Prompt
@@ -92,9 +90,7 @@ def main() -> int:
             f"{p50['yardstick_gain_head']:.1f} µs: before {result['before_to_yardstick_gain_head']:.2f}x, after "
             f"{result['after_to_yardstick_gain_head']:.2f}x"
         )
-    Path(args.json).write_text(
-        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1) + "\n"
-    )
+    write_report(args.json, results)
     return 0
 
 

@@ -19,7 +19,6 @@ python -m extproc.bench.complexity [--json docs/bench/complexity.json] [--routin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from extproc import complexity
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.bench.previous_gain import PreviousStrongGain
 from extproc.complexity.cli import evaluate
 from extproc.complexity.evaluate import apgr, graded_report, read_labelled
@@ -181,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{speed['strong_gain_head_alone']['p50_us']:.1f} µs"
         )
     results["speed"]["load_average_after"] = os.getloadavg()
-    Path(args.json).write_text(
-        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1) + "\n"
-    )
+    write_report(args.json, results)
     return 0
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -49,6 +51,14 @@ def machine() -> dict[str, Any]:
         # Benchmarks here often share the machine: the 1/5/15-minute load when the run ended.
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def write_report(path: str | Path, results: Any, **extra: Any) -> None:
+    """A benchmark's JSON: the command that produced it, the machine, anything ``extra``, results."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"command": command(), "machine": machine(), **extra, "results": results}
+    out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 def command() -> str:

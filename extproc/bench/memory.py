@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.devstack.stack import LocalStack, StackConfig
 
 BODIES = {
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['kind']:<8} {r['observer']!s:<9} {r['requests']:>9} {r['rss_start_kib']:>8} K"
             f" {r['rss_end_kib']:>8} K {r['bytes_per_request']:>10}"
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1) + "\n"
-    )
+    write_report(args.json, results)
     return 1 if any(r["unexpected_status"] for r in results) else 0
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
 from extproc.deploy.wasm_config import render_wasm
 from extproc.devstack.stack import envoy_binary, free_port, grpc_serving
@@ -353,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<23} {concurrency:>4} {prompt_bytes:>7} {best['p50_ms']:>8.3f} {best['p99_ms']:>8.3f} "
                 f"{best['rps']:>9.0f} {best['errors']:>8.0f} {best['cpu_us_per_request']:>10.0f}"
             )
-        Path(args.json).write_text(
-            json.dumps(
-                {"command": command(), "machine": machine(), "load_generator": "wrk", "results": rows},
-                indent=1,
-            )
-        )
+        write_report(args.json, rows, load_generator="wrk")
     finally:
         bench.stop()
     return 0

@@ -6,7 +6,6 @@ python -m extproc.bench.pick [--json docs/bench/pick.json]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.fleet.state import Endpoint, EndpointMetrics, build_snapshot
 from extproc.policy.compile import CompiledPolicy, load_policy
 from extproc.policy.types import PolicyInput
@@ -201,10 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{n:>10} {row['plain_p50_us']:>14.1f} {row['provider_aware_p50_us']:>11.1f} "
                 f"{row['added_p50_us']:>6.1f} {row['spilled_decision_p50_us']:>8.1f}"
             )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1)
-    )
+    write_report(args.json, results)
     return 0
 
 

@@ -6,16 +6,14 @@ python -m extproc.bench.promparse            # prints a table, writes docs/bench
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 from importlib import resources
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.collectors.promparse import PRESETS, TargetedParser
 
 SAMPLES = resources.files("extproc.bench") / "data"
@@ -72,11 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:32} {results[-1]['lines']:4} lines  targeted {targeted:8.1f} us  "
             f"prometheus_client {reference:8.1f} us  x{reference / targeted:.1f}"
         )
-    report: dict[str, object] = {"command": command(), "machine": machine(), "results": results}
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, results)
     return 0
 
 

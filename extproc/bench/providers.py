@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.devstack.provider_sim import CLIENT_TOKEN_PREFIX
 from extproc.devstack.stack import LocalStack, StackConfig
 
@@ -417,10 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             f"provider 429s {row['provider_429s']}, leaks {row['credential_leaks']}",
             flush=True,
         )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(
-        json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1)
-    )
+    write_report(args.json, results)
     return 0
 
 

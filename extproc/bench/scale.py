@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.devstack.loadgen import DEFAULT_TRACE, read_trace
 from extproc.fleet.state import Endpoint, EndpointMetrics, FleetSnapshot, InFlight, build_snapshot
 from extproc.scheduler.config import SchedulerConfig
@@ -235,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     loads = [float(x) for x in args.load.split(",")]
     results = run(sizes, loads, args.per_endpoint, args.max_requests, print)
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": command(), "machine": machine(), "results": results}, indent=1))
+        write_report(args.json, results)
     return 0
 
 

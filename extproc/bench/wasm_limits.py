@@ -20,9 +20,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from extproc.bench.machine import command, machine
+from extproc.bench.machine import write_report
 from extproc.devstack.stack import LocalStack, StackConfig
 
 POLICY = """
@@ -103,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, result in enumerate(rounds):
         cells = "".join(f"{result[t]['p50_ms']:>14.3f} / {result[t]['p90_ms']:<7.3f}" for t in TENANTS)
         print(f"{i + 1:<6}{cells}")
-    report: dict[str, Any] = {"command": command(), "machine": machine(), "results": rounds}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_report(args.json, rounds)
     return 0
 
 
