@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--data-path",
         choices=["extproc", "wasm"],
-        default="extproc",
-        help="decide in llm-extproc over ext_proc, or in Envoy's Wasm filter (docs/wasm.md)",
+        default="wasm",
+        help="decide in Envoy's Wasm filter with llm-extproc as its brain (the default: the faster"
+        " path, in parity with ext_proc), or in llm-extproc over ext_proc (docs/wasm.md)",
     )
     up.add_argument("--brain-port", type=int, default=9003, help="the Wasm filter's brain (--data-path wasm)")
     up.set_defaults(func=_up)

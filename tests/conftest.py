@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -149,13 +149,15 @@ def ext_proc_counter(local: LocalStack, name: str) -> float:
 
 
 def launch_up(
-    command: list[str], wait_s: float = 90.0, **popen: object
+    command: list[str], wait_s: float = 90.0, extra_args: Sequence[str] = (), **popen: object
 ) -> tuple[subprocess.Popen[str], int, list[str]]:
-    """Start `llm-extproc up` (``command`` is how to run the CLI) on free ports and read its
-    output until it says the stack is up. Returns the process, the listener port and the lines."""
+    """Start `llm-extproc up` (``command`` is how to run the CLI; ``extra_args`` follow `up`'s
+    own) on free ports and read its output until it says the stack is up. Returns the process,
+    the listener port and the lines."""
     port = free_port()
     argv = [*command, "up", "--port", str(port), "--admin-port", str(free_port())]
     argv += ["--extproc-port", str(free_port()), "--metrics-port", str(free_port()), "--time-scale", "0.05"]
+    argv += ["--brain-port", str(free_port()), *extra_args]
     proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )

@@ -329,8 +329,17 @@ class LocalStack:
         )
 
     def urls(self) -> dict[str, str]:
+        deciding = (
+            {
+                "data_path": "wasm (Envoy's filter decides)",
+                "brain": f"http://127.0.0.1:{self.config.brain_port}",
+            }
+            if self.config.data_path == "wasm"
+            else {"data_path": "extproc (llm-extproc decides)"}
+        )
         return {
             "openai": self.base_url,
+            **deciding,
             "ext_proc": f"127.0.0.1:{self.extproc_port}",
             "envoy_admin": f"http://127.0.0.1:{self.admin_port}",
             "metrics": f"http://127.0.0.1:{self.config.metrics_port}/metrics",
@@ -339,9 +348,11 @@ class LocalStack:
 
 
 class ExtprocSupervisor:
-    """Restarts a crashed ext_proc while Envoy and the fleet stay up.
+    """Restarts a crashed ext_proc (on the Wasm data path: the brain) while Envoy and the fleet
+    stay up.
 
-    Envoy fails open while ext_proc is away (requests keep flowing on its fallback LB policy),
+    Envoy fails open while ext_proc is away (requests keep flowing on its fallback LB policy; the
+    Wasm filter decides from its last snapshot until it is stale, then fails open the same way),
     so the local stack can show exactly that instead of tearing itself down. Restarts back off
     exponentially (a crash loop does not spin), and the delay resets once ext_proc has stayed
     up for ``stable_s``. Envoy or the simulator exiting is fatal: nothing serves without them.
@@ -363,6 +374,7 @@ class ExtprocSupervisor:
         self.restarts = 0
         self._down_since: float | None = None
         self._up_since = time.monotonic()
+        self.role = "brain" if stack.config.data_path == "wasm" else "ext_proc"
 
     def check(self, now: float) -> str | None:
         """One look at the children; returns why the stack must stop, or None."""
@@ -378,7 +390,7 @@ class ExtprocSupervisor:
                 if now - self._up_since >= self.stable_s:
                     self.delay_s = self.first_delay_s
                 print(
-                    f"ext_proc exited with code {child.proc.returncode}; Envoy fails open meanwhile; "
+                    f"{self.role} exited with code {child.proc.returncode}; Envoy fails open meanwhile; "
                     f"restarting in {self.delay_s:.1f}s",
                     file=sys.stderr,
                     flush=True,
@@ -391,14 +403,14 @@ class ExtprocSupervisor:
         try:
             self.stack.start_extproc()
         except StackError as error:
-            print(f"ext_proc restart failed: {error}", file=sys.stderr, flush=True)
+            print(f"{self.role} restart failed: {error}", file=sys.stderr, flush=True)
             with contextlib.suppress(KeyError):
                 self.stack.stop_extproc()
             self._down_since = time.monotonic()  # try again after the (longer) delay
             return None
         self.restarts += 1
         self._up_since = time.monotonic()
-        print(f"ext_proc restarted (restart {self.restarts}); routing again", file=sys.stderr, flush=True)
+        print(f"{self.role} restarted (restart {self.restarts}); routing again", file=sys.stderr, flush=True)
         return None
 
 
@@ -425,8 +437,11 @@ def run_forever(config: StackConfig) -> int:
     print(f"  logs         {stack.workdir}")
     print(f'\ntry: curl {stack.base_url}/chat/completions -H "content-type: application/json" \\')
     print('       -d \'{"model": "llama-3-8b", "messages": [{"role": "user", "content": "hello"}]}\'')
-    print("Ctrl-C stops everything; a crashed ext_proc is restarted while Envoy fails open.", flush=True)
     supervisor = ExtprocSupervisor(stack)
+    print(
+        f"Ctrl-C stops everything; a crashed {supervisor.role} is restarted while Envoy fails open.",
+        flush=True,
+    )
     try:
         while not stopping:
             fatal = supervisor.check(time.monotonic())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,40 +62,75 @@ def chat(port: int) -> tuple[int, dict[str, str]]:
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}
 
 
-def test_up_serves_survives_an_ext_proc_crash_and_sigterm_stops_every_child() -> None:
-    proc, port, lines = launch_up([sys.executable, "-m", "extproc.cli"], wait_s=60)
+def requests_counted(metrics_port: int) -> float:
+    """llm_extproc_requests_total summed over labels, from the deciding process's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("llm_extproc_requests_total{")
+    )
+
+
+def option(lines: list[str], name: str) -> str:
+    return next(line.split()[-1] for line in lines if line.split()[:1] == [name])
+
+
+@pytest.mark.parametrize("data_path", ["wasm", "extproc"])
+def test_up_serves_survives_a_crash_of_its_decider_and_sigterm_stops_every_child(data_path: str) -> None:
+    """`up` (default: the Wasm data path) serves through Envoy; `kill -9` of the Python process
+    (ext_proc, or the Wasm filter's brain) never fails a request, it is restarted, and the new
+    process decides (ext_proc) or receives the filter's records (brain) again."""
+    extra = [] if data_path == "wasm" else ["--data-path", "extproc"]
+    proc, port, lines = launch_up([sys.executable, "-m", "extproc.cli"], wait_s=60, extra_args=extra)
     try:
         assert proc.stdout is not None
         assert any(f"http://127.0.0.1:{port}/v1" in line for line in lines), "".join(lines)
+        assert any(line.split()[:2] == ["data_path", data_path] for line in lines), "".join(lines)
+        metrics_port = int(option(lines, "metrics").split(":")[2].split("/")[0])
         children = children_of(proc.pid)
-        assert len(children) == 3  # simulator, ext_proc, envoy
+        assert len(children) == 3  # simulator, ext_proc or brain, envoy
         status, headers = chat(port)
         assert status == 200 and headers["x-gateway-destination-endpoint-served"]
-        assert headers.get("x-sim-destination"), "ext_proc chose the endpoint list"
-        # kill -9 the ext_proc: Envoy fails open, the supervisor restarts it, routing resumes.
-        extproc = [pid for pid in children if " serve " in cmdline(pid)]
-        assert len(extproc) == 1
-        os.kill(extproc[0], signal.SIGKILL)
+        assert headers.get("x-sim-destination"), "the decider chose the endpoint list"
+        if data_path == "wasm":
+            admin = option(lines, "envoy_admin")
+            with urllib.request.urlopen(f"{admin}/stats?filter=llm_wasm.routed", timeout=5) as reply:
+                routed = reply.read().decode()
+            assert int(routed.rsplit(":", 1)[1]) >= 1, f"the Wasm filter decided: {routed}"
+        # kill -9 the decider: Envoy fails open, the supervisor restarts it, routing resumes.
+        decider = [pid for pid in children if " serve " in cmdline(pid)]
+        assert len(decider) == 1
+        os.kill(decider[0], signal.SIGKILL)
         statuses, routed_again = [], False
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(statuses) < 2000:
             status, headers = chat(port)
             statuses.append(status)
-            if headers.get("x-sim-destination") and len(statuses) > 1:
-                routed_again = True
-                break
+            restarted = [pid for pid in children_of(proc.pid) if " serve " in cmdline(pid)]
+            if headers.get("x-sim-destination") and restarted and restarted != decider:
+                with contextlib.suppress(OSError):
+                    # A fresh process counts from 0: a count proves it decided (ext_proc) or
+                    # received this request's record from the filter (brain).
+                    if requests_counted(metrics_port) > 0:
+                        routed_again = True
+                        break
             time.sleep(0.05)
         assert statuses and set(statuses) == {200}, statuses
-        assert routed_again, f"ext_proc did not come back within 60 s ({len(statuses)} requests)"
+        assert routed_again, (
+            f"the {data_path} decider did not come back within 60 s ({len(statuses)} requests)"
+        )
         restarted = [pid for pid in children_of(proc.pid) if " serve " in cmdline(pid)]
-        assert len(restarted) == 1 and restarted != extproc
+        assert len(restarted) == 1 and restarted != decider
         children = children_of(proc.pid)
         assert len(children) == 3
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert not [pid for pid in children if alive(pid)]
         output = "".join(lines) + proc.stdout.read()
-        assert "ext_proc exited with code -9" in output and "ext_proc restarted (restart 1)" in output, output
+        role = "brain" if data_path == "wasm" else "ext_proc"
+        assert f"{role} exited with code -9" in output and f"{role} restarted (restart 1)" in output, output
     finally:
         if proc.poll() is None:
             proc.kill()
