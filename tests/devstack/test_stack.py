@@ -103,7 +103,8 @@ def test_up_serves_survives_a_crash_of_its_decider_and_sigterm_stops_every_child
         decider = [pid for pid in children if " serve " in cmdline(pid)]
         assert len(decider) == 1
         os.kill(decider[0], signal.SIGKILL)
-        statuses, routed_again = [], False
+        statuses: list[int] = []
+        routed_again = False
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(statuses) < 2000:
             status, headers = chat(port)
