@@ -166,16 +166,10 @@ PASSTHROUGH = {
 
 
 def render_main(argv: list[str]) -> int:
-    """`render istio [--policy FILE]`: the policy's provider pools become ServiceEntries,
-    DestinationRules, routes and credential filters (extproc.deploy.istio_providers)."""
+    """`render istio|istio-wasm [--policy FILE]`: the policy's provider pools become
+    ServiceEntries, DestinationRules, routes and credential filters (extproc.deploy.istio_providers)."""
     from extproc.deploy import istio
     from extproc.policy.compile import PolicyError, load_policy
-
-    if argv[:1] == ["istio-wasm"]:  # the Wasm data path (docs/wasm.md)
-        from extproc.deploy.istio_wasm import manifests as wasm_manifests
-
-        settings, args = istio.parse_settings(argv)
-        return istio.write_parts({"wasm.yaml": wasm_manifests(settings)}, args.out)
 
     policy = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--policy"), None)
     policy = policy or next((w.split("=", 1)[1] for w in argv if w.startswith("--policy=")), None)
@@ -186,6 +180,11 @@ def render_main(argv: list[str]) -> int:
         except PolicyError as error:
             print(error, file=sys.stderr)
             return 1
+    if argv[:1] == ["istio-wasm"]:  # the Wasm data path (docs/wasm.md)
+        from extproc.deploy.istio_wasm import parts
+
+        settings, args = istio.parse_settings(argv)
+        return istio.write_parts(parts(settings, providers), args.out)
     return istio.main(argv, providers)
 
 

@@ -11,18 +11,33 @@ Istio names a WasmPlugin's filter "<namespace>.<name>" and, in the default phase
 before the router; the EnvoyFilter inserts the header stripping before it and the decision
 plumbing after it. The brain is llm-extproc's Service on its brain port (Istio's outbound
 cluster for it is what the filter's HTTP calls name).
+
+With a policy's hosted providers (`render istio-wasm --policy FILE`), apply-decision also copies
+the provider headers and a Lua step (as in the local Envoy config) sets the provider's path and
+re-picks the route; providers.yaml holds the ServiceEntries, DestinationRules and credential
+filters the ext_proc render makes, and provider-routes.yaml a VirtualService for the model host
+whose first routes send a decision naming a provider to it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
 from extproc.deploy.istio import ENVOY_CONTROL_HEADERS, IstioSettings, envoy_cluster_patch, extproc_objects
-from extproc.deploy.wasm_config import DEFAULT_SETTINGS, FilterSettings, render_wasm
+from extproc.deploy.istio_providers import provider_objects, provider_routes
+from extproc.deploy.wasm_config import (
+    DEFAULT_SETTINGS,
+    PROVIDER_PATH_FILTER,
+    FilterSettings,
+    add_provider_decision,
+    render_wasm,
+)
+from extproc.providers.upstream import ProviderUpstream
 
 BRAIN_PORT = 9003
 PLUGIN_NAME = "llm-extproc"
@@ -35,10 +50,13 @@ def brain_cluster(s: IstioSettings) -> str:
     return f"outbound|{BRAIN_PORT}||{s.extproc_host}"
 
 
-def _local_filters() -> dict[str, dict[str, Any]]:
+def _local_filters(with_providers: bool = False) -> dict[str, dict[str, Any]]:
     config = yaml.safe_load(render_wasm(["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    return {f["name"]: f for f in hcm["typed_config"]["http_filters"]}
+    filters: list[dict[str, Any]] = hcm["typed_config"]["http_filters"]
+    if with_providers:
+        add_provider_decision(filters)
+    return {f["name"]: f for f in filters}
 
 
 def plugin_config(s: IstioSettings, settings: FilterSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
@@ -76,8 +94,8 @@ def wasm_filter_name(s: IstioSettings) -> str:
     return f"{s.filter_namespace}.{PLUGIN_NAME}"
 
 
-def envoy_filter(s: IstioSettings) -> dict[str, Any]:
-    local = _local_filters()
+def envoy_filter(s: IstioSettings, with_providers: bool = False) -> dict[str, Any]:
+    local = _local_filters(with_providers)
     strip = copy.deepcopy(local["strip-client-routing-headers"])
     # In the mesh the caller is the local app, which Envoy may treat as internal.
     strip["typed_config"]["mutations"]["request_mutations"] += [{"remove": n} for n in ENVOY_CONTROL_HEADERS]
@@ -96,10 +114,10 @@ def envoy_filter(s: IstioSettings) -> dict[str, Any]:
         }
 
     patches = [before(wasm_filter_name(s), strip)]
-    patches += [
-        before("envoy.filters.http.router", copy.deepcopy(local[name]))
-        for name in ("envoy.filters.http.buffer", "apply-decision", "envoy.filters.http.header_to_metadata")
-    ]
+    after_the_plugin = ["envoy.filters.http.buffer", "apply-decision"]
+    after_the_plugin += [PROVIDER_PATH_FILTER] if with_providers else []
+    after_the_plugin += ["envoy.filters.http.header_to_metadata"]
+    patches += [before("envoy.filters.http.router", copy.deepcopy(local[name])) for name in after_the_plugin]
     patches.append(
         {
             "applyTo": "CLUSTER",
@@ -135,9 +153,43 @@ def brain_objects(s: IstioSettings) -> list[dict[str, Any]]:
 
 
 def manifests(
-    s: IstioSettings, url: str = DEFAULT_MODULE_URL, sha256: str | None = None
+    s: IstioSettings,
+    url: str = DEFAULT_MODULE_URL,
+    sha256: str | None = None,
+    providers: Sequence[ProviderUpstream] = (),
 ) -> list[dict[str, Any]]:
-    return [*brain_objects(s), wasm_plugin(s, url, sha256), envoy_filter(s)]
+    return [*brain_objects(s), wasm_plugin(s, url, sha256), envoy_filter(s, with_providers=bool(providers))]
+
+
+def provider_route_service(s: IstioSettings, providers: Sequence[ProviderUpstream]) -> dict[str, Any]:
+    """The model host's VirtualService: a decision naming a provider goes to it, the rest to the
+    model Service (where override_host picks the endpoint). Merge the provider routes into your
+    own VirtualService for the host if you have one: Istio takes one per host."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": f"{s.service}-providers", "namespace": s.model_namespace},
+        "spec": {
+            "hosts": [s.model_host],
+            "http": [
+                *provider_routes(providers),
+                {
+                    "name": "fleet",
+                    "route": [{"destination": {"host": s.model_host, "port": {"number": s.port}}}],
+                },
+            ],
+        },
+    }
+
+
+def parts(s: IstioSettings, providers: Sequence[ProviderUpstream] = ()) -> dict[str, list[dict[str, Any]]]:
+    """What `render istio-wasm [--policy FILE]` writes, file name -> objects."""
+    written = {"wasm.yaml": manifests(s, providers=providers)}
+    if providers:
+        contexts = [("SIDECAR_OUTBOUND", s.client_labels)]
+        written["providers.yaml"] = provider_objects(providers, s.namespace, s.filter_namespace, contexts)
+        written["provider-routes.yaml"] = [provider_route_service(s, providers)]
+    return written
 
 
 def materialised_wasm_filter(s: IstioSettings, module_path: str) -> dict[str, Any]:

@@ -180,20 +180,29 @@ def render_wasm(
         next(c for c in extproc["static_resources"]["clusters"] if c["name"] == "extproc")
     )
     config["layered_runtime"] = extproc["layered_runtime"]
-    filters = _http_filters(config)
+    add_provider_decision(_http_filters(config))
+    return with_providers(config, providers, provider_addresses, sds_dir=sds_dir, fallback_routing=routing)
+
+
+PROVIDER_PATH_FILTER = "provider-path"
+
+
+def add_provider_decision(filters: list[dict[str, Any]]) -> None:
+    """Let a decision that names a hosted provider through: apply-decision also copies the
+    provider headers, and the Lua step after it sets the provider's path and re-picks the route.
+    ``filters``: an HTTP filter chain holding apply-decision (changed in place)."""
     at = next(i for i, f in enumerate(filters) if f["name"] == "apply-decision")
     filters[at]["typed_config"]["mutations"]["request_mutations"] += _mutations(PROVIDER_DECISION_HEADERS)
     filters.insert(
         at + 1,
         {
-            "name": "provider-path",
+            "name": PROVIDER_PATH_FILTER,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": PROVIDER_PATH_LUA},
             },
         },
     )
-    return with_providers(config, providers, provider_addresses, sds_dir=sds_dir, fallback_routing=routing)
 
 
 def _http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ config Istio would build (WasmPlugin filter + EnvoyFilter patches) through `envo
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,67 @@ def test_render_command_writes_the_wasm_manifests(tmp_path: Path) -> None:
     kinds = [o["kind"] for o in yaml.safe_load_all((tmp_path / "wasm.yaml").read_text())]
     assert kinds[-2:] == ["WasmPlugin", "EnvoyFilter"]
     assert "Deployment" in kinds
+
+
+PROVIDERS_POLICY = Path(__file__).parents[2] / "policies" / "providers.yaml"
+
+
+def test_render_with_a_policy_adds_its_providers_and_every_object_validates(tmp_path: Path) -> None:
+    import kubernetes_validate
+
+    from extproc import cli
+
+    assert cli.main(["render", "istio-wasm", "--policy", str(PROVIDERS_POLICY), "--out", str(tmp_path)]) == 0
+    written = {p.name: [o for o in yaml.safe_load_all(p.read_text()) if o] for p in tmp_path.glob("*.yaml")}
+    assert sorted(written) == ["provider-routes.yaml", "providers.yaml", "wasm.yaml"]
+    schemas = crd_schemas()
+    for obj in written["providers.yaml"] + written["provider-routes.yaml"]:
+        if obj["apiVersion"].startswith("networking.istio.io"):
+            jsonschema.validate(obj, schemas[(obj["apiVersion"], obj["kind"])])
+        else:
+            kubernetes_validate.validate(obj, "1.33", strict=True)
+    # Only the sidecars the WasmPlugin runs in call providers on this data path.
+    key_filters = [o for o in written["providers.yaml"] if o["kind"] == "EnvoyFilter"]
+    assert [f["metadata"]["name"] for f in key_filters] == ["llm-provider-keys-sidecar-outbound"]
+    (service,) = written["provider-routes.yaml"]
+    routes = service["spec"]["http"]
+    assert [r["name"] for r in routes] == ["provider-openai", "provider-azure", "fleet"]
+    assert routes[0]["match"] == [{"headers": {"x-llm-provider": {"exact": "openai"}}}]
+    assert {"authorization", "api-key"} <= set(routes[0]["headers"]["request"]["remove"])
+    settings = IstioSettings()
+    assert routes[-1]["route"] == [
+        {"destination": {"host": settings.model_host, "port": {"number": settings.port}}}
+    ]
+
+
+def test_with_providers_the_decision_carries_the_provider_and_envoy_accepts_the_sidecar(
+    tmp_path: Path,
+) -> None:
+    from extproc.policy.compile import load_policy
+
+    settings = IstioSettings()
+    providers = load_policy(str(PROVIDERS_POLICY)).provider_upstreams()
+    envoy_filter = next(o for o in manifests(settings, providers=providers) if o["kind"] == "EnvoyFilter")
+    config = sidecar_with(envoy_filter, settings)
+    chain = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = {f["name"]: f for f in chain["http_filters"]}
+    assert [f["name"] for f in chain["http_filters"]][-5:] == [
+        "envoy.filters.http.buffer",
+        "apply-decision",
+        "provider-path",
+        "envoy.filters.http.header_to_metadata",
+        "envoy.filters.http.router",
+    ]
+    copied = [
+        m["append"]["header"]["key"]
+        for m in filters["apply-decision"]["typed_config"]["mutations"]["request_mutations"]
+    ]
+    assert {"x-llm-provider", "x-llm-provider-path"} <= set(copied)
+    assert (
+        "clearRouteCache" in filters["provider-path"]["typed_config"]["default_source_code"]["inline_string"]
+    )
+    result = envoy_validate(config, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Without providers nothing of it is there.
+    plain = next(o for o in manifests(settings) if o["kind"] == "EnvoyFilter")
+    assert "provider-path" not in json.dumps(plain) and "x-llm-provider" not in json.dumps(plain)
