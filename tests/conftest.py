@@ -148,6 +148,18 @@ def ext_proc_counter(local: LocalStack, name: str) -> float:
     return 0.0
 
 
+def counted(metrics_port: int, name: str, *label_parts: str) -> float:
+    """A labelled counter from a /metrics page, summed over the series whose labels contain
+    every one of ``label_parts`` (e.g. 'outcome="routed"')."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        page = reply.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith(name + "{") and all(part in line for part in label_parts)
+    )
+
+
 def launch_up(
     command: list[str], wait_s: float = 90.0, extra_args: Sequence[str] = (), **popen: object
 ) -> tuple[subprocess.Popen[str], int, list[str]]:

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import launch_up
+from tests.conftest import counted, launch_up
 
 pytestmark = pytest.mark.envoy
 
@@ -62,17 +62,6 @@ def chat(port: int) -> tuple[int, dict[str, str]]:
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}
 
 
-def requests_counted(metrics_port: int) -> float:
-    """llm_extproc_requests_total summed over labels, from the deciding process's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("llm_extproc_requests_total{")
-    )
-
-
 def option(lines: list[str], name: str) -> str:
     return next(line.split()[-1] for line in lines if line.split()[:1] == [name])
 
@@ -114,7 +103,7 @@ def test_up_serves_survives_a_crash_of_its_decider_and_sigterm_stops_every_child
                 with contextlib.suppress(OSError):
                     # A fresh process counts from 0: a count proves it decided (ext_proc) or
                     # received this request's record from the filter (brain).
-                    if requests_counted(metrics_port) > 0:
+                    if counted(metrics_port, "llm_extproc_requests_total") > 0:
                         routed_again = True
                         break
             time.sleep(0.05)

@@ -7,19 +7,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import started_stack
+from tests.conftest import counted, started_stack
 
 pytestmark = pytest.mark.envoy
-
-
-def routed(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
-        page = reply.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in page.splitlines()
-        if line.startswith("llm_extproc_requests_total{") and 'outcome="routed"' in line
-    )
 
 
 def test_two_workers_share_the_port_and_the_fleet_view() -> None:
@@ -39,7 +29,10 @@ def test_two_workers_share_the_port_and_the_fleet_view() -> None:
                 assert reply.status == 200
                 # Decided by a worker (the simulator echoes the endpoint list it chose).
                 destinations.add(reply.headers["x-sim-destination"].split(",")[0])
-        per_worker = [routed(local.config.metrics_port), routed(local.config.metrics_port + 1)]
+        per_worker = [
+            counted(local.config.metrics_port, "llm_extproc_requests_total", 'outcome="routed"'),
+            counted(local.config.metrics_port + 1, "llm_extproc_requests_total", 'outcome="routed"'),
+        ]
         # Envoy rotates its ext_proc connection every 100 streams, the kernel spreads them.
         assert sum(per_worker) == 400
         assert all(count > 0 for count in per_worker), per_worker
