@@ -43,10 +43,12 @@ import numpy.typing as npt
 from extproc import complexity
 from extproc.bench.machine import machine
 from extproc.complexity.evaluate import apgr, read_labelled
-from extproc.complexity.features import Prompt
+from extproc.complexity.features import Prompt, numbers_before_choices
+from extproc.complexity.lexical import prepare
 from extproc.complexity.train import (
     ALPHA,
     DEFAULT_ROUTING,
+    GAIN_TREE_OPTIONS,
     MIN_DF,
     _identity,
     documents,
@@ -82,6 +84,21 @@ class Config:
 SHIPPED = Config(ALPHA, MIN_DF, True, 0.0)
 GRID = [Config(a, m, s, c) for m, s, c, a in itertools.product(MIN_DFS, SUBLINEAR, SCALES, ALPHAS)]
 
+# The stacked candidate: the shipped ridge plus shrink x boosted trees fitted to its held-out residual.
+TREE_DEPTHS = (2, 3)
+TREE_COUNTS = (25, 50, 100)
+SHRINKS = (0.0, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Stack:
+    depth: int
+    trees: int
+    shrink: float  # 0: the ridge alone
+
+
+STACKS = [Stack(d, n, s) for s, d, n in itertools.product(SHRINKS, TREE_DEPTHS, TREE_COUNTS)]
+
 
 class Data:
     def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -95,6 +112,9 @@ class Data:
         self.strong = np.array([float(r["strong_correct"]) for r in rows])
         extractor = complexity.model().extractor
         self.dense = np.array([extractor.vector(Prompt.from_text(p)) for p in self.prompts])
+        # the gain trees' inputs: the difficulty features and the numbers in the question
+        numbers = [float(numbers_before_choices(prepare(p))) for p in self.prompts]
+        self.tree_inputs = np.column_stack([self.dense, numbers])
 
     def apgr(self, scores: FloatArray, part: Index) -> float:
         return apgr(scores, self.weak[part], self.strong[part])["apgr"]
@@ -158,34 +178,105 @@ def best(scores: dict[Config, float], allowed: Sequence[Config]) -> Config:
     return max(allowed, key=lambda c: (scores[c], -GRID.index(c)))
 
 
+def ridge_held_out(data: Data, part: Index, salt: str) -> FloatArray:
+    """The shipped ridge's pooled held-out predictions on `part` (inner 4-fold by prompt)."""
+    inner = data.split(part, salt, INNER_FOLDS)
+    held = np.zeros(len(part))
+    for j in range(INNER_FOLDS):
+        held[inner == j] = predictions(data, part[inner != j], part[inner == j], [SHIPPED])[SHIPPED]
+    return held
+
+
+def staged_corrections(
+    data: Data, train: Index, residual: FloatArray, test: Index, depths: Sequence[int]
+) -> dict[tuple[int, int], FloatArray]:
+    """Boosted trees fitted to `residual` on `train`: their predictions for `test` after each count
+    of TREE_COUNTS, per depth (the first n trees of a boosted model are the model of n trees)."""
+    ensemble = importlib.import_module("sklearn.ensemble")
+    out: dict[tuple[int, int], FloatArray] = {}
+    for depth in depths:
+        boosted = ensemble.GradientBoostingRegressor(
+            max_depth=depth, n_estimators=max(TREE_COUNTS), random_state=0, **GAIN_TREE_OPTIONS
+        ).fit(data.tree_inputs[train], residual)
+        for count, values in enumerate(boosted.staged_predict(data.tree_inputs[test]), start=1):
+            if count in TREE_COUNTS:
+                out[depth, count] = values
+    return out
+
+
+def stack_scores(data: Data, train: Index, seed: int) -> dict[Stack, float]:
+    """APGR of each stacked setting's pooled inner held-out predictions on the outer training part
+    (inside every inner training part, the trees learn the residual of that part's own held-out ridge)."""
+    inner = data.split(train, f"|inner{seed}", INNER_FOLDS)
+    held = {stack: np.zeros(len(train)) for stack in STACKS}
+    for j in range(INNER_FOLDS):
+        fit_part, test_part = train[inner != j], train[inner == j]
+        ridge = predictions(data, fit_part, test_part, [SHIPPED])[SHIPPED]
+        residual = data.gain[fit_part] - ridge_held_out(data, fit_part, f"|stack{seed}.{j}")
+        corrections = staged_corrections(data, fit_part, residual, test_part, TREE_DEPTHS)
+        for stack in STACKS:
+            held[stack][inner == j] = ridge + stack.shrink * corrections[stack.depth, stack.trees]
+    return {stack: data.apgr(values, train) for stack, values in held.items()}
+
+
+def stacked(data: Data, train: Index, test: Index, stack: Stack, salt: str) -> FloatArray:
+    """The stacked head fitted on `train` (trees on the residual of the ridge's held-out output)."""
+    ridge = predictions(data, train, test, [SHIPPED])[SHIPPED]
+    if not stack.shrink:
+        return ridge
+    residual = data.gain[train] - ridge_held_out(data, train, salt)
+    correction = staged_corrections(data, train, residual, test, [stack.depth])[stack.depth, stack.trees]
+    return ridge + stack.shrink * correction
+
+
 def outer_folds(data: Data, seed: int) -> Index:
     if seed == 0:
         return folds(data.rows, OUTER_FOLDS)
     return data.split(np.arange(len(data.rows)), f"|outer{seed}", OUTER_FOLDS)
 
 
-def run_seed(data: Data, seed: int) -> dict[str, Any]:
+STACKED = "candidate: shipped ridge + boosted trees on its held-out residual, tuned"
+TFIDF_TUNED = ("shipped family, tuned", "candidate: + difficulty features, tuned")
+CANDIDATES = {"tfidf": TFIDF_TUNED, "stacked": (STACKED,)}
+
+
+def run_seed(data: Data, seed: int, groups: Sequence[str]) -> dict[str, Any]:
+    """One fold seed: the shipped head and the candidates of `groups` (keys of CANDIDATES)."""
     fold = outer_folds(data, seed)
-    names = ("shipped", "shipped family, tuned", "candidate: + difficulty features, tuned")
-    allowed = ([SHIPPED], [c for c in GRID if c.scale == 0.0], GRID)
+    names = ["shipped", *(name for group in groups for name in CANDIDATES[group])]
+    allowed = {TFIDF_TUNED[0]: [c for c in GRID if c.scale == 0.0], TFIDF_TUNED[1]: GRID}
     held = {name: np.zeros(len(data.rows)) for name in names}
     chosen: dict[str, list[dict[str, Any]]] = {name: [] for name in names[1:]}
     for f in range(OUTER_FOLDS):
         train = np.nonzero(fold != f)[0]
         test = np.nonzero(fold == f)[0]
-        scores = inner_scores(data, train, seed)
-        picks = [SHIPPED] + [best(scores, a) for a in allowed[1:]]
-        fitted = predictions(data, train, test, list(dict.fromkeys(picks)))
-        for name, pick in zip(names, picks, strict=True):
+        picks = {"shipped": SHIPPED}
+        if "tfidf" in groups:
+            scores = inner_scores(data, train, seed)
+            for name, configs in allowed.items():
+                picks[name] = best(scores, configs)
+                chosen[name].append({**picks[name].__dict__, "inner_apgr": round(scores[picks[name]], 4)})
+        fitted = predictions(data, train, test, list(dict.fromkeys(picks.values())))
+        for name, pick in picks.items():
             held[name][test] = fitted[pick]
-            if name in chosen:
-                chosen[name].append({**pick.__dict__, "inner_apgr": round(scores[pick], 4)})
+        if "stacked" in groups:
+            stack_inner = stack_scores(data, train, seed)
+            stack = max(STACKS, key=lambda s: (stack_inner[s], -STACKS.index(s)))
+            held[STACKED][test] = stacked(data, train, test, stack, f"|stack{seed}")
+            chosen[STACKED].append({**stack.__dict__, "inner_apgr": round(stack_inner[stack], 4)})
     everything = np.arange(len(data.rows))
     return {
         "seed": seed,
         "apgr": {name: data.apgr(values, everything) for name, values in held.items()},
         "chosen": chosen,
     }
+
+
+def select_stack(data: Data) -> dict[str, Any]:
+    """The stacked setting inner CV chooses on all the rows: what the shipped head uses."""
+    scores = stack_scores(data, np.arange(len(data.rows)), 0)
+    stack = max(STACKS, key=lambda s: (scores[s], -STACKS.index(s)))
+    return {"chosen": stack.__dict__, "apgr": {str(tuple(s.__dict__.values())): v for s, v in scores.items()}}
 
 
 def run_fixed(data: Data, seed: int, configs: Sequence[Config]) -> dict[str, Any]:
@@ -239,7 +330,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="instead of nested CV: plain outer CV of this configuration, ALPHA,MIN_DF,SUBLINEAR,SCALE "
         "(repeatable; the shipped one is always included)",
     )
+    parser.add_argument(
+        "--candidates",
+        default="tfidf,stacked",
+        help="comma-separated: tfidf (the TF-IDF family and difficulty columns, tuned), stacked (ridge + "
+        "trees on its residual, tuned)",
+    )
+    parser.add_argument(
+        "--select", action="store_true", help="also choose the stacked setting by inner CV on all rows"
+    )
     args = parser.parse_args(argv)
+    groups = [g for g in args.candidates.split(",") if g]
+    if unknown := set(groups) - set(CANDIDATES):
+        parser.error(f"unknown candidates {sorted(unknown)}")
     start = time.time()
     data = Data(labelled_rows(read_labelled(Path(args.routing))))
     difference = check_tfidf(data)
@@ -251,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fixed:
             result = run_fixed(data, seed, list(dict.fromkeys([SHIPPED, *args.fixed])))
         else:
-            result = run_seed(data, seed)
+            result = run_seed(data, seed, groups)
         results.append(result)
         shown = ", ".join(f"{name} {value:.4f}" for name, value in result["apgr"].items())
         print(f"seed {seed}: {shown} ({time.time() - start:.0f} s)", flush=True)
@@ -271,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{name} - shipped, per seed: mean {paired.mean():+.4f}, min {paired.min():+.4f}, max {paired.max():+.4f}"
         )
+    selection = None
+    if args.select:
+        selection = select_stack(data)
+        print(f"stacked setting chosen by inner CV on all rows: {selection['chosen']}", flush=True)
     if args.out:
         report = {
             "command": " ".join(["python", "scripts/gain_nested_cv.py", *sys.argv[1:]]),
@@ -278,6 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": round(time.time() - start),
             "fixed": [c.__dict__ for c in args.fixed or []],
             "grid": {"alpha": ALPHAS, "min_df": MIN_DFS, "sublinear_tf": SUBLINEAR, "scale": SCALES},
+            "stacked_grid": {
+                "depth": TREE_DEPTHS,
+                "trees": TREE_COUNTS,
+                "shrink": SHRINKS,
+                "fixed": GAIN_TREE_OPTIONS,
+            },
+            "stacked_selected_on_all_rows": selection,
             "shipped": SHIPPED.__dict__,
             "outer_folds": OUTER_FOLDS,
             "inner_folds": INNER_FOLDS,

@@ -1,7 +1,8 @@
 /* The complexity scorer's request path in C (fed by extproc/complexity/native.py). One call per
  * prompt: a pass over the prepared text's UTF-8 bytes for the structure counts, its tokens and
- * their ids, the cue counts, the strong_gain head's TF-IDF sum, the 61 difficulty features and the
- * difficulty head (ridge + boosted trees).
+ * their ids, the cue counts, the strong_gain head's TF-IDF sum, the 61 difficulty features, the
+ * difficulty head (ridge + boosted trees) and the strong_gain head's trees (on the difficulty
+ * features and the numbers before the choices).
  *
  * The numpy code in features.py / lexical.py / scorer.py is the definition; this module computes
  * the same numbers (tests/complexity/test_native.py: the same ids, counts and features, exactly,
@@ -255,6 +256,8 @@ typedef struct {
     Py_ssize_t groups, ask_head, ask_tail;
     /* the difficulty head and the parts of the features left to Python (regular expressions) */
     Difficulty *difficulty;
+    /* the strong_gain head's trees, as a Difficulty of shrink x trees (NULL: none) */
+    Difficulty *gain_trees;
     Py_ssize_t size_unit; /* the cue group of output size units */
     double *log1p_table;  /* np.log1p of the usual cue counts */
     Py_ssize_t log1p_size;
@@ -294,6 +297,7 @@ static void Scanner_dealloc(Scanner *self) {
     PyMem_Free(self->cues);
     PyMem_Free(self->log1p_table);
     Py_XDECREF(self->difficulty);
+    Py_XDECREF(self->gain_trees);
     Py_XDECREF(self->requested_size);
     Py_XDECREF(self->size_units);
     Py_XDECREF(self->log1p_counts);
@@ -533,10 +537,11 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
                             "ngram_keys", "ngram_group", "groups", "max_cue_tokens", "ask_head", "ask_tail",
                             "vocab", "order", "unigram_column", "gram_keys", "idf_weight",
                             "idf_squared", "intercept", "math_symbols", "difficulty", "size_unit",
-                            "log1p_table", "size_units", "requested_size", "log1p_counts", NULL};
+                            "log1p_table", "size_units", "requested_size", "log1p_counts", "gain_trees", NULL};
     PyObject *index, *unigram_group, *starts, *continues, *ngram_keys, *ngram_group;
     PyObject *unigram_column_obj, *gram_keys, *idf_weight_obj, *idf_squared_obj, *math_symbols;
     PyObject *difficulty, *log1p_table, *size_units, *requested_size, *log1p_counts;
+    PyObject *gain_trees = Py_None;
     Py_ssize_t size_unit;
     long long base, vocab;
     int max_cue_tokens, order;
@@ -546,13 +551,13 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_RuntimeError, "Scanner is immutable");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOdUO!nOOOO", names, &index,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOOOOOninnLiOOOOdUO!nOOOO|O", names, &index,
                                      &base, &unigram_group, &starts, &continues, &ngram_keys,
                                      &ngram_group, &groups, &max_cue_tokens, &ask_head, &ask_tail, &vocab,
                                      &order, &unigram_column_obj, &gram_keys, &idf_weight_obj,
                                      &idf_squared_obj, &intercept, &math_symbols, &DifficultyType,
                                      &difficulty, &size_unit, &log1p_table, &size_units, &requested_size,
-                                     &log1p_counts))
+                                     &log1p_counts, &gain_trees))
         return -1;
     if (!PyCallable_Check(requested_size) || !PyCallable_Check(log1p_counts)) {
         PyErr_SetString(PyExc_TypeError, "requested_size and log1p_counts must be callable");
@@ -563,7 +568,14 @@ static int Scanner_init(Scanner *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "the difficulty head does not fit these features");
         return -1;
     }
+    if (gain_trees != Py_None &&
+        (!PyObject_TypeCheck(gain_trees, &DifficultyType) ||
+         ((Difficulty *)gain_trees)->features != ((Difficulty *)difficulty)->features + 1)) {
+        PyErr_SetString(PyExc_ValueError, "gain_trees must be a Difficulty on the difficulty features + 1");
+        return -1;
+    }
     self->difficulty = (Difficulty *)Py_NewRef(difficulty);
+    self->gain_trees = gain_trees == Py_None ? NULL : (Difficulty *)Py_NewRef(gain_trees);
     self->size_units = PyTuple_New(0);
     PyObject *units = PySequence_Fast(size_units, "size_units must be a sequence of str");
     if (self->size_units == NULL || units == NULL) {
@@ -1187,6 +1199,26 @@ static PyObject *Scanner_features(Scanner *self, PyObject *const *args, Py_ssize
     return out;
 }
 
+/* features.numbers_before_choices on the prepared text's UTF-8 bytes: runs of ASCII digits before
+ * the first "\n[ \t]*[a-z][.)]" (UTF-8 continuation bytes are never ASCII, so bytes match as
+ * characters do). */
+static Py_ssize_t numbers_before_choices(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t numbers = 0;
+    int in_number = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        int digit = c >= '0' && c <= '9';
+        numbers += digit && !in_number;
+        in_number = digit;
+        if (c == '\n') {
+            Py_ssize_t j = i + 1;
+            while (j < n && (s[j] == ' ' || s[j] == '\t')) j++;
+            if (j + 1 < n && s[j] >= 'a' && s[j] <= 'z' && (s[j + 1] == '.' || s[j + 1] == ')')) break;
+        }
+    }
+    return numbers;
+}
+
 static PyObject *Scanner_score(Scanner *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer view;
     double numbers[3];
@@ -1196,12 +1228,16 @@ static PyObject *Scanner_score(Scanner *self, PyObject *const *args, Py_ssize_t 
         PyBuffer_Release(&view);
         return NULL;
     }
-    double x[STRUCTURE_FEATURES + 256], raw = NAN;
+    double x[STRUCTURE_FEATURES + 256 + 1], raw = NAN, correction = 0.0;
     int done = compute_features(self, args[0], view.buf, view.len, numbers[0], numbers[1], numbers[2], x,
                                 with_gain ? &raw : NULL);
+    if (done >= 0 && self->gain_trees != NULL) {
+        x[self->difficulty->features] = (double)numbers_before_choices(view.buf, view.len);
+        correction = difficulty_level(self->gain_trees, x);
+    }
     PyBuffer_Release(&view);
     if (done < 0) return NULL;
-    return Py_BuildValue("(dd)", difficulty_level(self->difficulty, x), raw);
+    return Py_BuildValue("(ddd)", difficulty_level(self->difficulty, x), raw, correction);
 }
 
 static PyObject *Scanner_gain(Scanner *self, PyObject *arg) {
@@ -1212,6 +1248,15 @@ static PyObject *Scanner_gain(Scanner *self, PyObject *arg) {
     if (n < 0) return NULL;
     double raw = gain_raw(self, n);
     return PyErr_Occurred() ? NULL : PyFloat_FromDouble(raw);
+}
+
+static PyObject *Scanner_numbers(Scanner *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (read_bytes(arg, &view) < 0) return NULL;
+    Py_ssize_t numbers = numbers_before_choices(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(numbers);
 }
 
 static PyObject *Scanner_ids(Scanner *self, PyObject *arg) {
@@ -1239,7 +1284,9 @@ static PyMethodDef Scanner_methods[] = {
     {"features", (PyCFunction)(void (*)(void))Scanner_features, METH_FASTCALL,
      "features(text, raw, turns, context_tokens, system_tokens) -> the difficulty features"},
     {"score", (PyCFunction)(void (*)(void))Scanner_score, METH_FASTCALL,
-     "score(text, raw, turns, context_tokens, system_tokens, with_gain) -> (level, lexical raw or nan)"},
+     "score(text, raw, turns, context_tokens, system_tokens, with_gain) -> (level, lexical raw or nan, "
+     "the gain trees' correction or 0)"},
+    {"numbers", (PyCFunction)Scanner_numbers, METH_O, "numbers(raw) -> numbers_before_choices"},
     {"gain", (PyCFunction)Scanner_gain, METH_O, "gain(raw) -> the lexical head's raw output"},
     {"ids", (PyCFunction)Scanner_ids, METH_O, "ids(raw) -> the token ids"},
     {NULL, NULL, 0, NULL},

@@ -34,6 +34,9 @@ ASK_HEAD_TOKENS = 64
 ASK_TAIL_TOKENS = 32
 
 _NUMBERED_ITEM = re.compile(r"\n[ \t]*(?:\d{1,2}|[a-z])[.)\u3001\uff09]")
+# A line that starts a lettered choice ("A. 12", "b) yes") in the lower-cased prepared text.
+_CHOICE_LINE = re.compile(r"\n[ \t]*[a-z][.)]")
+_NUMBER = re.compile(r"[0-9]+")
 _SIZE_UNITS = "words?|字|文字|단어|palabras|wörter|mots|слов|pages?|页|ページ|페이지|lines?"
 _REQUESTED_SIZE = re.compile(rf"(\d[\d,.]*)\s*(?:-|\s)?\s*(?:{_SIZE_UNITS})")
 _SIZE_UNIT = re.compile(_SIZE_UNITS)
@@ -97,6 +100,14 @@ def requested_size(text: str) -> float:
 def numbered_items(text: str) -> int:
     """Lines that start a numbered or lettered item ("1.", "b)", "3、")."""
     return len(_NUMBERED_ITEM.findall(text))
+
+
+def numbers_before_choices(text: str) -> int:
+    """Runs of ASCII digits in the prepared text before its first lettered choice line (all of it
+    when there is none): numbers in the question, not in the answer options. A strong_gain input
+    (the strong model gains most on questions that compute with several numbers)."""
+    choice = _CHOICE_LINE.search(text)
+    return len(_NUMBER.findall(text if choice is None else text[: choice.start()]))
 
 
 def log1p_of_counts(counts: list[int]) -> list[float]:

@@ -89,6 +89,21 @@ class LexicalExplanation:
     features: list[tuple[str, float]]  # (n-gram or "bias", contribution to the raw score), largest first
 
 
+def interpolate(raw: float, xs: list[float], ys: list[float]) -> float:
+    """`np.interp(raw, xs, ys)`, on lists (a numpy call costs more for one value)."""
+    if raw < xs[0]:
+        return ys[0]
+    if raw > xs[-1]:
+        return ys[-1]
+    if math.isnan(raw):
+        return math.nan
+    j = bisect_right(xs, raw) - 1
+    if j == len(xs) - 1 or xs[j] == raw:
+        return ys[j]
+    slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+    return slope * (raw - xs[j]) + ys[j]
+
+
 class LexicalModel:
     """raw(text) = intercept + Σ weight[j]·x[j], x = L2-normalised (1 + log count)·idf over n-grams.
 
@@ -280,19 +295,7 @@ class LexicalModel:
         return float(values @ self.weights[cols]) / math.sqrt(float(values @ values)) + self.intercept
 
     def calibrate(self, raw: float) -> float:
-        """`np.interp(raw, quantiles, levels)`, on lists (a numpy call costs more for one value)."""
-        xs, ys = self._quantile_list, self._level_list
-        if raw < xs[0]:
-            return ys[0]
-        if raw > xs[-1]:
-            return ys[-1]
-        if math.isnan(raw):
-            return math.nan
-        j = bisect_right(xs, raw) - 1
-        if j == len(xs) - 1 or xs[j] == raw:
-            return ys[j]
-        slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
-        return slope * (raw - xs[j]) + ys[j]
+        return interpolate(raw, self._quantile_list, self._level_list)
 
     def score(self, text: str) -> float:
         return self.calibrate(self.raw(text))

@@ -46,9 +46,14 @@ def _array(values: npt.ArrayLike, dtype: type[Any]) -> npt.NDArray[Any]:
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def scanner(extractor: FeatureExtractor, gain: LexicalModel, difficulty: Difficulty) -> Scanner:
+def scanner(
+    extractor: FeatureExtractor,
+    gain: LexicalModel,
+    difficulty: Difficulty,
+    gain_trees: Difficulty | None = None,
+) -> Scanner:
     """The scanner of a model's features and both heads (`available(gain)` must hold; the
-    difficulty head compiled by `DifficultyHead.compiled`)."""
+    difficulty head compiled by `DifficultyHead.compiled`, the gain trees by `GainTrees.compiled`)."""
     if not available(gain):
         raise RuntimeError("extproc.complexity._native was not built or cannot run this model")
     return Scanner(
@@ -79,4 +84,5 @@ def scanner(extractor: FeatureExtractor, gain: LexicalModel, difficulty: Difficu
         size_units=SIZE_UNIT_STARTS,
         requested_size=requested_size,
         log1p_counts=log1p_of_counts,
+        gain_trees=gain_trees,
     )

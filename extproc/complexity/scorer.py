@@ -6,7 +6,9 @@
   The average of a ridge regression and boosted regression trees over the named features of
   `extproc.complexity.features`, trained on the graded prompt set.
 - ``strong_gain``: how much the strong model is likely to beat the weak one, the lexical head
-  (`extproc.complexity.lexical`) trained on labelled routing data, calibrated to its percentile.
+  (`extproc.complexity.lexical`) plus a small correction by boosted trees over the difficulty
+  features and the numbers in the question (`GainTrees`), trained on labelled routing data and
+  calibrated to its percentile.
 
 Both live in one model file and share one tokenization of the prompt.
 """
@@ -21,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from extproc.complexity.features import FeatureExtractor, Prompt, phrase
-from extproc.complexity.lexical import Ints, LexicalModel, encode, prepare
+from extproc.complexity.features import FeatureExtractor, Prompt, numbers_before_choices, phrase
+from extproc.complexity.lexical import Ints, LexicalModel, encode, interpolate, prepare
 from extproc.complexity.native import Difficulty, Scanner, available, scanner
 from extproc.request import ParsedRequest
 
@@ -226,6 +228,66 @@ class DifficultyHead:
 
 
 @dataclass(frozen=True, slots=True)
+class GainTrees:
+    """The strong_gain head's second part: `shrink` x boosted trees over the difficulty features
+    and `numbers_before_choices` of the final message, fitted to what the lexical head's held-out
+    output left unexplained. The lexical output plus this correction is calibrated to its
+    percentile by `quantiles` (the held-out sums of the training rows)."""
+
+    trees: Trees
+    shrink: float
+    quantiles: FloatArray
+    _quantile_list: list[float] = field(init=False)
+    _level_list: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_quantile_list", self.quantiles.tolist())
+        object.__setattr__(self, "_level_list", np.linspace(0.0, 1.0, len(self.quantiles)).tolist())
+
+    def correction(self, features: FloatArray, numbers: int) -> float:
+        return self.shrink * self.trees.predict(np.append(features, float(numbers)))
+
+    def calibrate(self, raw: float) -> float:
+        """The percentile of the lexical raw output plus `correction`."""
+        return interpolate(raw, self._quantile_list, self._level_list)
+
+    def compiled(self, inputs: int) -> Difficulty:
+        """`correction` in C, on `inputs` values: a Difficulty of shrink x trees (no ridge part)."""
+        trees = self.trees
+        return Difficulty(
+            weights=np.zeros(inputs, dtype=np.float64),
+            intercept=0.0,
+            blend=0.0,
+            a=self.shrink,
+            b=0.0,
+            feature=np.ascontiguousarray(trees.feature, dtype=np.int64),
+            threshold=np.ascontiguousarray(trees.threshold, dtype=np.float64),
+            value=np.ascontiguousarray(trees.value, dtype=np.float64),
+            trees=trees.feature.shape[0],
+            init=trees.init,
+            rate=trees.rate,
+        )
+
+    def arrays(self, prefix: str) -> dict[str, Any]:
+        return {
+            prefix + "shrink": np.array(self.shrink),
+            prefix + "quantiles": self.quantiles,
+            **self.trees.arrays(prefix + "trees."),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: Any, prefix: str) -> GainTrees | None:
+        """None for a model file without them (the lexical head alone)."""
+        if prefix + "shrink" not in data:
+            return None
+        return cls(
+            Trees.from_arrays(data, prefix + "trees."),
+            float(data[prefix + "shrink"]),
+            data[prefix + "quantiles"].astype(np.float64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Scores:
     complexity: float
     strong_gain: float
@@ -241,16 +303,24 @@ class Explanation:
     features: list[tuple[str, float]]
     baseline: float
     phrases: list[str]  # each of `features` with its value in words ("length 1,900 tokens")
-    # The lexical head's strongest n-grams, (n-gram or "bias", contribution to its raw score).
+    # The strong_gain head's strongest parts, (n-gram, "bias" or the trees, contribution to its raw score).
     gain_features: list[tuple[str, float]]
 
 
 class ComplexityModel:
-    def __init__(self, difficulty: DifficultyHead, gain: LexicalModel, native: bool = True) -> None:
-        """``native``: score with the C loops of `extproc.complexity.native` when they were built
+    def __init__(
+        self,
+        difficulty: DifficultyHead,
+        gain: LexicalModel,
+        gain_trees: GainTrees | None = None,
+        native: bool = True,
+    ) -> None:
+        """``gain_trees``: the strong_gain head's correction (None: the lexical head alone).
+        ``native``: score with the C loops of `extproc.complexity.native` when they were built
         (False: the numpy reference, which gives the same scores)."""
         self.difficulty = difficulty
         self.gain = gain
+        self.gain_trees = gain_trees
         self.extractor = FeatureExtractor(gain.token_ids)
         # the extractor's ids, as the lexical head knows them: its own tokens keep their ids, the
         # tokens only the cue words add are unknown (0) to it
@@ -265,7 +335,8 @@ class ComplexityModel:
         self.compiled_difficulty: Difficulty | None = None
         if native and available(gain):
             self.compiled_difficulty = difficulty.compiled()
-            self.scanner = scanner(self.extractor, gain, self.compiled_difficulty)
+            compiled_trees = None if gain_trees is None else gain_trees.compiled(len(difficulty.names) + 1)
+            self.scanner = scanner(self.extractor, gain, self.compiled_difficulty, compiled_trees)
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH, native: bool = True) -> ComplexityModel:
@@ -273,17 +344,22 @@ class ComplexityModel:
             return cls(
                 DifficultyHead.from_arrays(data, "difficulty."),
                 LexicalModel.from_arrays(data, "gain."),
+                GainTrees.from_arrays(data, "gain_trees."),
                 native,
             )
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, **self.difficulty.arrays("difficulty."), **self.gain.arrays("gain."))
+        trees = {} if self.gain_trees is None else self.gain_trees.arrays("gain_trees.")
+        np.savez_compressed(
+            path, **self.difficulty.arrays("difficulty."), **self.gain.arrays("gain."), **trees
+        )
 
     # -- the request path -------------------------------------------------------------------
 
     def _features(self, prompt: Prompt) -> tuple[FloatArray, float]:
-        """The difficulty features and the lexical head's raw output, from one tokenization
-        (of the final message; the lexical head reads the whole text when there is more)."""
+        """The difficulty features and the strong_gain head's raw output (lexical plus the trees'
+        correction), from one tokenization (of the final message; the lexical head reads the whole
+        text when there is more)."""
         extractor = self.extractor
         prepared = prepare(prompt.final)
         raw = encode(prepared)
@@ -294,18 +370,26 @@ class ComplexityModel:
             whole = prepare(prompt.text)
             gain_ids = extractor.text_ids(whole, encode(whole))
         gain_raw = self.gain.raw_of_known_ids(self._gain_id.take(gain_ids))
-        return extractor.vector_from(prompt, prepared, ids, raw), gain_raw
+        features = extractor.vector_from(prompt, prepared, ids, raw)
+        if self.gain_trees is not None:
+            gain_raw += self.gain_trees.correction(features, numbers_before_choices(prepared))
+        return features, gain_raw
+
+    def calibrate_gain(self, raw: float) -> float:
+        """`strong_gain` of the head's raw output."""
+        trees = self.gain_trees
+        return self.gain.calibrate(raw) if trees is None else trees.calibrate(raw)
 
     def scores(self, prompt: Prompt) -> Scores:
         scan = self.scanner
         if scan is None:
             features, gain_raw = self._features(prompt)
             head = self.difficulty
-            return Scores(level_to_score(head.level(head.raw(features))), self.gain.calibrate(gain_raw))
+            return Scores(level_to_score(head.level(head.raw(features))), self.calibrate_gain(gain_raw))
         # `_features` and the two heads in C (the same numbers)
         prepared = prepare(prompt.final)
         whole = prompt.text
-        level, gain_raw = scan.score(
+        level, gain_raw, correction = scan.score(
             prepared,
             encode(prepared),
             prompt.turns,
@@ -315,7 +399,7 @@ class ComplexityModel:
         )
         if whole is not None:
             gain_raw = scan.gain(encode(prepare(whole)))
-        return Scores(level_to_score(level), self.gain.calibrate(gain_raw))
+        return Scores(level_to_score(level), self.calibrate_gain(gain_raw + correction))
 
     def score_request(self, request: ParsedRequest) -> Scores:
         """Both scores of a parsed request (the request path's entry point)."""
@@ -330,7 +414,7 @@ class ComplexityModel:
         return self.scores(Prompt.from_text(text)).complexity
 
     def strong_gain(self, text: str) -> float:
-        return self.gain.score(text)
+        return self.scores(Prompt.from_text(text)).strong_gain
 
     def explain(self, prompt: Prompt, top: int = 6, with_gain: bool = True) -> Explanation:
         features, gain_raw = self._features(prompt)
@@ -343,9 +427,14 @@ class ComplexityModel:
         order = np.argsort(-np.abs(parts), kind="stable")[:top]
         shown = [int(i) for i in order if parts[i] != 0.0]
         gain_features = self.gain.explain(prompt.full_text, top).features if with_gain else []
+        if with_gain and self.gain_trees is not None:
+            numbers = numbers_before_choices(prepare(prompt.final))
+            correction = self.gain_trees.correction(features, numbers)
+            part = (f"trees on the difficulty features and {numbers} numbers in the question", correction)
+            gain_features = sorted([*gain_features, part], key=lambda item: -abs(item[1]))[:top]
         return Explanation(
             complexity=level_to_score(level),
-            strong_gain=self.gain.calibrate(gain_raw),
+            strong_gain=self.calibrate_gain(gain_raw),
             level=level,
             features=[(head.names[i], float(parts[i])) for i in shown],
             baseline=baseline,

@@ -13,7 +13,10 @@
   JSON lines with `prompt`, `weak_correct`, `strong_correct` (did the cheap and the expensive model
   answer correctly). Ridge regression on TF-IDF word 1-2grams; the tokenizer is
   `extproc.complexity.lexical.tokens`, the one used at run time, and the exported model reproduces
-  the scikit-learn predictions with numpy only.
+  the scikit-learn predictions with numpy only. Then boosted trees over the difficulty features and
+  the numbers in the question learn what the ridge's held-out output leaves unexplained, and a
+  share of their output is added to the ridge's (stacking: the trees never see the ridge's
+  predictions on its own training rows).
 Either file may be 'none': that head is then copied from the current model file.
 Cross-validation splits by prompt hash, so a rerun on the same files writes the same model.
 """
@@ -35,9 +38,16 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc.complexity.evaluate import apgr, graded_report, read_labelled
-from extproc.complexity.features import FeatureExtractor, Prompt
+from extproc.complexity.features import FeatureExtractor, Prompt, numbers_before_choices
 from extproc.complexity.lexical import LexicalModel, ngrams, prepare, tokens
-from extproc.complexity.scorer import MODEL_PATH, ComplexityModel, DifficultyHead, Trees, level_to_score
+from extproc.complexity.scorer import (
+    MODEL_PATH,
+    ComplexityModel,
+    DifficultyHead,
+    GainTrees,
+    Trees,
+    level_to_score,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -132,20 +142,26 @@ def folds(rows: Sequence[dict[str, Any]], k: int) -> npt.NDArray[np.intp]:
     return np.array([zlib.crc32(r["prompt"].encode()) % k for r in rows], dtype=np.intp)
 
 
+def ridge_held_out(
+    docs: list[list[bytes]], gain: FloatArray, fold: npt.NDArray[np.intp], **options: Any
+) -> FloatArray:
+    """Each row's ridge output from the model fitted on the other folds."""
+    held_out = np.zeros(len(docs))
+    for f in np.unique(fold):
+        train_rows = np.nonzero(fold != f)[0]
+        test_rows = np.nonzero(fold == f)[0]
+        model = fit([docs[i] for i in train_rows], gain[train_rows], **options)
+        held_out[test_rows] = model.predict_documents([docs[i] for i in test_rows])
+    return held_out
+
+
 def cross_validate(
     rows: Sequence[dict[str, Any]], k: int = 5, **options: Any
 ) -> tuple[dict[str, float], FloatArray]:
     """Held-out ridge outputs for every row (each from the model that did not see its fold)."""
     order = options.get("order", ORDER)
     docs = documents([r["prompt"] for r in rows], order)
-    gain = gains(rows)
-    fold = folds(rows, k)
-    held_out = np.zeros(len(rows))
-    for f in range(k):
-        train_rows = np.nonzero(fold != f)[0]
-        test_rows = np.nonzero(fold == f)[0]
-        model = fit([docs[i] for i in train_rows], gain[train_rows], **options)
-        held_out[test_rows] = model.predict_documents([docs[i] for i in test_rows])
+    held_out = ridge_held_out(docs, gains(rows), folds(rows, k), **options)
     return apgr(held_out, [r["weak_correct"] for r in rows], [r["strong_correct"] for r in rows]), held_out
 
 
@@ -200,6 +216,15 @@ DIFFICULTY_ALPHA = 30.0
 TREES = {"max_depth": 3, "n_estimators": 200, "learning_rate": 0.05, "subsample": 0.8, "min_samples_leaf": 3}
 BLEND = 0.5  # ridge and trees averaged: CV 0.922 (trees alone 0.923, ridge 0.906); a hedge against either's failure mode
 DIFFICULTY_FOLDS = 5
+# strong_gain: boosted trees over the difficulty features and `numbers_before_choices`, fitted to
+# what the lexical head's held-out output leaves unexplained (gain - held-out ridge) and added to
+# it times GAIN_TREES_SHRINK. Depth, count and shrink as chosen by 4-fold CV on all the routing rows
+# (scripts/gain_nested_cv.py --select; the repeated nested CV there measures that procedure).
+GAIN_TREE_OPTIONS = {"learning_rate": 0.05, "subsample": 0.8, "min_samples_leaf": 30}
+GAIN_TREES = {"max_depth": 3, "n_estimators": 25, **GAIN_TREE_OPTIONS}
+GAIN_TREES_SHRINK = 0.5
+GAIN_INNER_FOLDS = 4
+GAIN_INNER_SALT = "|stack0"  # the inner folds' prompt-hash salt (scripts/gain_nested_cv.py, seed 0)
 
 
 def read_rows(source: Path | Traversable) -> list[dict[str, Any]]:
@@ -332,22 +357,84 @@ def fit_difficulty(
     return head, report
 
 
-def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, dict[str, Any]]:
-    metrics, held_out = cross_validate(rows, k)
+def gain_tree_inputs(prompts: Sequence[str]) -> FloatArray:
+    """The gain trees' inputs of plain-text prompts: the difficulty features, then the numbers
+    before the choices (as the scorer computes them)."""
+    extractor = FeatureExtractor()
+    return np.array(
+        [[*extractor.vector(Prompt.from_text(p)), float(numbers_before_choices(prepare(p)))] for p in prompts]
+    ).reshape(len(prompts), len(extractor.names) + 1)
+
+
+def inner_folds(prompts: Sequence[str]) -> npt.NDArray[np.intp]:
+    return np.array(
+        [zlib.crc32((p + GAIN_INNER_SALT).encode()) % GAIN_INNER_FOLDS for p in prompts], dtype=np.intp
+    )
+
+
+def fit_gain_trees(inputs: FloatArray, residual: FloatArray) -> Trees:
+    ensemble = importlib.import_module("sklearn.ensemble")
+    boosted = ensemble.GradientBoostingRegressor(random_state=0, **GAIN_TREES).fit(inputs, residual)
+    return export_trees(boosted)
+
+
+def stacked_cross_validate(
+    prompts: list[str],
+    docs: list[list[bytes]],
+    gain: FloatArray,
+    inputs: FloatArray,
+    fold: npt.NDArray[np.intp],
+) -> FloatArray:
+    """Held-out outputs of the whole strong_gain head (ridge + shrink x trees) for every row: on
+    each training part the trees learn the residual of that part's own inner held-out ridge."""
+    held_out = np.zeros(len(docs))
+    for f in np.unique(fold):
+        train_rows = np.nonzero(fold != f)[0]
+        test_rows = np.nonzero(fold == f)[0]
+        train_docs = [docs[i] for i in train_rows]
+        ridge = fit(train_docs, gain[train_rows]).predict_documents([docs[i] for i in test_rows])
+        inner = inner_folds([prompts[i] for i in train_rows])
+        residual = gain[train_rows] - ridge_held_out(train_docs, gain[train_rows], inner)
+        trees = fit_gain_trees(inputs[train_rows], residual)
+        held_out[test_rows] = ridge + GAIN_TREES_SHRINK * np.array(
+            [trees.predict(row) for row in inputs[test_rows]]
+        )
+    return held_out
+
+
+def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, GainTrees, dict[str, Any]]:
+    lexical_metrics, lexical_held_out = cross_validate(rows, k)
+    prompts = [r["prompt"] for r in rows]
+    docs = documents(prompts)
+    gain = gains(rows)
+    inputs = gain_tree_inputs(prompts)
+    fold = folds(rows, k)
+    held_out = stacked_cross_validate(prompts, docs, gain, inputs, fold)
+    weak = [r["weak_correct"] for r in rows]
+    strong = [r["strong_correct"] for r in rows]
     report: dict[str, Any] = {
-        "model": metrics,
+        "model": apgr(held_out, weak, strong),
         "settings": {
             "features": f"TF-IDF word 1-{ORDER}grams, min_df={MIN_DF}, sublinear tf, L2 norm",
             "ridge_alpha": ALPHA,
+            "trees": {
+                "inputs": "the difficulty features and the numbers before the choices",
+                "target": f"gain - the ridge's {GAIN_INNER_FOLDS}-fold held-out output",
+                "shrink": GAIN_TREES_SHRINK,
+                **GAIN_TREES,
+            },
         },
+        "lexical_head_alone": lexical_metrics,
         "baselines": baselines(rows, k),
         "rows": len(rows),
     }
     # Final model on everything; calibration from held-out scores so thresholds mean traffic shares.
-    final = fit(documents([r["prompt"] for r in rows]), gains(rows))
-    model = final.export(np.quantile(held_out, np.linspace(0.0, 1.0, LEVELS)))
-    report["calibration"] = {"share_above_threshold_held_out": calibration_check(held_out, folds(rows, k))}
-    return model, report
+    levels = np.linspace(0.0, 1.0, LEVELS)
+    model = fit(docs, gain).export(np.quantile(lexical_held_out, levels))
+    residual = gain - ridge_held_out(docs, gain, inner_folds(prompts))
+    trees = GainTrees(fit_gain_trees(inputs, residual), GAIN_TREES_SHRINK, np.quantile(held_out, levels))
+    report["calibration"] = {"share_above_threshold_held_out": calibration_check(held_out, fold)}
+    return model, trees, report
 
 
 def train(
@@ -359,11 +446,13 @@ def train(
     """Both heads: difficulty from `graded`, gain from `routing`; a head without data comes from
     the model file `base`."""
     report: dict[str, Any] = {}
+    gain_trees: GainTrees | None
     if routing:
-        gain, report["strong_gain"] = fit_gain(routing, k)
+        gain, gain_trees, report["strong_gain"] = fit_gain(routing, k)
     elif base is not None:
         with np.load(base, allow_pickle=False) as data:
             gain = LexicalModel.from_arrays(data, "gain.")
+            gain_trees = GainTrees.from_arrays(data, "gain_trees.")
     else:
         raise ValueError("no labelled routing rows and no model to take the strong_gain head from")
     if graded:
@@ -373,7 +462,7 @@ def train(
             difficulty = DifficultyHead.from_arrays(data, "difficulty.")
     else:
         raise ValueError("no graded rows and no model to take the complexity head from")
-    return ComplexityModel(difficulty, gain), report
+    return ComplexityModel(difficulty, gain, gain_trees), report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

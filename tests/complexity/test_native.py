@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity import native
-from extproc.complexity.features import LOG1P_TABLE, Prompt, text_counts
+from extproc.complexity.features import LOG1P_TABLE, Prompt, numbers_before_choices, text_counts
 from extproc.complexity.lexical import encode, prepare
 from extproc.complexity.scorer import ComplexityModel, level_to_score
 from extproc.complexity.train import GRADED_TEST, GRADED_TRAIN, read_rows
@@ -72,10 +72,14 @@ def check(prompt: Prompt) -> None:
     head = numpy_model.difficulty
     level = difficulty.level(features.tolist())
     assert level == pytest.approx(head.level(head.raw(features)), rel=ROUNDING, abs=ROUNDING)
-    assert scanner.score(prepared, raw, prompt.turns, prompt.context_tokens, prompt.system_tokens, True) == (
-        level,
-        gain_raw,
-    )
+    numbers = numbers_before_choices(prepared)
+    assert scanner.numbers(raw) == numbers
+    trees = numpy_model.gain_trees
+    assert trees is not None
+    correction = trees.correction(features, numbers)
+    scored = scanner.score(prepared, raw, prompt.turns, prompt.context_tokens, prompt.system_tokens, True)
+    assert scored[:2] == (level, gain_raw)
+    assert scored[2] == pytest.approx(correction, rel=ROUNDING, abs=ROUNDING)
     got, want = model.scores(prompt), numpy_model.scores(prompt)
     assert got.complexity == pytest.approx(want.complexity, rel=ROUNDING, abs=ROUNDING)
     assert got.strong_gain == pytest.approx(want.strong_gain, rel=ROUNDING, abs=ROUNDING)
@@ -101,6 +105,7 @@ def test_the_same_numbers_as_numpy_on_every_fixture_prompt() -> None:
 PIECES = [*"ab9-.éÀZ{_^?？\\`≤ℝ²🚀", "中文", "证明", "\ud800", "prove", " show that ", "time complexity"]
 PIECES += ["at least once", "写一个", "时间复杂度", "\n- ", "\n* ", "\n•", "\n\n", "\n1. ", *SIZE_PIECES]
 PIECES += ["\n a)", "\n\t7.", "\n²)", "、", "）", ")", "\x1c", "\u2028", "\u00a0"]  # list items, odd spaces
+PIECES += ["\nA. ", "\nb) 12", "\n\tc.", "\nz", "3.5", "42", "\nÄ. 7"]  # choice lines and numbers
 
 
 @settings(max_examples=300, deadline=None)
