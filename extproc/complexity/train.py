@@ -402,18 +402,23 @@ def stacked_cross_validate(
     return held_out
 
 
+def gain_cross_validate(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[dict[str, float], FloatArray]:
+    """Held-out outputs of the whole strong_gain head for every row (folds by prompt), and their APGR."""
+    prompts = [r["prompt"] for r in rows]
+    held_out = stacked_cross_validate(
+        prompts, documents(prompts), gains(rows), gain_tree_inputs(prompts), folds(rows, k)
+    )
+    return apgr(held_out, [r["weak_correct"] for r in rows], [r["strong_correct"] for r in rows]), held_out
+
+
 def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, GainTrees, dict[str, Any]]:
     lexical_metrics, lexical_held_out = cross_validate(rows, k)
+    metrics, held_out = gain_cross_validate(rows, k)
     prompts = [r["prompt"] for r in rows]
     docs = documents(prompts)
     gain = gains(rows)
-    inputs = gain_tree_inputs(prompts)
-    fold = folds(rows, k)
-    held_out = stacked_cross_validate(prompts, docs, gain, inputs, fold)
-    weak = [r["weak_correct"] for r in rows]
-    strong = [r["strong_correct"] for r in rows]
     report: dict[str, Any] = {
-        "model": apgr(held_out, weak, strong),
+        "model": metrics,
         "settings": {
             "features": f"TF-IDF word 1-{ORDER}grams, min_df={MIN_DF}, sublinear tf, L2 norm",
             "ridge_alpha": ALPHA,
@@ -432,9 +437,10 @@ def fit_gain(rows: Sequence[dict[str, Any]], k: int = 5) -> tuple[LexicalModel, 
     levels = np.linspace(0.0, 1.0, LEVELS)
     model = fit(docs, gain).export(np.quantile(lexical_held_out, levels))
     residual = gain - ridge_held_out(docs, gain, inner_folds(prompts))
-    trees = GainTrees(fit_gain_trees(inputs, residual), GAIN_TREES_SHRINK, np.quantile(held_out, levels))
-    report["calibration"] = {"share_above_threshold_held_out": calibration_check(held_out, fold)}
-    return model, trees, report
+    trees = fit_gain_trees(gain_tree_inputs(prompts), residual)
+    head = GainTrees(trees, GAIN_TREES_SHRINK, np.quantile(held_out, levels))
+    report["calibration"] = {"share_above_threshold_held_out": calibration_check(held_out, folds(rows, k))}
+    return model, head, report
 
 
 def train(

@@ -30,14 +30,18 @@ def test_timing_interleaves_the_scorers_in_turns_and_reports_median_and_p99_per_
         assert 0 < result[name]["p50_us"] <= result[name]["p99_us"]
 
 
-def test_the_previous_scorer_yardstick_gives_todays_strong_gain() -> None:
-    """The frozen copy times the same computation as the scorer it stands for (same scores)."""
+def test_the_previous_scorer_yardstick_gives_todays_lexical_gain_head() -> None:
+    """The frozen copy times the same computation as the head it stands for (same scores): the
+    lexical head, which was all of strong_gain before the trees were added."""
     model = complexity.model()
     previous = PreviousStrongGain(model.gain)
     texts = ["", "hi", "Prove that there are infinitely many primes.", "证明：存在无穷多个素数。" * 40]  # noqa: RUF001
     texts += two_kb_prompts(["a short english text about sharding", "短文本", "Find all primes p"], 5)
+    # the model without the trees is exactly that head
+    lexical_only = complexity.ComplexityModel(model.difficulty, model.gain)
     for text in texts:
+        assert previous(text) == pytest.approx(model.gain.score(text), abs=1e-9, rel=0)
         assert previous(text) == pytest.approx(
-            model.scores(Prompt.from_text(text)).strong_gain, abs=1e-9, rel=0
+            lexical_only.scores(Prompt.from_text(text)).strong_gain, abs=1e-9, rel=0
         )
     assert len({previous(t) for t in texts}) > 3  # the texts tell the scores apart

@@ -1,7 +1,8 @@
 # ruff: noqa: RUF001  (Chinese prompts: full-width punctuation is intended)
 """Writes tests/complexity/data/expected_scores.jsonl: both scores of the shipped model on a fixed
-sample of prompts, as the straightforward numpy scorer computed them (commit 722859b, before the
-request path was made faster). test_scores_unchanged checks the scorer still gives them.
+sample of prompts, as the numpy reference scorer computes them (first written at commit 722859b,
+before the request path was made faster; strong_gain rewritten when its head gained the trees, the
+complexity values unchanged to the bit). test_scores_unchanged checks the scorer still gives them.
 
 python -m tests.complexity.expected_scores [--routing ../shared/data/routing/dev.jsonl]
 
@@ -13,14 +14,15 @@ cases (empty, huge, mixed scripts, lone surrogates, conversations with system pr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
-from extproc import complexity
 from extproc.bench.complexity import two_kb_prompts
 from extproc.complexity.evaluate import read_labelled
 from extproc.complexity.features import Prompt
+from extproc.complexity.scorer import ComplexityModel
 from extproc.complexity.train import DEFAULT_ROUTING, GRADED_TEST, GRADED_TRAIN, labelled_rows, read_rows
 
 FIXTURE = Path(__file__).with_name("data") / "expected_scores.jsonl"
@@ -66,8 +68,13 @@ def chinese_2kb_prompts() -> list[str]:
     return two_kb_prompts(chinese, 40)
 
 
+@functools.cache
+def numpy_reference() -> ComplexityModel:
+    return ComplexityModel.load(native=False)
+
+
 def expected(prompt: Prompt) -> dict[str, float]:
-    scores = complexity.scores(prompt)
+    scores = numpy_reference().scores(prompt)
     return {"complexity": scores.complexity, "strong_gain": scores.strong_gain}
 
 

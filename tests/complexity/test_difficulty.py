@@ -342,7 +342,9 @@ def test_retraining_both_heads_reproduces_the_shipped_model() -> None:
         assert retrained.scores(prompt).strong_gain == pytest.approx(
             shipped.scores(prompt).strong_gain, abs=1e-12
         )
-    assert report["strong_gain"]["model"]["apgr"] > 0.64
+    # the guard: 0.6641 when written (the lexical head alone 0.6588, on the same folds)
+    assert report["strong_gain"]["model"]["apgr"] >= 0.66
+    assert report["strong_gain"]["model"]["apgr"] > report["strong_gain"]["lexical_head_alone"]["apgr"]
 
 
 def test_graded_report_on_hand_made_scores() -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from extproc import complexity
 from extproc.complexity.evaluate import apgr, read_labelled
+from extproc.complexity.features import Prompt
 from extproc.complexity.lexical import TOKEN, LexicalModel, encode, prepare, tokens
 from extproc.complexity.train import cross_validate, cross_validate_bow, documents, fit, gains
 
@@ -54,11 +55,20 @@ def test_scores_are_in_range_deterministic_and_handle_any_text() -> None:
 
 def test_gain_explanation_adds_up_to_the_raw_score() -> None:
     text = "A train travels 60 miles per hour for 2.5 hours. How many miles does it travel? Explain step by step."
-    gain = complexity.model().gain
+    model = complexity.model()
+    gain = model.gain
     explanation = gain.explain(text, top=1000)
-    assert explanation.score == pytest.approx(complexity.scores(text).strong_gain)
     assert sum(v for _, v in explanation.features) == pytest.approx(gain.raw(text))
     assert len(gain.explain(text, top=3).features) == 3
+    # the whole head: the n-grams, the bias and the trees' correction add up to its raw output
+    whole = model.explain(Prompt.from_text(text), top=1000)
+    trees = [v for name, v in whole.gain_features if name.startswith("trees")]
+    names = [name for name, _ in whole.gain_features]
+    assert "trees on the difficulty features and 3 numbers in the question" in names and trees[0] != 0.0
+    raw = sum(v for _, v in whole.gain_features)
+    assert raw == pytest.approx(gain.raw(text) + trees[0])
+    assert model.calibrate_gain(raw) == pytest.approx(whole.strong_gain)
+    assert whole.strong_gain == pytest.approx(complexity.scores(text).strong_gain)
 
 
 def test_model_file_is_small_and_holds_both_heads() -> None:
@@ -66,6 +76,8 @@ def test_model_file_is_small_and_holds_both_heads() -> None:
     loaded = complexity.ComplexityModel.load()
     assert len(loaded.gain.keys) == len(loaded.gain.weights) == len(loaded.gain.idf) > 1000
     assert len(loaded.difficulty.weights) == len(loaded.difficulty.names) == len(loaded.extractor.names)
+    assert loaded.gain_trees is not None
+    assert loaded.gain_trees.trees.feature.max() <= len(loaded.difficulty.names)  # + numbers in the question
 
 
 def test_gain_calibration_is_monotonic_and_spans_0_to_1() -> None:
