@@ -1,7 +1,8 @@
-"""Repeated nested cross-validation of the strong_gain head: the shipped configuration against
-candidates whose hyper-parameters are all chosen by inner cross-validation.
+"""Repeated nested cross-validation of the strong_gain head: its lexical ridge alone (the head
+before the trees) against candidates whose hyper-parameters are all chosen by inner cross-validation.
 
-    python scripts/gain_nested_cv.py [--routing dev.jsonl] [--seeds 5] [--out result.json]
+    python scripts/gain_nested_cv.py [--routing dev.jsonl] [--seeds 5] [--out result.json] \
+        [--candidates tfidf,stacked] [--select]
 
 Outer loop: 5 folds by prompt (crc32 of the prompt and the seed; seed 0 is the shipped
 `extproc.complexity.train.folds`), repeated for several seeds. On each outer training part, every
@@ -11,11 +12,17 @@ predicts the outer test fold. Everything fitted (vocabulary, min_df, idf, the di
 standardisation, ridge) sees only the part it is trained on.
 
 Reported per seed and as mean / min-max over seeds:
-- shipped: the shipped head's fixed settings (TF-IDF word 1-2grams, min_df 2, sublinear tf, ridge
-  alpha 20), nothing tuned;
-- shipped family, tuned: the same model, alpha / min_df / sublinear tf chosen by inner CV;
-- candidate: as the tuned family plus the 61 difficulty features (standardised, times a scale
-  chosen by inner CV, 0 included) as ridge columns next to the n-grams.
+- ridge alone: the lexical ridge's fixed settings (TF-IDF word 1-2grams, min_df 2, sublinear tf,
+  alpha 20), nothing tuned: the whole strong_gain head until the trees were added;
+- ridge family, tuned: the same model, alpha / min_df / sublinear tf chosen by inner CV;
+- + difficulty columns: as the tuned family plus the 61 difficulty features (standardised, times a
+  scale chosen by inner CV, 0 included) as ridge columns next to the n-grams;
+- ridge + trees (the shipped head's procedure): the fixed ridge plus shrink x boosted trees over
+  the difficulty features and `numbers_before_choices`, fitted to the residual of the ridge's inner
+  4-fold held-out output on the training part (so the trees never see the ridge's predictions on
+  its own training rows); depth, tree count and shrink (0 included) chosen by inner CV, inside
+  which the trees again learn from held-out ridge outputs of the inner training part only.
+  `--select` runs the same choice on all rows: the settings train.py ships.
 
 The TF-IDF matrices are computed from one count matrix of all prompts, restricted per training part
 to the n-grams with df >= min_df there (the same numbers as scikit-learn's TfidfVectorizer fitted
@@ -81,7 +88,8 @@ class Config:
     scale: float  # of the standardised difficulty features (0: n-grams only)
 
 
-SHIPPED = Config(ALPHA, MIN_DF, True, 0.0)
+SHIPPED = Config(ALPHA, MIN_DF, True, 0.0)  # the lexical ridge's settings
+RIDGE = "ridge alone (the head before the trees)"
 GRID = [Config(a, m, s, c) for m, s, c, a in itertools.product(MIN_DFS, SUBLINEAR, SCALES, ALPHAS)]
 
 # The stacked candidate: the shipped ridge plus shrink x boosted trees fitted to its held-out residual.
@@ -235,22 +243,22 @@ def outer_folds(data: Data, seed: int) -> Index:
     return data.split(np.arange(len(data.rows)), f"|outer{seed}", OUTER_FOLDS)
 
 
-STACKED = "candidate: shipped ridge + boosted trees on its held-out residual, tuned"
-TFIDF_TUNED = ("shipped family, tuned", "candidate: + difficulty features, tuned")
+STACKED = "ridge + trees on its held-out residual, tuned (the shipped head's procedure)"
+TFIDF_TUNED = ("ridge family, tuned", "ridge + difficulty columns, tuned")
 CANDIDATES = {"tfidf": TFIDF_TUNED, "stacked": (STACKED,)}
 
 
 def run_seed(data: Data, seed: int, groups: Sequence[str]) -> dict[str, Any]:
-    """One fold seed: the shipped head and the candidates of `groups` (keys of CANDIDATES)."""
+    """One fold seed: the ridge alone and the candidates of `groups` (keys of CANDIDATES)."""
     fold = outer_folds(data, seed)
-    names = ["shipped", *(name for group in groups for name in CANDIDATES[group])]
+    names = [RIDGE, *(name for group in groups for name in CANDIDATES[group])]
     allowed = {TFIDF_TUNED[0]: [c for c in GRID if c.scale == 0.0], TFIDF_TUNED[1]: GRID}
     held = {name: np.zeros(len(data.rows)) for name in names}
     chosen: dict[str, list[dict[str, Any]]] = {name: [] for name in names[1:]}
     for f in range(OUTER_FOLDS):
         train = np.nonzero(fold != f)[0]
         test = np.nonzero(fold == f)[0]
-        picks = {"shipped": SHIPPED}
+        picks = {RIDGE: SHIPPED}
         if "tfidf" in groups:
             scores = inner_scores(data, train, seed)
             for name, configs in allowed.items():
@@ -298,7 +306,7 @@ def run_fixed(data: Data, seed: int, configs: Sequence[Config]) -> dict[str, Any
 
 def label(config: Config) -> str:
     if config == SHIPPED:
-        return "shipped"
+        return RIDGE
     return f"fixed alpha={config.alpha:g} min_df={config.min_df} sublinear={config.sublinear} scale={config.scale:g}"
 
 
@@ -328,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         type=parse_config,
         help="instead of nested CV: plain outer CV of this configuration, ALPHA,MIN_DF,SUBLINEAR,SCALE "
-        "(repeatable; the shipped one is always included)",
+        "(repeatable; the ridge alone is always included)",
     )
     parser.add_argument(
         "--candidates",
@@ -363,16 +371,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = [r["apgr"][name] for r in results]
         summary[name] = {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
         print(f"{name}: mean {np.mean(values):.4f}, min {min(values):.4f}, max {max(values):.4f}")
-    shipped = np.array([r["apgr"]["shipped"] for r in results])
+    ridge = np.array([r["apgr"][RIDGE] for r in results])
     for name in list(summary)[1:]:
-        paired = np.array([r["apgr"][name] for r in results]) - shipped
-        summary[name]["minus_shipped"] = {
+        paired = np.array([r["apgr"][name] for r in results]) - ridge
+        summary[name]["minus_ridge_alone"] = {
             "mean": float(paired.mean()),
             "min": paired.min(),
             "max": paired.max(),
         }
         print(
-            f"{name} - shipped, per seed: mean {paired.mean():+.4f}, min {paired.min():+.4f}, max {paired.max():+.4f}"
+            f"{name} - ridge alone, per seed: mean {paired.mean():+.4f}, min {paired.min():+.4f}, max {paired.max():+.4f}"
         )
     selection = None
     if args.select:
@@ -392,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fixed": GAIN_TREE_OPTIONS,
             },
             "stacked_selected_on_all_rows": selection,
-            "shipped": SHIPPED.__dict__,
+            "ridge_settings": SHIPPED.__dict__,
             "outer_folds": OUTER_FOLDS,
             "inner_folds": INNER_FOLDS,
             "summary": summary,
