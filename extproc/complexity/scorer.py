@@ -134,6 +134,23 @@ class Trees:
         baseline = self.init + self.rate * float(self.value[:, 0].sum())
         return self.rate * per_feature, baseline
 
+    def compiled(self, weights: FloatArray, intercept: float, blend: float, a: float, b: float) -> Difficulty:
+        """a · (blend · ridge + (1 - blend) · these trees) + b in C, ridge = weights · x + intercept
+        (`native.available()` must hold)."""
+        return Difficulty(
+            weights=np.ascontiguousarray(weights, dtype=np.float64),
+            intercept=intercept,
+            blend=blend,
+            a=a,
+            b=b,
+            feature=np.ascontiguousarray(self.feature, dtype=np.int64),
+            threshold=np.ascontiguousarray(self.threshold, dtype=np.float64),
+            value=np.ascontiguousarray(self.value, dtype=np.float64),
+            trees=self.feature.shape[0],
+            init=self.init,
+            rate=self.rate,
+        )
+
     def arrays(self, prefix: str) -> dict[str, Any]:
         return {
             prefix + "feature": self.feature,
@@ -177,21 +194,8 @@ class DifficultyHead:
 
     def compiled(self) -> Difficulty:
         """`level(raw(features))` in C, on a list of floats (`native.available()` must hold)."""
-        trees = self.trees
         a, b = self.calibration
-        return Difficulty(
-            weights=np.ascontiguousarray(self.weights, dtype=np.float64),
-            intercept=self.intercept,
-            blend=self.blend,
-            a=a,
-            b=b,
-            feature=np.ascontiguousarray(trees.feature, dtype=np.int64),
-            threshold=np.ascontiguousarray(trees.threshold, dtype=np.float64),
-            value=np.ascontiguousarray(trees.value, dtype=np.float64),
-            trees=trees.feature.shape[0],
-            init=trees.init,
-            rate=trees.rate,
-        )
+        return self.trees.compiled(self.weights, self.intercept, self.blend, a, b)
 
     def contributions(self, features: FloatArray) -> tuple[FloatArray, float]:
         """Per feature, its part of the calibrated level; and the level of "no contribution"."""
@@ -253,20 +257,7 @@ class GainTrees:
 
     def compiled(self, inputs: int) -> Difficulty:
         """`correction` in C, on `inputs` values: a Difficulty of shrink x trees (no ridge part)."""
-        trees = self.trees
-        return Difficulty(
-            weights=np.zeros(inputs, dtype=np.float64),
-            intercept=0.0,
-            blend=0.0,
-            a=self.shrink,
-            b=0.0,
-            feature=np.ascontiguousarray(trees.feature, dtype=np.int64),
-            threshold=np.ascontiguousarray(trees.threshold, dtype=np.float64),
-            value=np.ascontiguousarray(trees.value, dtype=np.float64),
-            trees=trees.feature.shape[0],
-            init=trees.init,
-            rate=trees.rate,
-        )
+        return self.trees.compiled(np.zeros(inputs), 0.0, 0.0, self.shrink, 0.0)
 
     def arrays(self, prefix: str) -> dict[str, Any]:
         return {
