@@ -13,8 +13,9 @@ python -m extproc.bench.complexity [--json docs/bench/complexity.json] [--routin
 - speed: both heads together on 2 KB prompts (English from the routing data, and Chinese from the
   graded train set), one core, in-process: median and p99 over repeats; a frozen yardstick
   (`extproc.bench.previous_gain`: the strong_gain head as it ran before the speed work, lexical
-  only) and today's lexical head alone are timed interleaved with it, prompt by prompt, so the ratios
-  hold on a machine that other work is loading.
+  only) and today's lexical head alone are timed interleaved with it, prompt by prompt, so the
+  ratios hold on a machine that other work is loading; then both heads and both without the gain
+  trees, interleaved as a pair (what the trees cost).
 """
 
 from __future__ import annotations
@@ -166,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     model.scores(Prompt.from_text("warm up"))
     both = lambda text: model.scores(Prompt.from_text(text))  # noqa: E731
+    # the same model without the gain trees (its own C tables): what the trees cost
+    without_trees = complexity.ComplexityModel(model.difficulty, model.gain)
+    both_without_trees = lambda text: without_trees.scores(Prompt.from_text(text))  # noqa: E731
     results["speed"] = {"prompt_bytes": PROMPT_BYTES}
     for name, texts in (("english", english), ("chinese", chinese)):
+        stitched = two_kb_prompts(texts, 1000)
         speed: dict[str, Any] = timing(
             {
                 "both_heads": both,
@@ -175,11 +180,18 @@ def main(argv: list[str] | None = None) -> int:
                 # its own copy of the arrays: it warms no cache for the others
                 "gain_head_before_speed_work": PreviousStrongGain(LexicalModel.load(MODEL_PATH, "gain.")),
             },
-            two_kb_prompts(texts, 1000),
+            stitched,
             args.repeats,
         )
         yardstick = speed["gain_head_before_speed_work"]["p50_us"]
         speed["ratio_both_to_gain_head_before_speed_work"] = speed["both_heads"]["p50_us"] / yardstick
+        # what the gain trees cost: the two alone, so that each runs after the other as often
+        # (in the run above every scorer always follows the same one)
+        pair = timing({"both_heads": both, "without_gain_trees": both_without_trees}, stitched, args.repeats)
+        speed["gain_trees_cost"] = {
+            **pair,
+            "ratio": pair["both_heads"]["p50_us"] / pair["without_gain_trees"]["p50_us"],
+        }
         speed["ratio_both_to_gain_alone"] = (
             speed["both_heads"]["p50_us"] / speed["lexical_gain_head_alone"]["p50_us"]
         )
@@ -189,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 {speed['both_heads']['p99_us']:.1f} µs; the strong_gain head before the speed work "
             f"{yardstick:.1f} µs in the same run "
             f"({speed['ratio_both_to_gain_head_before_speed_work']:.2f}x), today's lexical head alone "
-            f"{speed['lexical_gain_head_alone']['p50_us']:.1f} µs"
+            f"{speed['lexical_gain_head_alone']['p50_us']:.1f} µs; against both heads without the gain "
+            f"trees, alone in pairs: {pair['both_heads']['p50_us']:.1f} / "
+            f"{pair['without_gain_trees']['p50_us']:.1f} µs ({speed['gain_trees_cost']['ratio']:.3f}x)"
         )
     results["speed"]["load_average_after"] = os.getloadavg()
     write_report(args.json, results)
