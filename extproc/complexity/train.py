@@ -450,7 +450,19 @@ def train(
     k: int = 5,
 ) -> tuple[ComplexityModel, dict[str, Any]]:
     """Both heads: difficulty from `graded`, gain from `routing`; a head without data comes from
-    the model file `base`."""
+    the model file `base`. BLAS runs on one thread: with several, its sums are split differently
+    and the ridge moves by ~1e-14, enough for the gain trees to split elsewhere, so a retrain
+    would not reproduce the shipped model on another machine."""
+    with importlib.import_module("threadpoolctl").threadpool_limits(limits=1):
+        return _train(graded, routing, base, k)
+
+
+def _train(
+    graded: Sequence[dict[str, Any]] | None,
+    routing: Sequence[dict[str, Any]] | None,
+    base: Path | None,
+    k: int,
+) -> tuple[ComplexityModel, dict[str, Any]]:
     report: dict[str, Any] = {}
     gain_trees: GainTrees | None
     if routing:
