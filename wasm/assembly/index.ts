@@ -42,7 +42,6 @@ let pollToken: u32 = 0;
 let reportToken: u32 = 0;
 let reportAgain = false; // a record the brain waits for arrived while a report was in flight
 let ticks: u32 = 0;
-let rootId: u32 = 0;
 const inflight = new InFlight(); // this VM's counts, plus the other workers' VMs'
 const callers = new Map<u32, u32>(); // http call token → request context id
 const observations = new Observations();
@@ -95,13 +94,8 @@ function fresh(now: u64): bool {
 
 export function proxy_abi_version_0_2_1(): void {}
 
-export function proxy_on_context_create(id: u32, parent: u32): void {
-  if (parent == 0) {
-    rootId = id;
-    return;
-  }
-  requests.set(id, new Request());
-}
+// proxy_on_context_create is not exported (one call into the VM fewer per request): a
+// request's state is made when its headers arrive, the first callback that needs it.
 
 export function proxy_on_vm_start(root: u32, size: u32): u32 {
   routedMetric = defineMetric(MetricType.Counter, "llm_wasm.routed");
@@ -148,19 +142,6 @@ export function proxy_on_tick(root: u32): void {
   poll();
   ticks++;
   if (ticks % settings.reportEveryTicks == 0) report();
-}
-
-export function proxy_on_done(id: u32): u32 {
-  return 1;
-}
-
-export function proxy_on_delete(id: u32): void {
-  if (requests.has(id)) {
-    // Envoy cancels a dead request's pending call without answering it.
-    const token = requests.get(id).token;
-    if (token != 0) callers.delete(token);
-  }
-  requests.delete(id);
 }
 
 // -- the brain: snapshot polling, reports ---------------------------------------------------------
@@ -440,8 +421,8 @@ function taskOf(path: string): string {
 }
 
 export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
-  if (!requests.has(id)) return HeadersStatus.Continue;
-  const request = requests.get(id);
+  const request = new Request();
+  requests.set(id, request);
   // One copy of all headers (kept for a possible escalation) answers every lookup below.
   const copy = getHeaderPairsRaw(MapType.RequestHeaders);
   request.headers = copy;
@@ -603,14 +584,15 @@ function fillCache(record: RequestRecord, kept: KeptBody): void {
   httpCall(settings.cluster, headers, kept.bytes(), 1000);
 }
 
+// The stream's last callback into the module (Envoy logs every stream it created a context
+// for, resets and local replies included): the request is released and forgotten here.
+// proxy_on_done and proxy_on_delete are not exported, nor are the trailers, metadata, queue
+// and foreign-function callbacks: the host then skips them (each call into the VM costs).
 export function proxy_on_log(id: u32): void {
-  if (requests.has(id)) release(requests.get(id)); // resets and early ends
+  if (!requests.has(id)) return;
+  const request = requests.get(id);
+  release(request); // resets and early ends
+  // Envoy cancels a dead request's pending call without answering it.
+  if (request.token != 0) callers.delete(request.token);
+  requests.delete(id);
 }
-
-// Unused callbacks a host may still call.
-export function proxy_on_request_trailers(id: u32, count: u32): u32 { return HeadersStatus.Continue; }
-export function proxy_on_response_trailers(id: u32, count: u32): u32 { return HeadersStatus.Continue; }
-export function proxy_on_request_metadata(id: u32, count: u32): u32 { return 0; }
-export function proxy_on_response_metadata(id: u32, count: u32): u32 { return 0; }
-export function proxy_on_queue_ready(root: u32, queue: u32): void {}
-export function proxy_on_foreign_function(root: u32, fn: u32, size: u32): void {}
