@@ -54,6 +54,12 @@ class DecisionLog:
             self._logger.addHandler(handler)
             self._handler = handler
 
+    @property
+    def sample_below(self) -> int:
+        """sampled(id) is crc32(id) < this (0: nothing is sampled); the Wasm filter gets it in
+        its snapshot and samples alike."""
+        return self._threshold if self.enabled else 0
+
     def sampled(self, request_id: str) -> bool:
         """Deterministic per request id: the same answer on every stream and replica."""
         if not self.enabled or self._threshold == 0:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -285,6 +286,28 @@ class Metrics:
             if usage.completion_tokens is not None:
                 self._child(self.token_usage, "output", *labels).observe(usage.completion_tokens)
 
+    def observe_responses(
+        self,
+        model: str,
+        pool: str,
+        status: int,
+        duration_s: FloatArray,
+        prompt_tokens: npt.NDArray[np.int64],
+        completion_tokens: npt.NDArray[np.int64],
+    ) -> None:
+        """observe_response for many non-streamed responses with the same labels (no time to
+        first token, no time per output token; token counts below 0: not reported)."""
+        labels = (model, pool)
+        error_type = "" if 0 < status < 400 else str(status or "reset")
+        _observe_many(self._child(self.request_duration, *labels, error_type), duration_s)
+        reported = (prompt_tokens >= 0) | (completion_tokens >= 0)  # a usage object at all
+        prompt = prompt_tokens[reported & (prompt_tokens >= 0)]
+        if prompt.size:
+            _observe_many(self._child(self.token_usage, "input", *labels), prompt.astype(np.float64))
+        completion = completion_tokens[reported & (completion_tokens >= 0)]
+        if completion.size:
+            _observe_many(self._child(self.token_usage, "output", *labels), completion.astype(np.float64))
+
     def _child(self, metric: Histogram, *labels: str) -> Any:
         """A labelled child, created once (labels() costs microseconds; one is taken per
         observed response)."""
@@ -305,3 +328,17 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _observe_many(child: Any, values: FloatArray) -> None:
+    """Histogram.observe for each value, in one step: the values' bucket counts and sum are
+    added at once (what observe does per value: sum += value; the first bucket whose upper
+    bound is >= value += 1). prometheus_client has no bulk observe, so this uses the child's
+    _sum, _buckets and _upper_bounds; tests/observability compares it with observe one by one."""
+    if not values.size:
+        return
+    bounds = child._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    child._sum.inc(float(values.sum()))
+    for bucket in np.flatnonzero(counts[: len(bounds)]):
+        child._buckets[bucket].inc(int(counts[bucket]))

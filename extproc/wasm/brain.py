@@ -39,7 +39,7 @@ from extproc.observability.listen import listen
 from extproc.observe import Observation
 from extproc.router import Router
 from extproc.server import ExternalProcessor, _StreamState
-from extproc.wasm.records import FilterRecord
+from extproc.wasm.records import FilterRecord, ResponseGroup
 from extproc.wasm.snapshot import DEFAULT_STALE_AFTER_MS, build_snapshot
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ class Brain:
         self.records = 0
         self.records_dropped = 0  # over the filter's per-batch cap: counted, not seen
         self.records_unreadable = 0
+        self.grouped = 0  # requests reported as numbers in a group
         self.leases_expired = 0
         self.cache_fills = 0
         self._leases: OrderedDict[str, tuple[float, Lease]] = OrderedDict()
@@ -217,6 +218,7 @@ class Brain:
             "records": self.records,
             "records_dropped": self.records_dropped,
             "records_unreadable": self.records_unreadable,
+            "grouped": self.grouped,
             "leases_held": len(self._leases),
             "leases_expired": self.leases_expired,
             "cache_fills": self.cache_fills,
@@ -229,7 +231,13 @@ class Brain:
         outliers = getattr(picker, "outliers", None)
         key = (router.fleet.snapshot.version, id(router.policy()), getattr(outliers, "generation", 0))
         if self._snapshot is None or key != self._built_for or now - self._built_at >= REBUILD_EVERY_S:
-            self._snapshot = build_snapshot(router, now, stale_after_ms=self.stale_after_ms)
+            telemetry = self.processor.telemetry
+            self._snapshot = build_snapshot(
+                router,
+                now,
+                stale_after_ms=self.stale_after_ms,
+                log_sample_below=telemetry.log.sample_below if telemetry is not None else 0,
+            )
             self._snapshot_body = json.dumps(self._snapshot, separators=(",", ":")).encode()
             self._built_for, self._built_at = key, now
             self.snapshots_built += 1
@@ -350,6 +358,39 @@ class Brain:
                 telemetry.completed(None, observation)
         self._expire_leases(self.clock())
 
+    def ended_grouped(self, raw_groups: Any) -> None:
+        """The filter's groups: requests it reports as numbers only (not escalated, refused or
+        sampled for the decision log): histograms, spend, and for streams the per-response
+        consumers (time to first token, the speed model)."""
+        if not isinstance(raw_groups, list):
+            return
+        router, telemetry = self.router, self.processor.telemetry
+        fleet = router.fleet.snapshot
+        for raw in raw_groups:
+            group = ResponseGroup.parse(raw)
+            if group is None:
+                self.records_unreadable += 1
+                continue
+            self.grouped += len(group)
+            pool = group.pool
+            if not pool:
+                row = fleet.index.get(group.endpoint)
+                pool = fleet.endpoints[row].pool if row is not None else ""
+            if group.tenant or pool:
+                usage = group.usage_total(pool)
+                if usage is not None:
+                    router.account(usage, group.tenant)
+            if telemetry is None:
+                continue
+            if group.streamed:
+                for observation in group.observations(pool):
+                    telemetry.completed(None, observation)
+                continue
+            values = group.values
+            telemetry.completed_many(
+                group.model, pool, group.status, values[:, 0] / 1e6, values[:, 2], values[:, 3]
+            )
+
     async def _decide(self, request: web.Request) -> web.Response:
         headers: list[tuple[str, str]] = [
             (":path", request.headers.get(ORIGINAL_PATH, "")),
@@ -371,6 +412,7 @@ class Brain:
             self.reports.add(batch, self.router)
             dropped = batch.get("records_dropped", 0)
             self.ended(batch.get("records"), dropped if isinstance(dropped, int) else 0)
+            self.ended_grouped(batch.get("groups"))
         return web.Response(status=204)
 
     async def _cache_fill(self, request: web.Request) -> web.Response:

@@ -1,10 +1,18 @@
-"""The Wasm filter's per-request records (wasm/assembly/observe.ts, RequestRecord).
+"""What the Wasm filter reports about the requests that ended in its VM (wasm/assembly/observe.ts).
 
-Each report batch carries one compact JSON array per request that ended in the filter's VM
-(at most ``max_records`` per batch; ``records_dropped`` counts the rest). From them the brain
-feeds what the ext_proc path feeds from its observer stream: the token and latency
-histograms, the decision log, spend (``llm_extproc_cost_usd``, ``limits.usd_per_hour``) and
-token budgets (``tokens_per_minute``), and it ends the concurrency leases of escalated requests.
+From each report batch the brain feeds what the ext_proc path feeds from its observer stream:
+the token and latency histograms, the decision log, spend (``llm_extproc_cost_usd``,
+``limits.usd_per_hour``) and token budgets (``tokens_per_minute``), and it ends the concurrency
+leases of escalated requests. A request arrives in one of two shapes:
+
+- a **record** (RequestRecord, one compact JSON array) when the brain needs it one by one:
+  escalated (joined with the brain's own decision, settled, its lease ended), refused by the
+  filter, or sampled for the decision log (the snapshot's ``log_sample_below``); at most
+  ``max_records`` per batch;
+- otherwise four numbers in a **group** (ResponseGroup) of requests with the same tenant,
+  model, pool, endpoint, status and streaming: the histograms take a group in one step.
+
+``records_dropped`` counts what did not fit in a batch.
 """
 
 from __future__ import annotations
@@ -12,8 +20,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from extproc.observability.telemetry import RouteRecord
 from extproc.observe import Observation, Usage
@@ -61,21 +73,7 @@ class FilterRecord:
         refused the request, nothing went upstream)."""
         if not self.endpoints and not self.pool:
             return None
-        duration_s = self.duration_us / 1e6 if self.duration_us >= 0 else math.nan
-        ttft_s = self.ttft_us / 1e6 if self.ttft_us >= 0 and self.streamed else math.nan
-        usage = None
-        if self.prompt_tokens >= 0 or self.completion_tokens >= 0:
-            usage = Usage(
-                prompt_tokens=self.prompt_tokens if self.prompt_tokens >= 0 else None,
-                completion_tokens=self.completion_tokens if self.completion_tokens >= 0 else None,
-                from_usage=True,
-            )
-        # The filter sees chunks, not tokens: the time per output token is the stream's time
-        # after its first chunk spread over the tokens its usage reports.
-        tpot_s = math.nan
-        if self.streamed and self.completion_tokens > 1 and not math.isnan(ttft_s):
-            tpot_s = max(0.0, duration_s - ttft_s) / (self.completion_tokens - 1)
-        return Observation(
+        return response_observation(
             endpoint=self.served_by,
             model=self.model_served,
             pool=pool,
@@ -84,10 +82,10 @@ class FilterRecord:
             request_id=self.request_id,
             status=self.status,
             streamed=self.streamed,
-            ttft_s=ttft_s,
-            time_per_output_token_s=tpot_s,
-            duration_s=duration_s,
-            usage=usage,
+            ttft_us=self.ttft_us,
+            duration_us=self.duration_us,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
         )
 
     def route_record(self, pool: str, now: float) -> RouteRecord:
@@ -128,3 +126,126 @@ _TYPES: tuple[type, ...] = tuple(
 )
 _STREAMED = RECORD_FIELDS.index("streamed")
 _ESCALATED = RECORD_FIELDS.index("escalated")
+
+
+def response_observation(
+    *,
+    endpoint: str,
+    model: str,
+    pool: str,
+    tenant: str,
+    status: int,
+    streamed: bool,
+    ttft_us: int,
+    duration_us: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    tier: str = "",
+    request_id: str = "",
+) -> Observation:
+    """One response as the ext_proc observer reports it, from the filter's numbers (-1: none)."""
+    duration_s = duration_us / 1e6 if duration_us >= 0 else math.nan
+    ttft_s = ttft_us / 1e6 if ttft_us >= 0 and streamed else math.nan
+    usage = None
+    if prompt_tokens >= 0 or completion_tokens >= 0:
+        usage = Usage(
+            prompt_tokens=prompt_tokens if prompt_tokens >= 0 else None,
+            completion_tokens=completion_tokens if completion_tokens >= 0 else None,
+            from_usage=True,
+        )
+    # The filter sees chunks, not tokens: the time per output token is the stream's time
+    # after its first chunk spread over the tokens its usage reports.
+    tpot_s = math.nan
+    if streamed and completion_tokens > 1 and not math.isnan(ttft_s):
+        tpot_s = max(0.0, duration_s - ttft_s) / (completion_tokens - 1)
+    return Observation(
+        endpoint=endpoint,
+        model=model,
+        pool=pool,
+        tier=tier,
+        tenant=tenant,
+        request_id=request_id,
+        status=status,
+        streamed=streamed,
+        ttft_s=ttft_s,
+        time_per_output_token_s=tpot_s,
+        duration_s=duration_s,
+        usage=usage,
+    )
+
+
+# A group's values: four per request, in this order (observe.ts, Group.values).
+GROUP_VALUES = ("duration_us", "ttft_us", "prompt_tokens", "completion_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseGroup:
+    """Requests the brain needs only as numbers (observe.ts, Group): their shared labels, and
+    per request its duration, time to first byte (µs) and token counts (-1: none)."""
+
+    tenant: str
+    model: str
+    pool: str  # a provider's pool; "" for the fleet (the brain knows its endpoints' pools)
+    endpoint: str  # the one that answered, else the first of the list
+    answered: bool
+    status: int
+    streamed: bool
+    values: npt.NDArray[np.int64]  # shape (requests, 4), columns GROUP_VALUES
+
+    @classmethod
+    def parse(cls, raw: Any) -> ResponseGroup | None:
+        """None for anything that is not a group of this shape."""
+        if type(raw) is not list or len(raw) != 8:
+            return None
+        tenant, model, pool, endpoint, answered, status, streamed, values = raw
+        if not all(type(text) is str for text in (tenant, model, pool, endpoint)):
+            return None
+        if not all(type(number) is int for number in (answered, status, streamed)):
+            return None
+        if type(values) is not list or len(values) % len(GROUP_VALUES) != 0:
+            return None
+        try:
+            array = np.array(values, dtype=np.int64).reshape(-1, len(GROUP_VALUES))
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return cls(tenant, model, pool, endpoint, answered == 1, status, streamed == 1, array)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def observations(self, pool: str) -> Iterator[Observation]:
+        """Each request as its own observation (what the per-response consumers need)."""
+        served_by = self.endpoint if self.answered else ""
+        for duration_us, ttft_us, prompt_tokens, completion_tokens in self.values.tolist():
+            yield response_observation(
+                endpoint=served_by,
+                model=self.model,
+                pool=pool,
+                tenant=self.tenant,
+                status=self.status,
+                streamed=self.streamed,
+                ttft_us=ttft_us,
+                duration_us=duration_us,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+
+    def usage_total(self, pool: str) -> Observation | None:
+        """The group's token usage summed (prices are linear in tokens), as one observation
+        for spend accounting; None when no request reported usage."""
+        prompt, completion = self.values[:, 2], self.values[:, 3]
+        if not ((prompt >= 0) | (completion >= 0)).any():
+            return None
+        return Observation(
+            endpoint=self.endpoint if self.answered else "",
+            model=self.model,
+            pool=pool,
+            tenant=self.tenant,
+            status=self.status,
+            streamed=self.streamed,
+            usage=Usage(
+                prompt_tokens=int(prompt[prompt >= 0].sum()),
+                completion_tokens=int(completion[completion >= 0].sum()),
+                from_usage=True,
+            ),
+        )

@@ -177,9 +177,15 @@ def _targets(routes: dict[str, dict[str, Any]]) -> Iterable[Target]:
 
 
 def build_snapshot(
-    router: Router, now: float, *, stale_after_ms: int = DEFAULT_STALE_AFTER_MS
+    router: Router,
+    now: float,
+    *,
+    stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
+    log_sample_below: int = 0,
 ) -> dict[str, Any]:
-    """The snapshot for the router's current fleet and policy; "version" names its content."""
+    """The snapshot for the router's current fleet and policy; "version" names its content.
+    ``log_sample_below``: the decision log's sampling threshold (DecisionLog.sample_below): the
+    filter reports the requests it samples one by one."""
     config = router.config
     fleet = router.fleet.snapshot
     policy = router.policy()
@@ -215,6 +221,7 @@ def build_snapshot(
         "tenant_header": policy.policy.tenants.header.lower() if policy is not None else "",
         "tenants": tenants,
         "stale_after_ms": stale_after_ms,
+        "log_sample_below": log_sample_below,
         "escalate_all": escalate_all,
         "escalate_unknown_models": policy is not None,
         "inject_stream_usage": config.inject_stream_usage,

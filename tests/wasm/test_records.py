@@ -1,22 +1,25 @@
-"""The filter's per-request records through a real Envoy (wasm/assembly/observe.ts), read with
-the brain's own parser (extproc/wasm/records.py): the two must agree field by field."""
+"""The filter's per-request records and groups through a real Envoy (wasm/assembly/observe.ts),
+read with the brain's own parsers (extproc/wasm/records.py): the two must agree field by field."""
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from extproc.wasm.records import RECORD_FIELDS, FilterRecord
+from extproc.observability.decision_log import DecisionLog, DecisionLogConfig
+from extproc.wasm.records import RECORD_FIELDS, FilterRecord, ResponseGroup
 from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started, wait_until
 
 pytestmark = pytest.mark.envoy
 
 CHAT = "/v1/chat/completions"
 MAX_RECORDS = 2
+SAMPLE_ALL = 1 << 32  # log_sample_below: every request is sampled for the decision log
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,12 @@ def records(brain: StaticBrain) -> list[FilterRecord]:
     return [record for record in parsed if record is not None]
 
 
+def groups(brain: StaticBrain) -> list[ResponseGroup]:
+    parsed = [ResponseGroup.parse(raw) for batch in brain.reports for raw in batch.get("groups", [])]
+    assert None not in parsed, [batch.get("groups") for batch in brain.reports]
+    return [group for group in parsed if group is not None]
+
+
 def of(brain: StaticBrain, request_id: str) -> FilterRecord | None:
     return next((r for r in records(brain) if r.request_id == request_id), None)
 
@@ -51,7 +60,7 @@ def test_a_routed_request_is_recorded_with_its_decision_and_response(
     wasm: tuple[WasmEnvoy, StaticBrain],
 ) -> None:
     envoy, brain = wasm
-    confirmed(brain, envoy)
+    confirmed(brain, envoy, log_sample_below=SAMPLE_ALL)
     status, headers, _ = envoy.request(CHAT, chat(), {"x-request-id": "rec-routed-1"})
     assert status == 200
     wait_until(lambda: of(brain, "rec-routed-1") is not None, 10)
@@ -88,7 +97,7 @@ def test_a_request_the_filter_refuses_is_recorded_with_its_error(wasm: tuple[Was
 
 def test_batches_hold_at_most_max_records_and_count_the_rest(wasm: tuple[WasmEnvoy, StaticBrain]) -> None:
     envoy, brain = wasm
-    confirmed(brain, envoy)
+    confirmed(brain, envoy, log_sample_below=SAMPLE_ALL)
     brain.reports.clear()
     sent = 7
     for i in range(sent):
@@ -101,6 +110,71 @@ def test_batches_hold_at_most_max_records_and_count_the_rest(wasm: tuple[WasmEnv
     assert counted() == sent
     assert all(len(batch["records"]) <= MAX_RECORDS for batch in brain.reports)
     assert sum(batch["records_dropped"] for batch in brain.reports) > 0
+
+
+def test_requests_not_sampled_are_reported_as_numbers_in_their_group(
+    wasm: tuple[WasmEnvoy, StaticBrain],
+) -> None:
+    envoy, brain = wasm
+    confirmed(brain, envoy)  # no decision log: nothing is sampled
+    brain.reports.clear()
+    served = []
+    for i in range(5):
+        status, headers, _ = envoy.request(CHAT, chat(), {"x-request-id": f"rec-group-{i}"})
+        assert status == 200
+        served.append(headers["x-gateway-destination-endpoint-served"])
+    wait_until(lambda: sum(len(g) for g in groups(brain)) >= 5, 10)
+    assert not any(r.request_id.startswith("rec-group-") for r in records(brain))
+    reported = groups(brain)
+    assert sum(len(g) for g in reported) == 5
+    by_endpoint = {g.endpoint: g for g in reported}
+    assert {e: len(g) for e, g in by_endpoint.items()} == {e: served.count(e) for e in set(served)}
+    for group in reported:
+        assert (group.tenant, group.model, group.pool, group.answered, group.status, group.streamed) == (
+            "",
+            "m",
+            "",
+            True,
+            200,
+            False,
+        )
+        # Per request: duration, time to the response headers (µs), the echo endpoint's usage.
+        for duration_us, ttft_us, prompt, completion in group.values.tolist():
+            assert 0 <= ttft_us <= duration_us
+            assert (prompt, completion) == (3, 5)
+        (observation,) = list(group.observations("p"))[:1]
+        assert (observation.endpoint, observation.pool, observation.status) == (group.endpoint, "p", 200)
+        total = group.usage_total("p")
+        assert total is not None and total.usage is not None
+        assert (total.usage.prompt_tokens, total.usage.completion_tokens) == (3 * len(group), 5 * len(group))
+
+
+def test_the_filter_samples_the_same_requests_as_the_decision_log(
+    wasm: tuple[WasmEnvoy, StaticBrain],
+) -> None:
+    envoy, brain = wasm
+    log = DecisionLog(DecisionLogConfig(path="-", sample_rate=0.5))
+    try:
+        confirmed(brain, envoy, log_sample_below=log.sample_below)
+        brain.reports.clear()
+        ids = [f"rec-sample-{i}" for i in range(12)]
+        expected = {i for i in ids if log.sampled(i)}
+        assert expected == {i for i in ids if zlib.crc32(i.encode()) < log.sample_below}
+        assert 0 < len(expected) < len(ids)
+        for request_id in ids:
+            assert envoy.request(CHAT, chat(), {"x-request-id": request_id})[0] == 200
+
+        def reported() -> int:
+            grouped = sum(len(g) for g in groups(brain))
+            return grouped + len(records(brain)) + sum(b["records_dropped"] for b in brain.reports)
+
+        wait_until(lambda: reported() >= len(ids), 10)
+        # The sampled requests as records (at most MAX_RECORDS per batch, the rest counted), the
+        # others as numbers in their groups.
+        assert {r.request_id for r in records(brain)} <= expected
+        assert sum(len(g) for g in groups(brain)) == len(ids) - len(expected)
+    finally:
+        log.close()
 
 
 def test_record_fields_are_the_filters_order() -> None:

@@ -14,7 +14,7 @@ import {
 import { Json, Kind } from "./json";
 import { Decision, Outcome, decide, DESTINATION_HEADER } from "./decide";
 import { Snapshot, parseSnapshot } from "./snapshot";
-import { KeptBody, Observations, RequestRecord } from "./observe";
+import { KeptBody, Observations, RequestRecord, crc32 } from "./observe";
 import { InFlight } from "./inflight";
 
 export { proxy_on_memory_allocate } from "./memory";
@@ -292,9 +292,18 @@ function route(request: Request, headers: Array<string>, primary: string, now: u
     const record = newRecord(request, "");
     record.escalated = request.escalated;
     record.urgent = lease;
+    record.own = request.escalated || lease || sampled(request.requestId);
+    record.primary = primary;
     record.routed(headers, destination(headers));
     request.record = record;
   }
+}
+
+/** Whether the brain's decision log samples this request (it then needs its whole record). */
+function sampled(requestId: string): bool {
+  const current = snapshot;
+  if (current == null || current.logSampleBelow <= 0) return false;
+  return <i64>crc32(requestId) < current.logSampleBelow;
 }
 
 function hasHeader(headers: Array<string>, name: string): bool {
@@ -567,7 +576,8 @@ function release(request: Request): void {
   if (record != null) {
     request.record = null;
     record.durationNs = <i64>(nowNanos() - request.startedNs);
-    observations.ended(record);
+    if (record.own) observations.ended(record);
+    else observations.group(record);
     const kept = request.kept;
     request.kept = null;
     if (kept != null && !kept.overflow && record.status == 200) fillCache(record, kept);

@@ -2,10 +2,15 @@ import { RawBytes } from "./abi";
 import { jsonQuote } from "./decide";
 
 // Response observation inside the filter: status, time to first byte, token usage; aggregated
-// per endpoint and reported to the brain in batches (no second gRPC stream per request). Each
-// batch also carries compact per-request records (RequestRecord), bounded per batch, from which
-// the brain feeds the ext_proc path's histograms, decision log, token budgets and spend
-// (extproc/wasm/records.py reads them).
+// per endpoint and reported to the brain in batches (no second gRPC stream per request). From
+// each batch the brain feeds the ext_proc path's histograms, decision log, token budgets and
+// spend (extproc/wasm/records.py reads it):
+// - a compact record (RequestRecord) for each request the brain needs one by one: escalated
+//   (it joins its own decision, settles budgets, ends leases), refused by the filter, or
+//   sampled for the decision log; bounded per batch;
+// - every other request as four numbers (duration, time to first byte, prompt and completion
+//   tokens) in the group of its (tenant, model, pool, endpoint, status, streamed): no strings
+//   per request, and the brain adds a group to its histograms in one step.
 
 class EndpointStats {
   responses: i64 = 0;
@@ -77,6 +82,8 @@ export class RequestRecord {
   error: string = ""; // the error body of a request the filter refused
   escalated: bool = false;
   urgent: bool = false; // the brain holds a concurrency lease for it: report at once
+  own: bool = false; // reported as a record of its own, not in a group
+  primary: string = ""; // the endpoint the list starts with (the group's, when none answered)
 
   /** The route's headers: served model, tier, rule, priority (as the ext_proc path labels them). */
   routed(headers: Array<string>, endpoints: string): void {
@@ -117,6 +124,40 @@ export class RequestRecord {
 
 }
 
+/** Requests the brain needs only as numbers: the same labels, four values each. */
+class Group {
+  values: Array<i64> = new Array<i64>(); // duration µs, time to first byte µs, prompt, completion
+  constructor(
+    public tenant: string, public model: string, public pool: string, public endpoint: string,
+    public answered: bool, public status: i32, public streamed: bool,
+  ) {}
+
+  matches(record: RequestRecord, endpoint: string): bool {
+    return this.status == record.status && this.streamed == record.streamed
+      && this.answered == (record.servedBy.length > 0) && this.endpoint == endpoint
+      && this.model == record.model && this.pool == record.pool && this.tenant == record.tenant;
+  }
+
+  write(parts: Array<string>): void {
+    parts.push("["); quoted(parts, this.tenant);
+    parts.push(","); quoted(parts, this.model);
+    parts.push(","); quoted(parts, this.pool);
+    parts.push(","); quoted(parts, this.endpoint);
+    parts.push(this.answered ? ",1," : ",0,");
+    parts.push(this.status.toString());
+    parts.push(this.streamed ? ",1,[" : ",0,[");
+    const values = this.values;
+    for (let i = 0; i < values.length; i++) {
+      if (i > 0) parts.push(",");
+      parts.push(values[i].toString());
+    }
+    parts.push("]]");
+  }
+}
+
+// Grouped requests per batch (about a second); more are counted as dropped.
+const MAX_GROUPED: i32 = 100000;
+
 export class Observations {
   stats: Map<string, EndpointStats> = new Map<string, EndpointStats>();
   // Decisions taken here (escalated ones the brain counts itself), by
@@ -128,6 +169,9 @@ export class Observations {
   recordsDropped: i64 = 0;
   maxRecords: i32 = 1000;
   urgent: bool = false; // a record the brain waits for (a concurrency lease) is in the batch
+  groups: Map<string, Group> = new Map<string, Group>();
+  private grouped: i32 = 0;
+  private lastGroup: Group | null = null; // traffic repeats itself: most requests join it
 
   // The last key built: traffic repeats itself, so most decisions reuse it instead of
   // concatenating five strings again.
@@ -151,7 +195,36 @@ export class Observations {
   }
 
   empty(): bool {
-    return this.stats.size == 0 && this.decisions.size == 0 && this.records.length == 0 && this.recordsDropped == 0;
+    return this.stats.size == 0 && this.decisions.size == 0 && this.records.length == 0 && this.recordsDropped == 0
+      && this.grouped == 0;
+  }
+
+  /** A request the brain needs only as numbers joins its group. */
+  group(record: RequestRecord): void {
+    if (this.grouped >= MAX_GROUPED) {
+      this.recordsDropped++;
+      return;
+    }
+    const endpoint = record.servedBy.length > 0 ? record.servedBy : record.primary;
+    let group = this.lastGroup;
+    if (group == null || !group.matches(record, endpoint)) {
+      const key = record.tenant + "|" + record.model + "|" + record.pool + "|" + endpoint
+        + (record.servedBy.length > 0 ? "|1|" : "|0|") + record.status.toString() + (record.streamed ? "|1" : "|0");
+      if (this.groups.has(key)) {
+        group = this.groups.get(key);
+      } else {
+        group = new Group(record.tenant, record.model, record.pool, endpoint, record.servedBy.length > 0,
+          record.status, record.streamed);
+        this.groups.set(key, group);
+      }
+      this.lastGroup = group;
+    }
+    const values = group.values;
+    values.push(record.durationNs < 0 ? -1 : record.durationNs / 1000);
+    values.push(record.ttftNs < 0 ? -1 : record.ttftNs / 1000);
+    values.push(record.promptTokens);
+    values.push(record.completionTokens);
+    this.grouped++;
   }
 
   /** A request ended (or was refused): its record joins the batch, unless the batch is full.
@@ -227,6 +300,15 @@ export class Observations {
       if (i > 0) parts.push(", ");
       this.records[i].write(parts);
     }
+    parts.push('], "groups": [');
+    const groups = this.groups.values();
+    for (let i = 0; i < groups.length; i++) {
+      if (i > 0) parts.push(", ");
+      groups[i].write(parts);
+    }
+    this.groups.clear();
+    this.lastGroup = null;
+    this.grouped = 0;
     parts.push('], "records_dropped": ');
     parts.push(this.recordsDropped.toString());
     this.records = new Array<RequestRecord>();
@@ -285,4 +367,23 @@ export class KeptBody {
     }
     return out.buffer;
   }
+}
+
+// CRC-32 (zlib's, reflected 0xEDB88320): the brain samples its decision log by it
+// (extproc/observability/decision_log.py), so the filter picks the same requests.
+const CRC_TABLE = new StaticArray<u32>(256);
+for (let n: u32 = 0; n < 256; n++) {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  CRC_TABLE[n] = c;
+}
+
+export function crc32(text: string): u32 {
+  const bytes = String.UTF8.encode(text);
+  const data = changetype<usize>(bytes);
+  let c: u32 = 0xffffffff;
+  for (let i = 0; i < bytes.byteLength; i++) {
+    c = CRC_TABLE[(c ^ <u32>load<u8>(data + <usize>i)) & 0xff] ^ (c >>> 8);
+  }
+  return c ^ 0xffffffff;
 }

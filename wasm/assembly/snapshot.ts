@@ -51,6 +51,9 @@ export class Snapshot {
   prefixBytes: i32 = 256;
   affinityLoadFactorPct: i32 = 125;
   staleAfterMs: i64 = 2000;
+  // The brain's decision-log sampling: a request whose CRC-32 of its id is below this gets a
+  // record of its own (0: no decision log, nothing is sampled).
+  logSampleBelow: i64 = 0;
   routes: Map<string, Route> = new Map<string, Route>();
   candidates: Map<string, CandidateSet> = new Map<string, CandidateSet>();
 
@@ -196,6 +199,7 @@ export function parseSnapshot(bytes: Uint8Array): Snapshot | null {
     else if (key == "prefix_bytes") snapshot.prefixBytes = <i32>json.intAt(at, snapshot.prefixBytes);
     else if (key == "affinity_load_factor_pct") snapshot.affinityLoadFactorPct = <i32>json.intAt(at, snapshot.affinityLoadFactorPct);
     else if (key == "stale_after_ms") snapshot.staleAfterMs = json.intAt(at, snapshot.staleAfterMs);
+    else if (key == "log_sample_below") snapshot.logSampleBelow = json.intAt(at, 0);
     else if (key == "routes") {
       const routes = json.fields(at, 1);
       if (routes == null) return null;
