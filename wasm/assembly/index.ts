@@ -138,6 +138,10 @@ export function proxy_on_configure(root: u32, size: u32): u32 {
 }
 
 export function proxy_on_tick(root: u32): void {
+  // The module is built with AssemblyScript's minimal runtime: no collector work on the
+  // request path (the incremental one marked a little on every allocation); garbage is
+  // collected here, every tick, outside any request (nothing of ours is on the stack).
+  __collect();
   inflight.tick();
   poll();
   ticks++;
