@@ -143,12 +143,28 @@ export function proxy_on_tick(root: u32): void {
   // collected here, every tick, outside any request (nothing of ours is on the stack).
   __collect();
   inflight.tick();
-  poll();
   ticks++;
+  if (!idle() || ticks % idlePollTicks() == 0) poll();
   if (ticks % settings.reportEveryTicks == 0) report();
 }
 
 // -- the brain: snapshot polling, reports ---------------------------------------------------------
+
+/** A VM that has served no request while another VM of this plugin has (Envoy's main-thread
+ * VM, a worker without traffic yet) polls less often: its snapshot still stays fresh, and its
+ * first request makes it a full-rate poller from the next tick on. While no VM has served
+ * anything (Envoy just started), every VM polls at full rate. */
+function idle(): bool {
+  return !inflight.registered() && inflight.othersRegistered();
+}
+
+/** Ticks between an idle VM's polls: 500 ms, and at least four polls within the staleness bound. */
+function idlePollTicks(): u32 {
+  const current = snapshot;
+  const staleAfterMs = current != null ? current.staleAfterMs : 2000;
+  const ticks = staleAfterMs / (4 * <i64>max<u32>(settings.pollMs, 1));
+  return <u32>max<i64>(1, min<i64>(5, ticks));
+}
 
 function brainHeaders(method: string, path: string): Array<string> {
   const headers = new Array<string>();

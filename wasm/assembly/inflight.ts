@@ -36,6 +36,16 @@ export class InFlight {
   private entryKey: ArrayBuffer = new ArrayBuffer(0);
   private entry: Uint8Array = new Uint8Array(256);
 
+  registered(): bool {
+    return this.id.length > 0;
+  }
+
+  /** Whether some VM has joined the registry (served a request): read from shared data. */
+  othersRegistered(): bool {
+    const registry = getShared(REGISTRY_KEY);
+    return registry != null && registry.value.byteLength > 0;
+  }
+
   count(address: string): i32 {
     return (this.own.has(address) ? this.own.get(address) : 0) + (this.others.has(address) ? this.others.get(address) : 0);
   }
