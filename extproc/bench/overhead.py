@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 for concurrency in args.concurrency:
                     for name, port in setups.items():
                         pids = [bench.pids[process] for process in own[name]]
-                        cpu_before = sum(cpu_seconds(pid) for pid in pids)
+                        cpu_before = [cpu_seconds(pid) for pid in pids]
                         out = subprocess.run(
                             [
                                 "wrk",
@@ -330,8 +330,14 @@ def main(argv: list[str] | None = None) -> int:
                             check=True,
                         ).stdout
                         run = parse_wrk(out)
-                        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
-                        run["cpu_us_per_request"] = cpu / max(run["requests"], 1.0) * 1e6
+                        # Per process too: the front Envoy and the brain / ext_proc server.
+                        per_request = [
+                            (cpu_seconds(pid) - before) / max(run["requests"], 1.0) * 1e6
+                            for pid, before in zip(pids, cpu_before, strict=True)
+                        ]
+                        run["cpu_us_per_request"] = sum(per_request)
+                        for process, cpu in zip(own[name], per_request, strict=True):
+                            run[f"cpu_us_per_request_{process}"] = cpu
                         results.setdefault((name, concurrency, prompt_bytes), []).append(run)
         rows: list[dict[str, Any]] = []
         print(
