@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 # Largest non-streaming body (or single SSE event) we parse for usage; beyond it we only time.
 MAX_OBSERVED_BYTES = 1 << 20
 
@@ -58,6 +61,19 @@ class Observation:
     duration_s: float = math.nan
     usage: Usage | None = None
     response_id: str = ""  # a Responses API answer's id (resp_...)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseBatch:
+    """Non-streamed responses with the same labels, as arrays (the Wasm filter's groups): no
+    time to first token or per output token; token counts below 0 were not reported."""
+
+    model: str
+    pool: str
+    status: int
+    duration_s: npt.NDArray[np.float64]
+    prompt_tokens: npt.NDArray[np.int64]
+    completion_tokens: npt.NDArray[np.int64]
 
 
 # Typed stream events that carry generated tokens (Responses API, Anthropic Messages).

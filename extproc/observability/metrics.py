@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from extproc.fleet.state import FleetSnapshot, FloatArray
-from extproc.observe import Observation
+from extproc.observe import Observation, ResponseBatch
 
 # _created series double the exposition and carry wall-clock timestamps nobody alerts on.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -286,27 +285,18 @@ class Metrics:
             if usage.completion_tokens is not None:
                 self._child(self.token_usage, "output", *labels).observe(usage.completion_tokens)
 
-    def observe_responses(
-        self,
-        model: str,
-        pool: str,
-        status: int,
-        duration_s: FloatArray,
-        prompt_tokens: npt.NDArray[np.int64],
-        completion_tokens: npt.NDArray[np.int64],
-    ) -> None:
-        """observe_response for many non-streamed responses with the same labels (no time to
-        first token, no time per output token; token counts below 0: not reported)."""
-        labels = (model, pool)
+    def observe_responses(self, batch: ResponseBatch) -> None:
+        """observe_response for each response of the batch, in one step per histogram."""
+        labels = (batch.model, batch.pool)
+        status = batch.status
         error_type = "" if 0 < status < 400 else str(status or "reset")
-        _observe_many(self._child(self.request_duration, *labels, error_type), duration_s)
-        reported = (prompt_tokens >= 0) | (completion_tokens >= 0)  # a usage object at all
-        prompt = prompt_tokens[reported & (prompt_tokens >= 0)]
-        if prompt.size:
-            _observe_many(self._child(self.token_usage, "input", *labels), prompt.astype(np.float64))
-        completion = completion_tokens[reported & (completion_tokens >= 0)]
-        if completion.size:
-            _observe_many(self._child(self.token_usage, "output", *labels), completion.astype(np.float64))
+        _observe_many(self._child(self.request_duration, *labels, error_type), batch.duration_s)
+        prompt, completion = batch.prompt_tokens, batch.completion_tokens
+        reported = (prompt >= 0) | (completion >= 0)  # a usage object at all
+        for direction, tokens in (("input", prompt), ("output", completion)):
+            counted = tokens[reported & (tokens >= 0)]
+            if counted.size:
+                _observe_many(self._child(self.token_usage, direction, *labels), counted.astype(np.float64))
 
     def _child(self, metric: Histogram, *labels: str) -> Any:
         """A labelled child, created once (labels() costs microseconds; one is taken per

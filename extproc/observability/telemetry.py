@@ -16,14 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from extproc.fleet.state import FloatArray
 from extproc.observability.decision_log import DecisionLog
 from extproc.observability.metrics import Metrics
 from extproc.observability.tracing import DecisionTracer
-from extproc.observe import Observation
+from extproc.observe import Observation, ResponseBatch
 
 
 @dataclass(slots=True)
@@ -127,21 +123,12 @@ class Telemetry:
         if record is not None and self.logs(record.request_id, bool(record.error)):
             self._emit(record, observation)
 
-    def completed_many(
-        self,
-        model: str,
-        pool: str,
-        status: int,
-        duration_s: FloatArray,
-        prompt_tokens: npt.NDArray[np.int64],
-        completion_tokens: npt.NDArray[np.int64],
-    ) -> None:
-        """Many non-streamed responses with the same labels, none of them logged (the Wasm
-        filter's groups): what _feed does for each, in one step. Non-streamed responses have
-        no time to first token, so only the metrics take them."""
-        self.observations += len(duration_s)
+    def completed_many(self, batch: ResponseBatch) -> None:
+        """Non-streamed responses, none of them logged (the Wasm filter's groups): what _feed
+        does for each, in one step. Without a time to first token, only the metrics take them."""
+        self.observations += len(batch.duration_s)
         if self.metrics is not None:
-            self.metrics.observe_responses(model, pool, status, duration_s, prompt_tokens, completion_tokens)
+            self.metrics.observe_responses(batch)
 
     def _feed(self, observation: Observation) -> None:
         self.observations += 1

@@ -18,9 +18,9 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
@@ -43,6 +43,7 @@ from extproc.wasm.records import FilterRecord, ResponseGroup
 from extproc.wasm.snapshot import DEFAULT_STALE_AFTER_MS, build_snapshot
 
 log = logging.getLogger(__name__)
+_Parsed = TypeVar("_Parsed")
 
 SNAPSHOT_PATH = "/v1/llm-extproc/snapshot"
 DECIDE_PATH = "/v1/llm-extproc/decide"
@@ -321,17 +322,11 @@ class Brain:
     def ended(self, raw_records: Any, dropped: int) -> None:
         """The filter's per-request records: the ext_proc observer's work, from a batch."""
         self.records_dropped += max(0, dropped)
-        if not isinstance(raw_records, list):
-            return
         processor, router = self.processor, self.router
         telemetry, capacity = processor.telemetry, processor.capacity
         now = router.clock()
         fleet = router.fleet.snapshot
-        for raw in raw_records:
-            record = FilterRecord.parse(raw)
-            if record is None:
-                self.records_unreadable += 1
-                continue
+        for record in self._readable(raw_records, FilterRecord.parse):
             self.records += 1
             held = self._leases.pop(record.request_id, None) if record.request_id else None
             if held is not None and capacity is not None:
@@ -362,15 +357,9 @@ class Brain:
         """The filter's groups: requests it reports as numbers only (not escalated, refused or
         sampled for the decision log): histograms, spend, and for streams the per-response
         consumers (time to first token, the speed model)."""
-        if not isinstance(raw_groups, list):
-            return
         router, telemetry = self.router, self.processor.telemetry
         fleet = router.fleet.snapshot
-        for raw in raw_groups:
-            group = ResponseGroup.parse(raw)
-            if group is None:
-                self.records_unreadable += 1
-                continue
+        for group in self._readable(raw_groups, ResponseGroup.parse):
             self.grouped += len(group)
             pool = group.pool
             if not pool:
@@ -386,10 +375,16 @@ class Brain:
                 for observation in group.observations(pool):
                     telemetry.completed(None, observation)
                 continue
-            values = group.values
-            telemetry.completed_many(
-                group.model, pool, group.status, values[:, 0] / 1e6, values[:, 2], values[:, 3]
-            )
+            telemetry.completed_many(group.batch(pool))
+
+    def _readable(self, raw: Any, parse: Callable[[Any], _Parsed | None]) -> Iterator[_Parsed]:
+        """The items of a batch's list that parse; the others are counted as unreadable."""
+        for item in raw if isinstance(raw, list) else ():
+            parsed = parse(item)
+            if parsed is None:
+                self.records_unreadable += 1
+            else:
+                yield parsed
 
     async def _decide(self, request: web.Request) -> web.Response:
         headers: list[tuple[str, str]] = [

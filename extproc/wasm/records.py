@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extproc.observability.telemetry import RouteRecord
-from extproc.observe import Observation, Usage
+from extproc.observe import Observation, ResponseBatch, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +73,12 @@ class FilterRecord:
         refused the request, nothing went upstream)."""
         if not self.endpoints and not self.pool:
             return None
-        return response_observation(
-            endpoint=self.served_by,
-            model=self.model_served,
-            pool=pool,
-            tier=self.tier,
-            tenant=self.tenant,
-            request_id=self.request_id,
-            status=self.status,
-            streamed=self.streamed,
-            ttft_us=self.ttft_us,
-            duration_us=self.duration_us,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
+        labels = Observation(
+            self.served_by, self.model_served, pool, self.tier, self.tenant, self.request_id, self.status
+        )
+        labels.streamed = self.streamed
+        return with_numbers(
+            labels, self.ttft_us, self.duration_us, self.prompt_tokens, self.completion_tokens
         )
 
     def route_record(self, pool: str, now: float) -> RouteRecord:
@@ -128,50 +121,25 @@ _STREAMED = RECORD_FIELDS.index("streamed")
 _ESCALATED = RECORD_FIELDS.index("escalated")
 
 
-def response_observation(
-    *,
-    endpoint: str,
-    model: str,
-    pool: str,
-    tenant: str,
-    status: int,
-    streamed: bool,
-    ttft_us: int,
-    duration_us: int,
-    prompt_tokens: int,
-    completion_tokens: int,
-    tier: str = "",
-    request_id: str = "",
+def with_numbers(
+    observation: Observation, ttft_us: int, duration_us: int, prompt_tokens: int, completion_tokens: int
 ) -> Observation:
-    """One response as the ext_proc observer reports it, from the filter's numbers (-1: none)."""
+    """The response's times and usage from the filter's numbers (-1: none), as the ext_proc
+    observer reports them, filled into ``observation`` (its labels and ``streamed`` set)."""
     duration_s = duration_us / 1e6 if duration_us >= 0 else math.nan
-    ttft_s = ttft_us / 1e6 if ttft_us >= 0 and streamed else math.nan
-    usage = None
+    ttft_s = ttft_us / 1e6 if ttft_us >= 0 and observation.streamed else math.nan
     if prompt_tokens >= 0 or completion_tokens >= 0:
-        usage = Usage(
+        observation.usage = Usage(
             prompt_tokens=prompt_tokens if prompt_tokens >= 0 else None,
             completion_tokens=completion_tokens if completion_tokens >= 0 else None,
             from_usage=True,
         )
     # The filter sees chunks, not tokens: the time per output token is the stream's time
     # after its first chunk spread over the tokens its usage reports.
-    tpot_s = math.nan
-    if streamed and completion_tokens > 1 and not math.isnan(ttft_s):
-        tpot_s = max(0.0, duration_s - ttft_s) / (completion_tokens - 1)
-    return Observation(
-        endpoint=endpoint,
-        model=model,
-        pool=pool,
-        tier=tier,
-        tenant=tenant,
-        request_id=request_id,
-        status=status,
-        streamed=streamed,
-        ttft_s=ttft_s,
-        time_per_output_token_s=tpot_s,
-        duration_s=duration_s,
-        usage=usage,
-    )
+    if observation.streamed and completion_tokens > 1 and not math.isnan(ttft_s):
+        observation.time_per_output_token_s = max(0.0, duration_s - ttft_s) / (completion_tokens - 1)
+    observation.ttft_s, observation.duration_s = ttft_s, duration_s
+    return observation
 
 
 # A group's values: four per request, in this order (observe.ts, Group.values).
@@ -213,22 +181,22 @@ class ResponseGroup:
     def __len__(self) -> int:
         return len(self.values)
 
+    def labels(self, pool: str) -> Observation:
+        """What the group's requests share, as an observation without numbers."""
+        served_by = self.endpoint if self.answered else ""
+        labels = Observation(served_by, self.model, pool, "", self.tenant, "", self.status)
+        labels.streamed = self.streamed
+        return labels
+
     def observations(self, pool: str) -> Iterator[Observation]:
         """Each request as its own observation (what the per-response consumers need)."""
-        served_by = self.endpoint if self.answered else ""
         for duration_us, ttft_us, prompt_tokens, completion_tokens in self.values.tolist():
-            yield response_observation(
-                endpoint=served_by,
-                model=self.model,
-                pool=pool,
-                tenant=self.tenant,
-                status=self.status,
-                streamed=self.streamed,
-                ttft_us=ttft_us,
-                duration_us=duration_us,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-            )
+            yield with_numbers(self.labels(pool), ttft_us, duration_us, prompt_tokens, completion_tokens)
+
+    def batch(self, pool: str) -> ResponseBatch:
+        """The group's responses as arrays (for non-streamed ones: one step per histogram)."""
+        values = self.values
+        return ResponseBatch(self.model, pool, self.status, values[:, 0] / 1e6, values[:, 2], values[:, 3])
 
     def usage_total(self, pool: str) -> Observation | None:
         """The group's token usage summed (prices are linear in tokens), as one observation
@@ -236,16 +204,10 @@ class ResponseGroup:
         prompt, completion = self.values[:, 2], self.values[:, 3]
         if not ((prompt >= 0) | (completion >= 0)).any():
             return None
-        return Observation(
-            endpoint=self.endpoint if self.answered else "",
-            model=self.model,
-            pool=pool,
-            tenant=self.tenant,
-            status=self.status,
-            streamed=self.streamed,
-            usage=Usage(
-                prompt_tokens=int(prompt[prompt >= 0].sum()),
-                completion_tokens=int(completion[completion >= 0].sum()),
-                from_usage=True,
-            ),
+        total = self.labels(pool)
+        total.usage = Usage(
+            prompt_tokens=int(prompt[prompt >= 0].sum()),
+            completion_tokens=int(completion[completion >= 0].sum()),
+            from_usage=True,
         )
+        return total
