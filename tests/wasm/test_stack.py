@@ -16,7 +16,7 @@ import pytest
 
 from extproc.deploy import LOCAL_STACK_POLICY
 from extproc.devstack.stack import LocalStack
-from tests.conftest import started_stack
+from tests.conftest import sim_records, started_stack
 from tests.wasm.harness import wait_until
 
 pytestmark = pytest.mark.envoy
@@ -131,6 +131,45 @@ def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: Loc
         )
 
     wait_until(reported, 10)
+
+
+def ttft_histogram(stack: LocalStack) -> tuple[float, float]:
+    """(count, sum) of the time-to-first-token histogram, over its labels."""
+    url = f"http://127.0.0.1:{stack.config.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("gen_ai_server_time_to_first_token_seconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gen_ai_server_time_to_first_token_seconds_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+def test_time_to_first_token_is_the_first_text_not_the_role_chunk(wasm_stack: LocalStack) -> None:
+    """The simulator, like vLLM, opens a chat stream with a role-only chunk before it prefills
+    the prompt. The filter's TTFT must be the first chunk with text: it starts before the
+    simulator sees the request and ends after its first token, so it cannot be shorter than the
+    simulator's own TTFT (a first-chunk TTFT is, by the whole prefill of this long prompt)."""
+    count_before, sum_before = ttft_histogram(wasm_stack)
+    client = openai.OpenAI(base_url=wasm_stack.base_url, api_key="unused", max_retries=0, timeout=60)
+    prompt = " ".join(f"word{i}" for i in range(6000))  # a long prefill on any simulated GPU
+    stream = client.chat.completions.create(
+        model="llama-3-8b",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices and chunks[0].choices[0].delta.content == ""  # the role-only chunk
+    wait_until(lambda: ttft_histogram(wasm_stack)[0] >= count_before + 1, 10)
+    count_after, sum_after = ttft_histogram(wasm_stack)
+    assert count_after == count_before + 1
+    (served,) = [r for r in sim_records(wasm_stack) if r["request_id"] == chunks[0].id]
+    simulated_ttft_s = float(served["ttft_s"]) * wasm_stack.config.time_scale  # simulated → real seconds
+    assert sum_after - sum_before >= simulated_ttft_s > 0
 
 
 def routed_count(stack: LocalStack, model: str, outcome: str) -> float:

@@ -14,7 +14,7 @@ import {
 import { Json, Kind } from "./json";
 import { Decision, Outcome, decide, DESTINATION_HEADER } from "./decide";
 import { Snapshot, parseSnapshot } from "./snapshot";
-import { KeptBody, Observations, RequestRecord, crc32 } from "./observe";
+import { KeptBody, Observations, RequestRecord, carriesText, crc32 } from "./observe";
 import { InFlight } from "./inflight";
 
 export { proxy_on_memory_allocate } from "./memory";
@@ -73,7 +73,7 @@ class Request {
   status: i32 = 0;
   observed: bool = false;
   streamed: bool = false;
-  firstByte: bool = false;
+  firstText: bool = false; // a streamed response's first chunk with text has passed
   servedBy: string = "";
   token: u32 = 0; // the pending call to the brain, if any
   requestId: string = "";
@@ -567,15 +567,16 @@ export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u3
   const request = requests.get(id);
   if (request.observed && size > 0) {
     const record = request.record;
-    if (request.streamed && !request.firstByte) {
-      request.firstByte = true; // a stream's first chunk: its time to first token
-      const elapsed = nowNanos() - request.startedNs;
-      if (request.fleet) observations.firstByte(request.servedBy, elapsed);
-      if (record != null) record.ttftNs = <i64>elapsed;
-    }
-    const chunk = record != null ? getBufferRaw(BufferType.ResponseBody, 0, size) : null;
+    const awaitingText = request.streamed && !request.firstText;
+    const chunk = record != null || awaitingText ? getBufferRaw(BufferType.ResponseBody, 0, size) : null;
     if (chunk != null) {
-      observations.body(request.fleet ? request.servedBy : "", chunk, record!);
+      if (awaitingText && carriesText(chunk.pointer, chunk.length)) {
+        request.firstText = true; // the time to first token (a role-only chunk comes earlier)
+        const elapsed = nowNanos() - request.startedNs;
+        if (request.fleet) observations.firstText(request.servedBy, elapsed);
+        if (record != null) record.ttftNs = <i64>elapsed;
+      }
+      if (record != null) observations.body(request.fleet ? request.servedBy : "", chunk, record);
       const kept = request.kept;
       if (kept != null) kept.add(chunk);
       heap.free(chunk.pointer);

@@ -43,6 +43,54 @@ function findAscii(data: usize, length: i32, needle: string, from: i32): i32 {
   return -1;
 }
 
+// Keys whose string value is generated text in some API's stream: chat `delta.content`,
+// completions `text`, Responses `delta` ("response.output_text.delta"), Anthropic `text` /
+// `partial_json` (content_block_delta); `"tool_calls"` counts when it holds a call.
+const TEXT_KEYS = ['"content"', '"text"', '"delta"', '"partial_json"'];
+const TOOL_CALLS = '"tool_calls"';
+
+function skipSpaces(data: usize, length: i32, from: i32): i32 {
+  let i = from;
+  while (i < length) {
+    const c = load<u8>(data + <usize>i);
+    if (c != 0x20 && c != 0x09 && c != 0x0a && c != 0x0d) break;
+    i++;
+  }
+  return i;
+}
+
+/** Whether a stream chunk carries generated text, as extproc/observe.py's `_text_of` decides
+ * (a non-empty string under one of TEXT_KEYS, or a tool call). vLLM, like the simulator, opens a
+ * chat stream with a role-only chunk (`"content": ""`) before the prompt is even prefilled: the
+ * time to first token is the first chunk with text, not the first chunk. */
+export function carriesText(data: usize, length: i32): bool {
+  for (let k = 0; k < TEXT_KEYS.length; k++) {
+    const key = TEXT_KEYS[k];
+    let at = findAscii(data, length, key, 0);
+    while (at >= 0) {
+      let i = skipSpaces(data, length, at + key.length);
+      if (i < length && load<u8>(data + <usize>i) == 0x3a) { // ':'
+        i = skipSpaces(data, length, i + 1);
+        // '"' then anything but the closing '"': a non-empty string
+        if (i + 1 < length && load<u8>(data + <usize>i) == 0x22 && load<u8>(data + <usize>(i + 1)) != 0x22) return true;
+      }
+      at = findAscii(data, length, key, at + 1);
+    }
+  }
+  const calls = findAscii(data, length, TOOL_CALLS, 0);
+  if (calls >= 0) {
+    let i = skipSpaces(data, length, calls + TOOL_CALLS.length);
+    if (i < length && load<u8>(data + <usize>i) == 0x3a) {
+      i = skipSpaces(data, length, i + 1);
+      if (i < length && load<u8>(data + <usize>i) == 0x5b) { // '[' and a call in it
+        i = skipSpaces(data, length, i + 1);
+        return i < length && load<u8>(data + <usize>i) != 0x5d;
+      }
+    }
+  }
+  return false;
+}
+
 function numberAfter(data: usize, length: i32, key: string, from: i32): i64 {
   const at = findAscii(data, length, key, from);
   if (at < 0) return 0;
@@ -75,7 +123,7 @@ export class RequestRecord {
   status: i32 = 0;
   outcome: string = ""; // routed, fallback_model, rejected, unavailable; "" when the brain decided
   streamed: bool = false;
-  ttftNs: i64 = -1; // a stream's first chunk, else the response headers
+  ttftNs: i64 = -1; // a stream's first chunk with text, else the response headers
   durationNs: i64 = -1;
   promptTokens: i64 = -1;
   completionTokens: i64 = -1;
@@ -250,7 +298,8 @@ export class Observations {
     }
   }
 
-  firstByte(endpoint: string, elapsedNs: u64): void {
+  /** A stream's first chunk with text: its time to first token. */
+  firstText(endpoint: string, elapsedNs: u64): void {
     const stats = this.of(endpoint);
     stats.ttftUsSum += <i64>(elapsedNs / 1000);
     stats.ttftCount++;
