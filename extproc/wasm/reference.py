@@ -3,7 +3,7 @@
 wasm/assembly/decide.ts orders a candidate set by prepared score + the load scorer's request
 part (the predicted wait from the prompt's size and fresh in-flight counts, scaled as the
 scheduler scales it) - in-flight weight * in-flight + an affinity bonus (rendezvous hashing of
-the session key, else of the prompt's first bytes).
+the session key; for a prompt, the endpoint last chosen for the same first bytes).
 Plugged into the ext_proc path's Router, this picker makes that path decide exactly as the
 filter does from the same snapshot: the parity harness (tests/wasm/test_parity.py) runs both
 and requires identical endpoint lists, headers, bodies and statuses.
@@ -82,16 +82,44 @@ def preferred(addresses: list[str], key: bytes, own: list[int], load_factor_pct:
     return -1
 
 
+PREFIX_OWNERS_MAX = 4096  # as wasm/assembly/decide.ts
+
+
+class PrefixOwners:
+    """The filter's prefix ownership (decide.ts, prefixOwners): FNV-1a of a prompt's first
+    prefix_bytes -> the endpoint last chosen for it, as the scheduler's prefix scorer learns it
+    from its own picks; cleared when full. Only the owner gets the prefix bonus."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, str] = {}
+
+    def favourite(self, addresses: list[str], key: bytes, own: list[int], load_factor_pct: int) -> int:
+        """The owner's index if it is a candidate under the affinity load bound, else -1."""
+        owner = self.owners.get(fnv1a(key))
+        if owner is None or owner not in addresses:
+            return -1
+        index = addresses.index(owner)
+        total, n = sum(own), len(addresses)
+        return index if own[index] * 100 * n <= load_factor_pct * total + 100 * n else -1
+
+    def chose(self, key: bytes, address: str) -> None:
+        hashed = fnv1a(key)
+        if len(self.owners) >= PREFIX_OWNERS_MAX and hashed not in self.owners:
+            self.owners.clear()
+        self.owners[hashed] = address
+
+
 def affinity_key(
     snapshot: dict[str, Any], session_key: str | None, prompt_text: str
-) -> tuple[bytes | None, int]:
-    """The key the affinity bonus hashes, and the bonus: the session's, else the prompt's."""
+) -> tuple[bytes | None, int, bool]:
+    """The key the affinity bonus hashes, the bonus, and whether the key is a prompt's prefix:
+    the session's, else the prompt's."""
     if session_key:
-        return session_key.encode("utf-8", "surrogatepass"), int(snapshot["session_weight"])
+        return session_key.encode("utf-8", "surrogatepass"), int(snapshot["session_weight"]), False
     prefix = prompt_text.encode("utf-8", "surrogatepass")[: int(snapshot["prefix_bytes"])]
     if prefix:
-        return prefix, int(snapshot["prefix_weight"])
-    return None, 0
+        return prefix, int(snapshot["prefix_weight"]), True
+    return None, 0, False
 
 
 def order(
@@ -101,12 +129,20 @@ def order(
     bonus: int,
     inflight: Callable[[str], int],
     prompt_tokens: int = 0,
+    prefix_owners: PrefixOwners | None = None,
 ) -> list[str]:
-    """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order)."""
+    """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order).
+    With ``prefix_owners``, ``key`` is a prompt's prefix: the bonus goes to its owner, and the
+    first choice becomes the owner; otherwise ``key`` is a session's (rendezvous hashing)."""
     addresses = [str(entry[0]) for entry in endpoints]
     own = [inflight(address) for address in addresses]
     factor = int(snapshot["affinity_load_factor_pct"])
-    favourite = preferred(addresses, key, own, factor) if key is not None else -1
+    if key is None:
+        favourite = -1
+    elif prefix_owners is not None:
+        favourite = prefix_owners.favourite(addresses, key, own, factor)
+    else:
+        favourite = preferred(addresses, key, own, factor)
     weight = int(snapshot["inflight_weight"])
     load = load_scores(endpoints, prompt_tokens, own, int(snapshot.get("load_weight", 0)))
     totals = [
@@ -114,7 +150,10 @@ def order(
         for i, entry in enumerate(endpoints)
     ]
     ranked = sorted(range(len(addresses)), key=lambda i: (-totals[i], i))
-    return [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
+    chosen = [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
+    if key is not None and prefix_owners is not None and chosen:
+        prefix_owners.chose(key, chosen[0])
+    return chosen
 
 
 class SnapshotPicker:
@@ -125,8 +164,12 @@ class SnapshotPicker:
         snapshot: dict[str, Any],
         fleet: FleetSnapshot,
         candidates: Callable[[FleetSnapshot, Target], IntArray],
+        prefix_owners: PrefixOwners | None = None,
     ) -> None:
+        """``prefix_owners``: the ownership the filter's VM has learned so far (it outlives
+        snapshots); a fresh one by default."""
         self.snapshot = snapshot
+        self.prefix_owners = prefix_owners if prefix_owners is not None else PrefixOwners()
         # The Router hands over rows (model and pool already resolved): index entries by them.
         self._entries: dict[tuple[str, tuple[int, ...]], list[list[Any]]] = {}
         for name, entry in snapshot["candidates"].items():
@@ -145,13 +188,14 @@ class SnapshotPicker:
         endpoints = self._entries.get((ctx.model, tuple(sorted(int(r) for r in candidates))))
         if not endpoints:
             return []
-        key, bonus = affinity_key(self.snapshot, ctx.session_key, ctx.prompt_text)
+        key, bonus, is_prefix = affinity_key(self.snapshot, ctx.session_key, ctx.prompt_text)
 
         def own(address: str) -> int:
             row = snapshot.index.get(address)
             return int(inflight[row]) if row is not None else 0
 
-        chosen = order(self.snapshot, endpoints, key, bonus, own, ctx.prompt_tokens)[:count]
+        owners = self.prefix_owners if is_prefix else None
+        chosen = order(self.snapshot, endpoints, key, bonus, own, ctx.prompt_tokens, owners)[:count]
         if ctx.want_scores:
             scores = {str(entry[0]): float(entry[1]) for entry in endpoints}
             ctx.scores = [scores[a] / 1e6 for a in chosen]

@@ -11,6 +11,7 @@ counts them and requires the filter to decide most cases itself.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import random
@@ -29,7 +30,7 @@ from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
 from extproc.server import ExternalProcessor
 from extproc.wasm.brain import Brain
-from extproc.wasm.reference import SnapshotPicker
+from extproc.wasm.reference import PrefixOwners, SnapshotPicker
 from extproc.wasm.snapshot import build_snapshot as build_routing_snapshot
 from tests.wasm.harness import StaticBrain, WasmEnvoy, wait_until
 
@@ -185,16 +186,22 @@ def request_for(rng: random.Random) -> tuple[str, dict[str, str], bytes]:
 class ExtprocSide:
     """The ext_proc path's code deciding from the frozen snapshot."""
 
-    def __init__(self, snapshot: dict[str, Any], fleet: FleetState, policy: CompiledPolicy | None) -> None:
+    def __init__(
+        self, snapshot: dict[str, Any], fleet: FleetState, policy: CompiledPolicy | None, owners: PrefixOwners
+    ) -> None:
         config = ServerConfig(complexity_header=False, metrics_port=0)
         building = Router(config, fleet, Scheduler(), InFlight(), policy=lambda: policy)
-        picker = SnapshotPicker(snapshot, fleet.snapshot, building.candidates)
-        router = Router(config, fleet, picker, InFlight(), policy=lambda: policy)
+        self.owners = owners
+        self.picker = SnapshotPicker(snapshot, fleet.snapshot, building.candidates, owners)
+        router = Router(config, fleet, self.picker, InFlight(), policy=lambda: policy)
         self.brain = Brain(ExternalProcessor(config, router))
         self.loop = asyncio.new_event_loop()
 
-    def decide(self, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    def decide(self, path: str, headers: dict[str, str], body: bytes, learn: bool = True) -> dict[str, Any]:
+        """``learn``: whether this pick teaches prefix ownership, as the filter's own picks do
+        (a request the filter escalates is picked by the brain, and the filter learns nothing)."""
         pairs = [(":path", path), (":method", "POST"), *headers.items()]
+        self.picker.prefix_owners = self.owners if learn else copy.deepcopy(self.owners)
         return self.loop.run_until_complete(self.brain.decide(pairs, body))
 
 
@@ -264,6 +271,7 @@ def test_filter_and_extproc_path_agree_on_generated_cases(
 ) -> None:
     envoy, brain = envoy_and_brain
     rng = random.Random(19)
+    owners = PrefixOwners()  # the filter's VM keeps its prefix ownership across snapshots
     cases = decided_by_filter = 0
     started = time.monotonic()
     for scenario in range(SCENARIOS):
@@ -282,11 +290,12 @@ def test_filter_and_extproc_path_agree_on_generated_cases(
         )
         snapshot = build_routing_snapshot(building, now)
         snapshot["version"] = f"{scenario}-{snapshot['version']}"
-        extproc = ExtprocSide(snapshot, fleet, policy)
+        extproc = ExtprocSide(snapshot, fleet, policy, owners)
         brain.decide = lambda headers, raw, side=extproc: side.decide(  # type: ignore[misc]
             headers["x-llm-extproc-path"],
             {k: v for k, v in headers.items() if not k.startswith(("x-llm-extproc-", "x-envoy-"))},
             raw,
+            learn=False,
         )
         brain.snapshot = snapshot
         wait_until(lambda version=snapshot["version"]: brain.confirmed.get(version, 0) >= 6)
@@ -294,8 +303,9 @@ def test_filter_and_extproc_path_agree_on_generated_cases(
             path, headers, body = request_for(rng)
             escalated = len(brain.decided)
             via_envoy = outcome_via_envoy(envoy, path, headers, body)
-            decided_by_filter += len(brain.decided) == escalated
-            via_extproc = outcome_via_extproc(extproc.decide(path, headers, body), body)
+            by_filter = len(brain.decided) == escalated
+            decided_by_filter += by_filter
+            via_extproc = outcome_via_extproc(extproc.decide(path, headers, body, learn=by_filter), body)
             assert via_envoy == via_extproc, (
                 f"{scenario} {path} {headers} {body!r}\n{via_envoy}\n{via_extproc}"
             )

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from extproc.wasm.reference import affinity_key, fnv1a, load_scores, order, preferred
+from extproc.wasm.reference import (
+    PREFIX_OWNERS_MAX,
+    PrefixOwners,
+    affinity_key,
+    fnv1a,
+    load_scores,
+    order,
+    preferred,
+)
 
 
 def test_fnv1a_matches_the_published_test_vectors() -> None:
@@ -41,11 +49,47 @@ def test_order_is_score_minus_in_flight_plus_bonus_ties_in_snapshot_order() -> N
     endpoints = [["a:1", 2_000_000], ["b:1", 2_000_000], ["c:1", 500_000]]
     assert order(snapshot(), endpoints, None, 0, lambda a: 0) == ["a:1", "b:1"]
     assert order(snapshot(), endpoints, None, 0, lambda a: 1 if a == "a:1" else 0) == ["b:1", "a:1"]
-    key, bonus = affinity_key(snapshot(), None, "hello world")
-    assert (key, bonus) == (b"hell", 2_000_000)
-    favourite = preferred(["a:1", "b:1", "c:1"], b"hell", [0, 0, 0], 125)
-    assert order(snapshot(), endpoints, key, bonus, lambda a: 0)[0] == ["a:1", "b:1", "c:1"][favourite]
-    assert affinity_key(snapshot(), "user-9", "hello") == (b"user-9", 1_000_000)
+    key, bonus, is_prefix = affinity_key(snapshot(), None, "hello world")
+    assert (key, bonus, is_prefix) == (b"hell", 2_000_000, True)
+    session, session_bonus, _ = affinity_key(snapshot(), "user-9", "hello")
+    assert (session, session_bonus) == (b"user-9", 1_000_000)
+    favourite = preferred(["a:1", "b:1", "c:1"], session, [0, 0, 0], 125)
+    assert (
+        order(snapshot(), endpoints, session, session_bonus, lambda a: 0)[0]
+        == ["a:1", "b:1", "c:1"][favourite]
+    )
+    assert affinity_key(snapshot(), "user-9", "hello")[2] is False
+
+
+def test_a_prefix_bonus_goes_only_to_the_endpoint_that_last_served_the_prefix() -> None:
+    # c is the worst by score: a hash favourite could be c for any prompt; an owner only if chosen.
+    endpoints = [["a:1", 2_000_000], ["b:1", 1_900_000], ["c:1", 500_000]]
+    owners = PrefixOwners()
+    key, bonus, _ = affinity_key(snapshot(), None, "hello world")
+    # Never seen: no bonus, the scores decide, and the first choice becomes the owner.
+    assert order(snapshot(), endpoints, key, bonus, lambda a: 0, 0, owners) == ["a:1", "b:1"]
+    assert owners.owners == {fnv1a(b"hell"): "a:1"}
+    # a is now busy (in-flight weight 1 each): b would win on its own, the owner's bonus keeps a.
+    busy_a = {"a:1": 1}
+    assert order(snapshot(), endpoints, key, bonus, lambda a: busy_a.get(a, 0), 0, owners)[0] == "a:1"
+    # Over the load bound (125 % of the average + 1) the owner gets no bonus.
+    very_busy = {"a:1": 4}
+    assert order(snapshot(), endpoints, key, bonus, lambda a: very_busy.get(a, 0), 0, owners)[0] == "b:1"
+    assert owners.owners[fnv1a(b"hell")] == "b:1"  # the prefix moved with the pick
+    # Another prefix is not helped by this one's owner.
+    other = affinity_key(snapshot(), None, "world")[0]
+    assert other is not None and owners.favourite(["a:1", "b:1", "c:1"], other, [0, 0, 0], 125) == -1
+
+
+def test_prefix_owners_are_bounded_and_cleared_when_full() -> None:
+    owners = PrefixOwners()
+    for i in range(PREFIX_OWNERS_MAX):
+        owners.chose(f"p{i}".encode(), "a:1")
+    assert len(owners.owners) == PREFIX_OWNERS_MAX
+    owners.chose(b"p0", "b:1")  # a known key: replaced, nothing cleared
+    assert len(owners.owners) == PREFIX_OWNERS_MAX
+    owners.chose(b"new", "b:1")
+    assert owners.owners == {fnv1a(b"new"): "b:1"}
 
 
 def loaded(address: str, score: int, waiting: int, running: int, per_token: int = 1_000_000) -> list[Any]:

@@ -119,6 +119,31 @@ function preferred(snapshot: Snapshot, set: CandidateSet, key: Uint8Array, own: 
   return -1;
 }
 
+// Prefix ownership, as the scheduler's prefix scorer keeps it (extproc/scheduler/scorers/prefix.py):
+// the endpoint this VM last sent a prompt with the same first prefix_bytes to, by FNV-1a of those
+// bytes. Only that endpoint gets the prefix bonus: a prompt never seen gets none and goes where
+// the load says (a fixed hash favourite would hand every unique prompt's bonus to an endpoint
+// chosen regardless of its speed). Cleared when full: bounded memory, and the same in
+// extproc/wasm/reference.py.
+export const PREFIX_OWNERS_MAX = 4096;
+const prefixOwners = new Map<u32, string>();
+
+function ownerOf(set: CandidateSet, hash: u32, own: Array<i64>, factorPct: i64): i32 {
+  if (!prefixOwners.has(hash)) return -1;
+  const owner = prefixOwners.get(hash);
+  const endpoints = set.endpoints;
+  const n = endpoints.length;
+  let total: i64 = 0;
+  let found = -1;
+  for (let i = 0; i < n; i++) {
+    total += own[i];
+    if (found < 0 && endpoints[i].address == owner) found = i;
+  }
+  // the same load bound as the session affinity's
+  if (found >= 0 && own[found] * 100 * <i64>n <= factorPct * total + 100 * <i64>n) return found;
+  return -1;
+}
+
 // The scheduler's MIN_SPAN (one typical TTFT) in the snapshot's load units (billionths), and a
 // cap on predictions (a million typical TTFTs) that keeps the i64 arithmetic from overflowing.
 const LOAD_MIN_SPAN: i64 = 1_000_000_000;
@@ -154,9 +179,11 @@ function loadScores(snapshot: Snapshot, endpoints: Array<Candidate>, busy: Array
   return out;
 }
 
-/** Candidates best first: prepared score + load score − in-flight weight × in-flight + affinity bonus. */
+/** Candidates best first: prepared score + load score − in-flight weight × in-flight + affinity
+ * bonus (a session's rendezvous favourite, or a prefix's owner when `prefixKey`). */
 export function pick(
   snapshot: Snapshot, set: CandidateSet, key: Uint8Array | null, bonus: i64, inflight: InFlight, prompt: i64,
+  prefixKey: bool = false,
 ): Array<Candidate> {
   const endpoints = set.endpoints;
   const n = endpoints.length;
@@ -166,7 +193,14 @@ export function pick(
     const address = endpoints[i].address;
     busy[i] = <i64>inflight.count(address);
   }
-  const favourite = key != null ? preferred(snapshot, set, key, busy) : -1;
+  let favourite = -1;
+  let prefixHash: u32 = 0;
+  if (key != null && prefixKey) {
+    prefixHash = fnv1a(key.dataStart, key.byteLength, FNV_OFFSET);
+    favourite = ownerOf(set, prefixHash, busy, <i64>snapshot.affinityLoadFactorPct);
+  } else if (key != null) {
+    favourite = preferred(snapshot, set, key, busy);
+  }
   const load = loadScores(snapshot, endpoints, busy, prompt);
   for (let i = 0; i < n; i++) {
     totals[i] = endpoints[i].score + load[i] - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
@@ -182,6 +216,10 @@ export function pick(
     }
     taken[best] = true;
     out.push(endpoints[best]);
+  }
+  if (key != null && prefixKey && out.length > 0) {
+    if (prefixOwners.size >= PREFIX_OWNERS_MAX && !prefixOwners.has(prefixHash)) prefixOwners.clear();
+    prefixOwners.set(prefixHash, out[0].address);
   }
   return out;
 }
@@ -360,6 +398,7 @@ export function decide(
   if (json.unsupported) return ESCALATE;
   let key: Uint8Array | null = null;
   let bonus: i64 = 0;
+  let prefixKey = false;
   const userField = lastField(fields, "user");
   const user = userField != null ? json.stringAt(userField.start) : null;
   if (sessionValue.length > 0) {
@@ -373,6 +412,7 @@ export function decide(
     if (prefix.byteLength > 0) {
       key = prefix;
       bonus = snapshot.prefixWeight;
+      prefixKey = true;
     }
   }
 
@@ -384,7 +424,7 @@ export function decide(
     const set = snapshot.candidatesFor(target);
     if (set == null || set.endpoints.length == 0) continue;
     if (set.saturated) return ESCALATE; // shedding by priority is the brain's call
-    chosen = pick(snapshot, set, key, bonus, inflight, text.tokens());
+    chosen = pick(snapshot, set, key, bonus, inflight, text.tokens(), prefixKey);
     served = target;
     fallback = i > 0;
     break;
