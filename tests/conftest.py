@@ -7,9 +7,12 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from extproc.devstack.stack import LocalStack, StackConfig, free_port
@@ -25,6 +28,27 @@ def _stack_logs_under_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> No
     """Stacks' logs go under pytest's temp dir (the last 3 sessions kept), not one /tmp dir each."""
     global _stack_logs
     _stack_logs = tmp_path_factory.mktemp("stacks")
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """OpenAI and Anthropic SDK clients a test makes are closed when it ends. Left open, their
+    pooled sockets are closed by the garbage collector whenever it runs, as a ResourceWarning:
+    an error under filterwarnings = error, even after the last test."""
+    made: list[openai.OpenAI | anthropic.Anthropic] = []
+    for sdk in (openai.OpenAI, anthropic.Anthropic):
+        monkeypatch.setattr(sdk, "__init__", _tracking(sdk.__init__, made))
+    yield
+    for client in made:
+        client.close()
+
+
+def _tracking(init: Callable[..., None], made: list[Any]) -> Callable[..., None]:
+    def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    return tracked
 
 
 def stack_config(**overrides: object) -> StackConfig:
