@@ -3,7 +3,7 @@
 // reads the other VMs' entries (re-parsing only those whose CAS moved). Every tick it renews its
 // entry's timestamp and learns which VMs exist. A VM registers at its first decision, so the
 // main thread's VM (it only polls) is nobody's peer: with one worker, no VM reads another's
-// entry per request, and a VM without peers publishes only on its tick.
+// entry per request.
 import { getShared, nowNanos, setShared, setSharedRaw } from "./abi";
 
 const REGISTRY_KEY = "llm-extproc/vms"; // the VMs' ids, one per line
@@ -55,9 +55,10 @@ export class InFlight {
     const n = (this.own.has(address) ? this.own.get(address) : 0) + delta;
     if (n > 0) this.own.set(address, n);
     else this.own.delete(address);
-    // Nobody reads this entry per request while no other VM has joined (one worker): it is
-    // renewed every tick, which is when a VM that joins later is learned of anyway.
-    if (this.peers.size > 0) this.publish(now);
+    // Published even before this VM has learned of a peer (it learns them on its tick): a peer
+    // that joined meanwhile reads this entry per request, and a count published by a tick while
+    // a request was in flight must not outlive the request.
+    this.publish(now);
   }
 
   /** Joins the registry, learns the other VMs and reads them (tick does all three). */
