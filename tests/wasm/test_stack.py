@@ -16,7 +16,7 @@ import pytest
 
 from extproc.deploy import LOCAL_STACK_POLICY
 from extproc.devstack.stack import LocalStack
-from tests.conftest import sim_records, started_stack
+from tests.conftest import counted, sim_records, started_stack
 from tests.wasm.harness import wait_until
 
 pytestmark = pytest.mark.envoy
@@ -99,17 +99,9 @@ def test_observations_reach_the_brain(wasm_stack: LocalStack) -> None:
     assert healthz(wasm_stack)["wasm"]["responses"] >= 3
 
 
-def ttft_histogram_count(stack: LocalStack) -> float:
-    url = f"http://127.0.0.1:{stack.config.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text = reply.read().decode()
-    prefix = "gen_ai_server_time_to_first_token_seconds_count{"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
-
-
 def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: LocalStack) -> None:
     before = healthz(wasm_stack)["wasm"]
-    histogram_before = ttft_histogram_count(wasm_stack)
+    histogram_before = ttft_histogram(wasm_stack)[0]
     client = openai.OpenAI(base_url=wasm_stack.base_url, api_key="unused", max_retries=0, timeout=30)
     stream = client.chat.completions.create(
         model="llama-3-8b",
@@ -127,7 +119,7 @@ def test_streamed_responses_report_time_to_first_token_and_usage(wasm_stack: Loc
             now["first_byte_timings"] > before["first_byte_timings"]
             and now["completion_tokens"] >= before["completion_tokens"] + 6
             # the request's record: the histogram ext_proc's observer feeds
-            and ttft_histogram_count(wasm_stack) > histogram_before
+            and ttft_histogram(wasm_stack)[0] > histogram_before
         )
 
     wait_until(reported, 10)
@@ -174,15 +166,8 @@ def test_time_to_first_token_is_the_first_text_not_the_role_chunk(wasm_stack: Lo
 
 def routed_count(stack: LocalStack, model: str, outcome: str) -> float:
     """llm_extproc_requests_total summed over the labels not given."""
-    url = f"http://127.0.0.1:{stack.config.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text = reply.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("llm_extproc_requests_total{")
-        and f'model="{model}"' in line
-        and f'outcome="{outcome}"' in line
+    return counted(
+        stack.config.metrics_port, "llm_extproc_requests_total", f'model="{model}"', f'outcome="{outcome}"'
     )
 
 
