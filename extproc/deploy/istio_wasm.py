@@ -22,6 +22,7 @@ whose first routes send a decision naming a provider to it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ PLUGIN_NAME = "llm-extproc"
 # Where the module is found: an OCI image built from extproc/deploy/wasm/llm_extproc.wasm, or a
 # file the pods mount (file:// is read by the sidecar itself).
 DEFAULT_MODULE_URL = "oci://ghcr.io/llm-extproc/llm-extproc-wasm:0.1.0"
+MESH_SETTINGS = dataclasses.replace(DEFAULT_SETTINGS, hold_headers=False)
 
 
 def brain_cluster(s: IstioSettings) -> str:
@@ -51,7 +53,11 @@ def brain_cluster(s: IstioSettings) -> str:
 
 
 def _local_filters(with_providers: bool = False) -> dict[str, dict[str, Any]]:
-    config = yaml.safe_load(render_wasm(["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1))
+    # A WasmPlugin cannot set allow_on_headers_stop_iteration: the decision travels as filter
+    # state through Envoy's buffer and header_mutation filters.
+    config = yaml.safe_load(
+        render_wasm(["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1, hold_headers=False)
+    )
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters: list[dict[str, Any]] = hcm["typed_config"]["http_filters"]
     if with_providers:
@@ -59,7 +65,7 @@ def _local_filters(with_providers: bool = False) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in filters}
 
 
-def plugin_config(s: IstioSettings, settings: FilterSettings = DEFAULT_SETTINGS) -> dict[str, Any]:
+def plugin_config(s: IstioSettings, settings: FilterSettings = MESH_SETTINGS) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(settings.json())
     config["brain_cluster"] = brain_cluster(s)
     config["brain_authority"] = f"{s.extproc_host}:{BRAIN_PORT}"

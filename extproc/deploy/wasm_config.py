@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from extproc.headers import (
 )
 from extproc.providers.upstream import ProviderUpstream
 
-# Every request header a decision may set. Wasm cannot set request headers from its body
-# callback, so the filter writes each as filter state and Envoy's header_mutation copies it:
-# a header outside this list would be dropped, so the brain's decide endpoint refuses to emit one.
+# Every request header a decision may set. Where the filter cannot hold the request headers
+# (Istio's WasmPlugin has no allow_on_headers_stop_iteration) it cannot set them from its body
+# callback: it writes each as filter state and Envoy's header_mutation copies it. A header outside
+# this list would be dropped there, so the brain's decide endpoint refuses to emit one.
 DECISION_HEADERS = (
     DESTINATION_HEADER,
     MODEL_HEADER,
@@ -97,9 +99,30 @@ def _mutations(names: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def decision_mutations() -> str:
-    """header_mutation's request_mutations: each decision header from filter state wasm.<name>."""
-    return json.dumps(_mutations(DECISION_HEADERS))
+WASM_FILTER = "envoy.filters.http.wasm"
+APPLY_DECISION_FILTER = "apply-decision"
+
+
+def passing_headers_filters(max_body_bytes: int) -> list[dict[str, Any]]:
+    """What follows the Wasm filter where it cannot hold the request headers: Envoy's buffer
+    filter holds them until the whole body has been through the filter, and header_mutation
+    copies the decision's headers from filter state wasm.<name> (an absent value adds none)."""
+    return [
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": max_body_bytes * 2,
+            },
+        },
+        {
+            "name": APPLY_DECISION_FILTER,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": _mutations(DECISION_HEADERS)},
+            },
+        },
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +135,10 @@ class FilterSettings:
     observe: bool = True
     # Per-request records per report batch (about 1 s); more are counted as dropped.
     max_records: int = 1000
+    # The filter holds the request headers until it has decided (Envoy's
+    # allow_on_headers_stop_iteration) and writes the decision into them; False: they pass on to
+    # Envoy's buffer filter and the decision travels as filter state (passing_headers_filters).
+    hold_headers: bool = True
 
     def json(self) -> str:
         return json.dumps(
@@ -123,6 +150,7 @@ class FilterSettings:
                 "report_every_ticks": self.report_every_ticks,
                 "observe": self.observe,
                 "max_records": self.max_records,
+                "hold_headers": self.hold_headers,
             }
         )
 
@@ -146,9 +174,13 @@ def render_wasm(
     provider_addresses: Mapping[str, str] | None = None,
     sds_dir: Path | None = None,
     extproc_port: int = 0,
+    hold_headers: bool = True,
 ) -> str:
     """``providers``: hosted provider pools, as in extproc.deploy.envoy_config.render; their
-    fallback hop and attempt observer talk ext_proc to the brain's gRPC port ``extproc_port``."""
+    fallback hop and attempt observer talk ext_proc to the brain's gRPC port ``extproc_port``.
+    ``hold_headers=False``: the chain for an Envoy whose Wasm filter cannot hold the request
+    headers (Istio's WasmPlugin), see passing_headers_filters."""
+    settings = dataclasses.replace(settings, hold_headers=hold_headers)
     text = shipped("envoy", "wasm.yaml").read_text()
     rendered = Template(text).substitute(
         admin_port=admin_port,
@@ -161,8 +193,14 @@ def render_wasm(
         shadow_endpoints=lb_endpoints(shadow),
         plugin_configuration=settings.json(),
         wasm_path=json.dumps(str(module or wasm_module())),
-        decision_mutations=decision_mutations(),
     )
+    if not hold_headers:
+        passing = yaml.safe_load(rendered)
+        filters = _http_filters(passing)
+        at = next(i for i, f in enumerate(filters) if f["name"] == WASM_FILTER)
+        del filters[at]["typed_config"]["config"]["allow_on_headers_stop_iteration"]
+        filters[at + 1 : at + 1] = passing_headers_filters(max_body_bytes)
+        rendered = yaml.safe_dump(passing, sort_keys=False)
     if not providers:
         return rendered
     # The ext_proc data path's config for the same brain: its routing filter decides the
@@ -188,11 +226,16 @@ PROVIDER_PATH_FILTER = "provider-path"
 
 
 def add_provider_decision(filters: list[dict[str, Any]]) -> None:
-    """Let a decision that names a hosted provider through: apply-decision also copies the
-    provider headers, and the Lua step after it sets the provider's path and re-picks the route.
-    ``filters``: an HTTP filter chain holding apply-decision (changed in place)."""
-    at = next(i for i, f in enumerate(filters) if f["name"] == "apply-decision")
-    filters[at]["typed_config"]["mutations"]["request_mutations"] += _mutations(PROVIDER_DECISION_HEADERS)
+    """Let a decision that names a hosted provider through: the Lua step after the decision
+    sets the provider's path and re-picks the route, and where the decision travels as filter
+    state apply-decision also copies the provider headers. ``filters``: an HTTP filter chain
+    holding the Wasm filter (changed in place)."""
+    names = [f["name"] for f in filters]
+    if APPLY_DECISION_FILTER in names:
+        at = names.index(APPLY_DECISION_FILTER)
+        filters[at]["typed_config"]["mutations"]["request_mutations"] += _mutations(PROVIDER_DECISION_HEADERS)
+    else:
+        at = names.index(WASM_FILTER)
     filters.insert(
         at + 1,
         {

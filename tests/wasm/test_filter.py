@@ -21,9 +21,13 @@ pytestmark = pytest.mark.envoy
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def wasm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WasmEnvoy, StaticBrain]]:
-    yield from started(tmp_path_factory.mktemp("wasm"), endpoints=4, poll_ms=20)
+# Both ways the decision reaches the request: written into held headers (the local config), or
+# as filter state copied by Envoy's buffer + header_mutation filters (Istio's WasmPlugin).
+@pytest.fixture(scope="module", params=[True, False], ids=["held-headers", "passing-headers"])
+def wasm(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[WasmEnvoy, StaticBrain]]:
+    yield from started(tmp_path_factory.mktemp("wasm"), endpoints=4, poll_ms=20, hold_headers=request.param)
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 // llm-extproc's proxy-wasm filter: the routing fast path inside Envoy (docs/wasm.md).
 //
-// Request: headers pass on (Envoy's buffer filter after us holds them), the body is buffered
-// here (bounded), read, and decided against the brain's snapshot. The decision goes out as
-// filter state "wasm.<header>", which Envoy's header_mutation copies into request headers and
-// header_to_metadata into envoy.lb for override_host: Wasm can neither set request headers
-// from the body callback nor write dynamic metadata. What the snapshot cannot decide (and
+// Request: the body is buffered here (bounded), read, and decided against the brain's snapshot.
+// Where Envoy lets a Wasm filter hold the request headers for its body callback
+// (allow_on_headers_stop_iteration, the local config), the decision is written into them
+// directly; elsewhere (Istio's WasmPlugin cannot set that) the headers pass on, Envoy's buffer
+// filter holds them, and the decision goes out as filter state "wasm.<header>", which Envoy's
+// header_mutation copies into the headers. Either way header_to_metadata moves the endpoint
+// list into envoy.lb for override_host: Wasm cannot write dynamic metadata. What the snapshot cannot decide (and
 // everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
@@ -33,6 +35,9 @@ class Settings {
   reportEveryTicks: u32 = 10;
   observe: bool = true; // response observation (status, time to first byte, usage)
   maxRecords: i32 = 1000; // per-request records per report batch; beyond, counted as dropped
+  // Envoy's allow_on_headers_stop_iteration is set: the request headers wait here for the body,
+  // and the decision is written into them directly (no buffer filter, no header_mutation copy).
+  holdHeaders: bool = false;
 }
 
 let settings = new Settings();
@@ -127,6 +132,7 @@ export function proxy_on_configure(root: u32, size: u32): u32 {
         else if (field.key == "report_every_ticks") next.reportEveryTicks = <u32>json.intAt(field.start, next.reportEveryTicks);
         else if (field.key == "observe") next.observe = json.kind(field.start) == Kind.True;
         else if (field.key == "max_records") next.maxRecords = <i32>json.intAt(field.start, next.maxRecords);
+        else if (field.key == "hold_headers") next.holdHeaders = json.kind(field.start) == Kind.True;
       }
     }
   }
@@ -293,7 +299,11 @@ function routeTier(headers: Array<string>): string {
 }
 
 function route(request: Request, headers: Array<string>, primary: string, now: u64, lease: bool = false): void {
-  for (let i = 0; i + 1 < headers.length; i += 2) setFilterState(headers[i], headers[i + 1]);
+  if (settings.holdHeaders) {
+    for (let i = 0; i + 1 < headers.length; i += 2) setHeader(MapType.RequestHeaders, headers[i], headers[i + 1]);
+  } else {
+    for (let i = 0; i + 1 < headers.length; i += 2) setFilterState(headers[i], headers[i + 1]);
+  }
   if (primary.length > 0) {
     request.primary = primary;
     request.fleet = true;
@@ -452,36 +462,45 @@ function taskOf(path: string): string {
 export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
   const request = new Request();
   requests.set(id, request);
-  // One copy of all headers (kept for a possible escalation) answers every lookup below.
-  const copy = getHeaderPairsRaw(MapType.RequestHeaders);
-  request.headers = copy;
-  const pairs = new HeaderPairs(copy.dataStart, copy.byteLength);
+  // One read of all headers answers every lookup below. Held headers stay readable until the
+  // body is decided; otherwise they pass on, and an escalation from the body phase needs a copy.
+  const hold = settings.holdHeaders;
+  let raw: RawBytes | null = null;
+  let pairs = new HeaderPairs(0, 0);
+  if (hold) {
+    raw = getHeaderPairsInPlace(MapType.RequestHeaders);
+    if (raw != null) pairs = new HeaderPairs(raw.pointer, raw.length);
+  } else {
+    const copy = getHeaderPairsRaw(MapType.RequestHeaders);
+    request.headers = copy;
+    pairs = new HeaderPairs(copy.dataStart, copy.byteLength);
+  }
   const method = pairs.get(":method");
   request.task = taskOf(pairs.get(":path"));
   request.contentType = pairs.get("content-type");
   request.requestId = pairs.get("x-request-id");
+  const length = pairs.get("content-length");
   const current = snapshot;
   if (current != null) {
     request.session = pairs.get(current.sessionHeader);
     if (current.tenantHeader.length > 0) request.tenant = pairs.get(current.tenantHeader);
   }
+  if (raw != null) heap.free(raw.pointer);
   // The headers phase of the ext_proc path (404, 405, /v1/models, empty body) is the brain's.
   if (request.task == "" || request.task == "models" || method != "POST" || endOfStream != 0) {
     return escalate(id, request, null) ? HeadersStatus.StopIteration : HeadersStatus.Continue;
   }
-  if (current != null && fresh(nowNanos())) {
-    const length = pairs.get("content-length");
-    if (length.length > 0 && length.length < 19) {
-      const size = U64.parseInt(length);
-      if (size > <u64>current.maxBodyBytes) {
-        tooLarge(size, current.maxBodyBytes);
-        return HeadersStatus.StopIteration;
-      }
+  if (current != null && fresh(nowNanos()) && length.length > 0 && length.length < 19) {
+    const size = U64.parseInt(length);
+    if (size > <u64>current.maxBodyBytes) {
+      tooLarge(size, current.maxBodyBytes);
+      return HeadersStatus.StopIteration;
     }
   }
-  // Continue: Envoy's buffer filter after us holds the headers until the body is complete
-  // (StopIteration here would starve our body callback).
-  return HeadersStatus.Continue;
+  // Held: our body callback still runs (Envoy's allow_on_headers_stop_iteration). Otherwise
+  // Continue: Envoy's buffer filter after us holds the headers until the body is complete (a
+  // StopIteration would become StopAllIteration and starve our body callback).
+  return hold ? HeadersStatus.StopIteration : HeadersStatus.Continue;
 }
 
 export function proxy_on_request_body(id: u32, size: u32, endOfStream: u32): u32 {

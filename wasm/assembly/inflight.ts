@@ -1,9 +1,9 @@
 // In-flight counts across Envoy's workers. Each worker thread runs its own VM: a VM counts its
-// own requests and publishes them in shared data whenever they change; before each decision it
-// reads the other VMs' entries (re-parsing only those whose CAS moved). Every tick it renews its
-// entry's timestamp and learns which VMs exist. A VM registers at its first decision, so the
-// main thread's VM (it only polls) is nobody's peer: with one worker, no VM reads another's
-// entry per request.
+// own requests and, once it knows another VM, publishes them in shared data whenever they
+// change; before each decision it reads the other VMs' entries (re-parsing only those whose CAS
+// moved). Every tick it renews its entry's timestamp and learns which VMs exist. A VM registers
+// at its first decision, so the main thread's VM (it only polls) is nobody's peer: with one
+// worker, no VM reads or writes an entry per request.
 import { getShared, nowNanos, setShared, setSharedRaw } from "./abi";
 
 const REGISTRY_KEY = "llm-extproc/vms"; // the VMs' ids, one per line
@@ -55,10 +55,11 @@ export class InFlight {
     const n = (this.own.has(address) ? this.own.get(address) : 0) + delta;
     if (n > 0) this.own.set(address, n);
     else this.own.delete(address);
-    // Published even before this VM has learned of a peer (it learns them on its tick): a peer
-    // that joined meanwhile reads this entry per request, and a count published by a tick while
-    // a request was in flight must not outlive the request.
-    this.publish(now);
+    // Nobody reads the counts of a VM without peers (one worker): two shared-data writes per
+    // request saved. Its tick publishes no counts either (publish), so a peer that joins
+    // before this VM learns of it sees none for up to a tick, never a count that outlived its
+    // request.
+    if (this.peers.size > 0) this.publish(now);
   }
 
   /** Joins the registry, learns the other VMs and reads them (tick does all three). */
@@ -68,10 +69,10 @@ export class InFlight {
     this.tick();
   }
 
-  /** "time_ns\naddress count\n..." under this VM's key. */
+  /** "time_ns\naddress count\n..." under this VM's key; the time alone while it knows no peer. */
   private publish(now: u64): void {
     if (this.id.length == 0) return; // not registered yet (before its first decision)
-    const keys = this.own.keys();
+    const keys = this.peers.size > 0 ? this.own.keys() : new Array<string>();
     let size = 21; // the time's digits and its newline
     for (let i = 0; i < keys.length; i++) size += keys[i].length + 13;
     if (size > this.entry.byteLength) this.entry = new Uint8Array(size * 2);
@@ -92,8 +93,6 @@ export class InFlight {
    * update (two VMs creating the registry at once) heals on a later tick. */
   tick(): void {
     if (this.id.length == 0) return; // no decision here yet
-    const now = nowNanos();
-    this.publish(now);
     const registry = getShared(REGISTRY_KEY);
     const text = registry == null ? "" : String.UTF8.decodeUnsafe(registry.value.dataStart, registry.value.byteLength);
     const ids = text.length > 0 ? text.split("\n") : new Array<string>();
@@ -106,6 +105,8 @@ export class InFlight {
       peers.set(ids[i], this.peers.has(ids[i]) ? this.peers.get(ids[i]) : new Peer());
     }
     this.peers = peers;
+    // After learning the peers: a VM that just learned of one publishes its counts at once.
+    this.publish(nowNanos());
     this.refresh();
   }
 
