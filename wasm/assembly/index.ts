@@ -47,6 +47,8 @@ let pollToken: u32 = 0;
 let reportToken: u32 = 0;
 let reportAgain = false; // a record the brain waits for arrived while a report was in flight
 let ticks: u32 = 0;
+let busy = false; // a request or a new snapshot since the last collection
+const COLLECT_IDLE_TICKS: u32 = 50;
 const inflight = new InFlight(); // this VM's counts, plus the other workers' VMs'
 const callers = new Map<u32, u32>(); // http call token → request context id
 const observations = new Observations();
@@ -146,8 +148,11 @@ export function proxy_on_configure(root: u32, size: u32): u32 {
 export function proxy_on_tick(root: u32): void {
   // The module is built with AssemblyScript's minimal runtime: no collector work on the
   // request path (the incremental one marked a little on every allocation); garbage is
-  // collected here, every tick, outside any request (nothing of ours is on the stack).
-  __collect();
+  // collected here, outside any request (nothing of ours is on the stack). A full collection
+  // costs about a millisecond, so a tick after no request and no new snapshot (Envoy's main
+  // thread, an idle worker: a 304 poll leaves a few bytes) collects only every COLLECT_IDLE_TICKS.
+  if (busy || ticks % COLLECT_IDLE_TICKS == 0) __collect();
+  busy = false;
   inflight.tick();
   ticks++;
   if (!idle() || ticks % idlePollTicks() == 0) poll();
@@ -222,6 +227,7 @@ function onSnapshot(headerCount: u32, bodySize: u32): void {
     return;
   }
   snapshot = next;
+  busy = true; // the old snapshot is garbage now
   confirmedAtNs = nowNanos();
 }
 
@@ -460,6 +466,7 @@ function taskOf(path: string): string {
 }
 
 export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
+  busy = true;
   const request = new Request();
   requests.set(id, request);
   // One read of all headers answers every lookup below. Held headers stay readable until the
