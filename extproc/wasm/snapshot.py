@@ -20,7 +20,7 @@ from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import FleetSnapshot
 from extproc.policy.compile import CompiledPolicy
 from extproc.policy.schema import Action, Match
-from extproc.policy.types import PolicyInput, Target
+from extproc.policy.types import PolicyDecision, PolicyInput, Target
 from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
 from extproc.scheduler.scorers.session import Params as SessionParams
@@ -71,12 +71,11 @@ def table_can_decide(policy: CompiledPolicy) -> bool:
 
     JWT claims, header and complexity matches, splits, mirrors, caches and default limits all
     need more than the table holds: such policies send every request to the brain. (Tenants
-    whose plan has limits or a complexity upgrade are escalated one by one.)"""
+    whose plan has limits or a complexity upgrade, and rows that may reach a hosted provider,
+    are escalated one by one: _route_entry.)"""
     source = policy.policy
     tenants = source.tenants
     if tenants.claim or tenants.default_limits is not None:
-        return False
-    if policy.provider_upstreams():  # hosted providers: the brain's (docs/wasm.md)
         return False
     if not _action_is_static(source.default):
         return False
@@ -104,6 +103,19 @@ def _tenant_escalates(policy: CompiledPolicy, tenant: str) -> bool:
     return plan is not None and (plan.allow_upgrade or plan.limits is not None)
 
 
+def may_reach_provider(policy: CompiledPolicy, verdict: PolicyDecision) -> bool:
+    """Whether the ext_proc path's decision for this verdict may involve a hosted provider.
+
+    Router._decide hands a request to a provider only for a target in a provider pool (when the
+    provider is healthy, the tenant's hosted budget has room and the task can go there) or by
+    spill-over (verdict.spill: when every fleet endpoint is predicted to miss the TTFT
+    objective). All of that is per-request state the table does not hold, so such rows are the
+    brain's. Any other row is decided as without providers: the fallback hop after a failed
+    provider attempt is ext_proc's (extproc.deploy.wasm_config), budgets only gate provider
+    targets and spill-over, and a fleet decision carries no provider header."""
+    return verdict.spill is not None or any(target.pool in policy.providers for target in verdict.targets)
+
+
 def _route_entry(
     policy: CompiledPolicy, task: str, stream: bool, model: str, tenant: str, served: set[str]
 ) -> dict[str, Any]:
@@ -123,6 +135,8 @@ def _route_entry(
             ErrorKind.REJECTED_BY_POLICY, message, "rejected_by_policy", status_override=status
         )
         return {"reject": {"status": error.status, "body": error.body().decode()}}
+    if may_reach_provider(policy, verdict):
+        return {"escalate": True}
     if not verdict.targets and model not in served:
         return {"escalate": True}
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,102 @@ def test_kept_rows_carry_the_load_scorers_fleet_terms_and_the_scraped_queue() ->
     )
     assert plain["load_weight"] == 0
     assert [len(e) for e in plain["candidates"]["m|"]["endpoints"]] == [2, 2]
+
+
+PROVIDER_POLICY = """
+tenants:
+  header: x-tenant-id
+  plans:
+    spiller: {hosted: {spillover: true}}
+    plain: {tier: premium}
+pools:
+  - {name: p, models: [fleet-only, both, spills]}
+  - name: openai
+    kind: provider
+    models: [hosted-only, both]
+    provider:
+      base_url: https://api.provider.test/v1
+      credential: {env: NOT_READ_BY_THE_SNAPSHOT}
+    prices: {hosted-only: {input_per_1m: 1, output_per_1m: 2}, both: {input_per_1m: 1, output_per_1m: 2}}
+models:
+  hosted-alias: {model: both, pool: openai}
+fallbacks:
+  chained: [hosted-only]
+spillover:
+  ttft_objective_s: 1
+  targets: {spills: {model: hosted-only, pool: openai}}
+default: {}
+"""
+
+
+def provider_routes(tmp_path: Path, policy_text: str = PROVIDER_POLICY) -> dict[str, Any]:
+    now = time.monotonic()
+    fleet = FleetState()
+    endpoints = [Endpoint("10.0.0.1:8000", pool="p", models=("fleet-only", "both", "spills", "chained"))]
+    metrics = {e.address: EndpointMetrics(scraped_at=now) for e in endpoints}
+    fleet.publish(build_snapshot(endpoints, metrics, version=1, now=now - 30), synced=True)
+    fleet.publish(
+        build_snapshot(endpoints, metrics, version=2, previous=fleet.snapshot, now=now), synced=True
+    )
+    (tmp_path / "p.yaml").write_text(policy_text)
+    policy = load_policy(tmp_path / "p.yaml")
+    router = Router(
+        ServerConfig(complexity_header=False), fleet, Scheduler(), InFlight(), policy=lambda: policy
+    )
+    snapshot = build_routing_snapshot(router, now)
+    assert not snapshot["escalate_all"]
+    routes: dict[str, Any] = snapshot["routes"]
+    return routes
+
+
+ESCALATE = {"escalate": True}
+
+
+def test_a_provider_policy_leaves_rows_that_cannot_reach_a_provider_to_the_filter(tmp_path: Path) -> None:
+    routes = provider_routes(tmp_path)
+    for task in ("chat", "completion", "embedding"):
+        for stream in (0, 1):
+            for tenant in ("*", "spiller", "plain"):
+                # A model only the fleet serves, and one both serve (the fleet's unless a rule,
+                # alias, fallback or spill-over names the provider): the filter's.
+                for model in ("fleet-only", "both"):
+                    entry = routes[f"{task}|{stream}|{model}|{tenant}"]
+                    assert entry != ESCALATE, (task, stream, model, tenant)
+                    assert entry["targets"] == [[model, "p"]]
+            # A spill-over model is the filter's for tenants whose plan has no spill-over.
+            for tenant in ("*", "plain"):
+                assert routes[f"{task}|{stream}|spills|{tenant}"]["targets"] == [["spills", "p"]]
+
+
+def test_rows_that_may_reach_a_provider_are_escalated(tmp_path: Path) -> None:
+    routes = provider_routes(tmp_path)
+    for task in ("chat", "completion", "embedding"):
+        for stream in (0, 1):
+            for tenant in ("*", "spiller", "plain"):
+                # Served only by the provider; an alias naming the provider's pool; a fleet model
+                # whose fallback chain ends at the provider (used when the fleet has no endpoint).
+                for model in ("hosted-only", "hosted-alias", "chained"):
+                    assert routes[f"{task}|{stream}|{model}|{tenant}"] == ESCALATE, (model, tenant)
+            # Spill-over: the fleet's model, but the tenant may overflow to the provider.
+            assert routes[f"{task}|{stream}|spills|spiller"] == ESCALATE
+
+
+def test_tenants_without_a_plan_spill_over_by_default_hosted(tmp_path: Path) -> None:
+    routes = provider_routes(
+        tmp_path,
+        PROVIDER_POLICY.replace("    plain: {tier: premium}\n", "  default_hosted: {spillover: true}\n"),
+    )
+    assert routes["chat|0|spills|*"] == ESCALATE
+    assert routes["chat|0|fleet-only|*"]["targets"] == [["fleet-only", "p"]]
+
+
+def test_a_rule_sending_a_tier_to_the_provider_escalates_only_that_tiers_rows(tmp_path: Path) -> None:
+    ruled = PROVIDER_POLICY.replace(
+        "default: {}",
+        "rules:\n  - {name: premium-hosted, match: {tier: [premium], model: [both]}, "
+        "route: {model: both, pool: openai}, fallback: [fleet-only]}\ndefault: {}",
+    )
+    routes = provider_routes(tmp_path, ruled)
+    assert routes["chat|0|both|plain"] == ESCALATE
+    assert routes["chat|0|both|*"]["targets"] == [["both", "p"]]
+    assert routes["chat|0|both|spiller"]["targets"] == [["both", "p"]]
