@@ -16,15 +16,17 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from extproc.config import ServerConfig
-from extproc.deploy.wasm_config import DECISION_HEADERS
+from extproc.deploy.wasm_config import DECISION_HEADERS, PROVIDER_DECISION_HEADERS
 from extproc.fleet.state import Endpoint, EndpointMetrics, FleetState, InFlight, build_snapshot
+from extproc.headers import MODEL_HEADER, PROVIDER_HEADER, REQUESTED_MODEL_HEADER
 from extproc.policy.compile import CompiledPolicy, load_policy
 from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
@@ -37,6 +39,10 @@ from tests.wasm.harness import StaticBrain, WasmEnvoy, wait_until
 pytestmark = pytest.mark.envoy
 
 EXPECTED_TIMEOUT = "x-envoy-expected-rq-timeout-ms"
+# What a provider decision puts on the request (the brain's answer, extproc.wasm.brain).
+PROVIDER_ROUTE_HEADERS = tuple(
+    k for k in dict.fromkeys((*DECISION_HEADERS, *PROVIDER_DECISION_HEADERS)) if k != "content-length"
+)
 ROUTE_TIMEOUT_MS = 300_000  # extproc/deploy/envoy/wasm.yaml's route timeout
 SCENARIOS = 24
 REQUESTS_PER_SCENARIO = 130
@@ -85,6 +91,55 @@ def policy_text(rng: random.Random) -> str:
     )
 
 
+HOSTED_ONLY = "gpt-h"  # served by the provider alone
+SPILLED = "gpt-s"  # the provider's model that only spill-over sends requests to
+PROVIDER_RULES = [
+    "  - {name: premium-hosted, match: {tier: [premium], model: [gpt-x]}, route: {model: gpt-h, pool: hosted}, fallback: [llama-a]}",
+    "  - {name: b-streams-hosted, match: {model: [llama-b], stream: true}, route: {model: llama-b, pool: hosted}}",
+    "  - {name: stream-timeout, match: {stream: true}, timeout_s: 30}",
+    "  - {name: blocked, match: {model: [gpt-h], task: [embedding]}, reject: {status: 403, message: 'no hosted embeddings'}}",
+    "  - {name: batch-pri, match: {tier: [batch]}, priority: batch}",
+    "  - {name: few-retries, match: {model: [llama-b]}, retries: {count: 1, per_try_timeout_s: 5}}",
+]
+PRICE = "{input_per_1m: 1, output_per_1m: 2}"
+
+
+def provider_policy_text(rng: random.Random) -> str:
+    """Provider pool "hosted" beside the fleet's p1 and p2: llama-b served by both, gpt-h and
+    gpt-s by the provider only, llama-a and qwen-c by the fleet only; spill-over on or off, for
+    tenants with and without hosted plans; objectives that spill always, sometimes or never."""
+    rules = rng.sample(PROVIDER_RULES, rng.randint(0, len(PROVIDER_RULES)))
+    default_spill = rng.choice(["true", "false"])
+    fallbacks = ["fallbacks:"]
+    if rng.random() < 0.5:
+        fallbacks.append("  qwen-c: [gpt-h]")  # the fleet's model, the provider when it cannot
+    if rng.random() < 0.5:
+        fallbacks.append("  llama-a: [llama-b]")
+    spillover = ""
+    if rng.random() < 0.75:
+        objective = rng.choice([0.01, 0.2, 100.0])
+        spillover = (
+            f"spillover:\n  ttft_objective_s: {objective}\n  queue_s_per_request: 0.05\n"
+            f"  targets: {{llama-a: {{model: {SPILLED}, pool: hosted}}}}\n"
+        )
+    return (
+        "tenants:\n  header: x-tenant-id\n  plans:\n"
+        "    gold: {tier: premium, hosted: {spillover: true}}\n"
+        "    bronze: {tier: batch}\n"
+        "    capped: {hosted: {spillover: true, budget_usd_per_hour: 5}}\n"
+        f"  default_hosted: {{spillover: {default_spill}}}\n"
+        "pools:\n  - {name: p1, models: [llama-a, llama-b]}\n  - {name: p2, models: [llama-b, qwen-c]}\n"
+        "  - name: hosted\n    kind: provider\n    models: [gpt-h, gpt-s, llama-b]\n"
+        "    provider: {base_url: 'https://api.provider.test/v1', credential: {env: PARITY_NOT_READ}}\n"
+        f"    prices: {{gpt-h: {PRICE}, gpt-s: {PRICE}, llama-b: {PRICE}}}\n"
+        "models:\n  gpt-x: {model: llama-a, pool: p1}\n  gpt-y: {model: qwen-c}\n"
+        + ("\n".join(fallbacks) + "\n" if len(fallbacks) > 1 else "")
+        + spillover
+        + ("rules:\n" + "\n".join(rules) + "\n" if rules else "")
+        + "default: {}\n"
+    )
+
+
 def fleet_for(addresses: list[str], rng: random.Random, now: float) -> FleetState:
     endpoints, metrics = [], {}
     for address in addresses:
@@ -125,10 +180,12 @@ def text(rng: random.Random) -> str:
     )
 
 
-def request_for(rng: random.Random) -> tuple[str, dict[str, str], bytes]:
+def request_for(
+    rng: random.Random, models: tuple[str, ...] = (*MODELS, *MODELS, *ALIASES)
+) -> tuple[str, dict[str, str], bytes]:
     # Mostly what clients send; a share of what they should not.
     odd = rng.random() < 0.15
-    model = rng.choice(["unknown-model", "m'quote", ""]) if odd else rng.choice([*MODELS, *MODELS, *ALIASES])
+    model = rng.choice(["unknown-model", "m'quote", ""]) if odd else rng.choice(models)
     content_type = (
         rng.choice(["application/json; charset=utf-8", "text/plain"]) if odd else "application/json"
     )
@@ -210,6 +267,16 @@ def outcome_via_envoy(envoy: WasmEnvoy, path: str, headers: dict[str, str], body
     if status == 200 and reply_headers.get("x-gateway-destination-endpoint-served"):
         echoed = json.loads(raw)
         seen = echoed["headers"]
+        if PROVIDER_HEADER in seen:
+            # A provider decision: this Envoy has no provider route, so it reached an echo
+            # endpoint with the provider's headers, path header and body (docs/wasm.md).
+            return {
+                "action": "provider",
+                "headers": {k: seen[k] for k in PROVIDER_ROUTE_HEADERS if k in seen}
+                | {EXPECTED_TIMEOUT: seen[EXPECTED_TIMEOUT]},
+                "body": json.loads(echoed["body"]),
+                "length_ok": int(seen["content-length"]) == len(echoed["body"].encode()),
+            }
         return {
             "action": "route",
             "headers": {k: seen[k] for k in DECISION_HEADERS if k in seen and k != "content-length"}
@@ -230,6 +297,7 @@ def outcome_via_envoy(envoy: WasmEnvoy, path: str, headers: dict[str, str], body
 def outcome_via_extproc(answer: dict[str, Any], original: bytes) -> dict[str, Any]:
     if answer["action"] == "route":
         headers = dict(answer["headers"])
+        provider = PROVIDER_HEADER in headers
         headers.pop("content-length", None)
         # Envoy's router consumes its x-envoy-* request headers; what reaches the endpoint is
         # the timeout they imply (the per-try timeout when there is one).
@@ -238,6 +306,13 @@ def outcome_via_extproc(answer: dict[str, Any], original: bytes) -> dict[str, An
         headers.pop("x-envoy-max-retries", None)
         headers.pop("x-envoy-retry-on", None)
         headers[EXPECTED_TIMEOUT] = per_try or timeout
+        if provider:
+            return {
+                "action": "provider",
+                "headers": headers,
+                "body": json.loads(answer["body"]),
+                "length_ok": True,
+            }
         return {
             "action": "route",
             "headers": headers,
@@ -255,32 +330,49 @@ def outcome_via_extproc(answer: dict[str, Any], original: bytes) -> dict[str, An
     }
 
 
+@dataclass
+class Parity:
+    envoy: WasmEnvoy
+    brain: StaticBrain
+    owners: PrefixOwners  # the filter's VM keeps its prefix ownership across snapshots and tests
+
+
 @pytest.fixture(scope="module")
-def envoy_and_brain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WasmEnvoy, StaticBrain]]:
+def parity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parity]:
     brain = StaticBrain()
     brain.start()
     envoy = WasmEnvoy(6, tmp_path_factory.mktemp("parity"), brain.port, poll_ms=20)
     try:
-        yield envoy, brain
+        yield Parity(envoy, brain, PrefixOwners())
     finally:
         envoy.stop()
 
 
-def test_filter_and_extproc_path_agree_on_generated_cases(
-    envoy_and_brain: tuple[WasmEnvoy, StaticBrain], tmp_path: Path
-) -> None:
-    envoy, brain = envoy_and_brain
-    rng = random.Random(19)
-    owners = PrefixOwners()  # the filter's VM keeps its prefix ownership across snapshots
-    cases = decided_by_filter = 0
-    started = time.monotonic()
-    for scenario in range(SCENARIOS):
+@dataclass
+class Counts:
+    cases: int = 0
+    decided_by_filter: int = 0
+    routed_by_filter: int = 0  # decided in the filter and sent to the fleet
+    to_provider: int = 0  # escalated and sent to the provider
+    spilled: int = 0  # ... by spill-over (a fleet model's request, the spill target's model)
+
+
+def run_scenarios(
+    parity: Parity,
+    rng: random.Random,
+    scenarios: int,
+    policy_for: Callable[[int], CompiledPolicy | None],
+    request: Callable[[], tuple[str, dict[str, str], bytes]],
+    tag: str,
+) -> Counts:
+    """Each scenario: a random fleet and ``policy_for(scenario)``, its snapshot published to the
+    filter, then REQUESTS_PER_SCENARIO requests through Envoy and through the ext_proc path."""
+    envoy, brain = parity.envoy, parity.brain
+    counts = Counts()
+    for scenario in range(scenarios):
         now = time.monotonic()
         fleet = fleet_for(envoy.addresses, rng, now)
-        policy = None
-        if scenario % 4:
-            (tmp_path / f"p{scenario}.yaml").write_text(policy_text(rng))
-            policy = load_policy(tmp_path / f"p{scenario}.yaml")
+        policy = policy_for(scenario)
         building = Router(
             ServerConfig(complexity_header=False),
             fleet,
@@ -289,8 +381,8 @@ def test_filter_and_extproc_path_agree_on_generated_cases(
             policy=lambda policy=policy: policy,  # type: ignore[misc]
         )
         snapshot = build_routing_snapshot(building, now)
-        snapshot["version"] = f"{scenario}-{snapshot['version']}"
-        extproc = ExtprocSide(snapshot, fleet, policy, owners)
+        snapshot["version"] = f"{tag}{scenario}-{snapshot['version']}"
+        extproc = ExtprocSide(snapshot, fleet, policy, parity.owners)
         brain.decide = lambda headers, raw, side=extproc: side.decide(  # type: ignore[misc]
             headers["x-llm-extproc-path"],
             {k: v for k, v in headers.items() if not k.startswith(("x-llm-extproc-", "x-envoy-"))},
@@ -300,20 +392,66 @@ def test_filter_and_extproc_path_agree_on_generated_cases(
         brain.snapshot = snapshot
         wait_until(lambda version=snapshot["version"]: brain.confirmed.get(version, 0) >= 6)
         for _ in range(REQUESTS_PER_SCENARIO):
-            path, headers, body = request_for(rng)
+            path, headers, body = request()
             escalated = len(brain.decided)
             via_envoy = outcome_via_envoy(envoy, path, headers, body)
             by_filter = len(brain.decided) == escalated
-            decided_by_filter += by_filter
             via_extproc = outcome_via_extproc(extproc.decide(path, headers, body, learn=by_filter), body)
             assert via_envoy == via_extproc, (
-                f"{scenario} {path} {headers} {body!r}\n{via_envoy}\n{via_extproc}"
+                f"{tag}{scenario} {path} {headers} {body!r}\n{via_envoy}\n{via_extproc}"
             )
-            cases += 1
+            counts.cases += 1
+            counts.decided_by_filter += by_filter
+            counts.routed_by_filter += by_filter and via_envoy["action"] == "route"
+            if via_envoy["action"] == "provider":
+                assert not by_filter  # the filter never picks a provider itself
+                counts.to_provider += 1
+                routed = via_envoy["headers"]
+                counts.spilled += routed[MODEL_HEADER] == SPILLED != routed[REQUESTED_MODEL_HEADER]
         extproc.loop.close()
+    return counts
+
+
+def test_filter_and_extproc_path_agree_on_generated_cases(parity: Parity, tmp_path: Path) -> None:
+    rng = random.Random(19)
+
+    def policy_for(scenario: int) -> CompiledPolicy | None:
+        if not scenario % 4:
+            return None
+        (tmp_path / f"p{scenario}.yaml").write_text(policy_text(rng))
+        return load_policy(tmp_path / f"p{scenario}.yaml")
+
+    started = time.monotonic()
+    counts = run_scenarios(parity, rng, SCENARIOS, policy_for, lambda: request_for(rng), "plain-")
     elapsed = time.monotonic() - started
-    print(f"parity: {cases} cases, {decided_by_filter} decided in the filter, {elapsed:.1f} s")
-    assert cases == SCENARIOS * REQUESTS_PER_SCENARIO
+    print(f"parity: {counts.cases} cases, {counts.decided_by_filter} decided in the filter, {elapsed:.1f} s")
+    assert counts.cases == SCENARIOS * REQUESTS_PER_SCENARIO
     # Most generated cases are valid requests the table can decide: the filter must take them.
-    assert decided_by_filter > cases * 0.5
+    assert counts.decided_by_filter > counts.cases * 0.5
     assert not math.isnan(elapsed)
+
+
+PROVIDER_SCENARIOS = 12
+
+
+def test_filter_and_extproc_path_agree_with_hosted_providers(parity: Parity, tmp_path: Path) -> None:
+    """Policies with a provider pool: rows that may reach the provider (its models, rules and
+    fallbacks naming it, spill-over tenants' spilling models) are escalated and answered by the
+    ext_proc path's code; every other row is the filter's and must match that code's answer."""
+    rng = random.Random(23)
+
+    def policy_for(scenario: int) -> CompiledPolicy:
+        (tmp_path / f"p{scenario}.yaml").write_text(provider_policy_text(rng))
+        return load_policy(tmp_path / f"p{scenario}.yaml")
+
+    models = (*MODELS, *MODELS, *ALIASES, HOSTED_ONLY, SPILLED)
+    counts = run_scenarios(
+        parity, rng, PROVIDER_SCENARIOS, policy_for, lambda: request_for(rng, models), "hosted-"
+    )
+    print(f"parity with providers: {counts}")
+    assert counts.cases == PROVIDER_SCENARIOS * REQUESTS_PER_SCENARIO
+    # Both kinds of rows were exercised: fleet rows decided in the filter, provider decisions
+    # (direct and by spill-over) escalated.
+    assert counts.routed_by_filter > counts.cases * 0.2
+    assert counts.to_provider > counts.cases * 0.1
+    assert counts.spilled > 0
