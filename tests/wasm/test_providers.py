@@ -1,7 +1,8 @@
 """Hosted providers on the Wasm data path: the ext_proc path's provider tests, run against a
 stack whose Envoy decides with the Wasm filter (extproc/deploy/wasm_config.py adds the provider
-routes, clusters, credential injection and the fallback hop). A policy with providers is the
-brain's, so every request here is escalated, and the brain's answers pick the providers."""
+routes, clusters, credential injection and the fallback hop). Rows of the policy that may reach
+a provider are escalated, and the brain's answers pick the providers; the fleet's rows are the
+filter's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 
 from extproc.devstack.stack import LocalStack
 from tests.integration.test_providers import (
+    chat,
+    post,
     provider_stack,
+    served_by_provider,
     test_a_rotated_key_file_is_picked_up_without_a_restart,
     test_a_tenant_over_its_hosted_budget_stays_self_hosted,
     test_azure_shape_deployment_path_api_version_and_api_key,
@@ -46,3 +50,18 @@ def test_the_requests_went_through_the_wasm_filter(local: LocalStack) -> None:
     test_premium_gpt4_goes_to_the_provider_with_its_key_and_without_the_clients(local)
     stats = envoy_stats(local)
     assert stats["escalated"] > 0 and stats["routed"] > 0
+
+
+def test_rows_that_cannot_reach_a_provider_are_decided_in_the_filter(local: LocalStack) -> None:
+    # llama-3-8b is the fleet's alone; gpt-4 is the local 70B for a standard tenant; acme's plan
+    # allows spill-over but the policy names no spill-over target: no provider on these rows.
+    for model, tenant in (("llama-3-8b", "small"), ("llama-3-8b", "acme"), ("gpt-4", "small")):
+        before = envoy_stats(local)["escalated"]
+        status, headers, body = post(local, chat(model), tenant=tenant)
+        assert status == 200 and not served_by_provider(headers), body
+        assert envoy_stats(local)["escalated"] == before, (model, tenant)
+    # A premium tenant's gpt-4 goes to the provider: the brain's.
+    before = envoy_stats(local)["escalated"]
+    status, headers, body = post(local, chat("gpt-4"), tenant="acme")
+    assert status == 200 and served_by_provider(headers), body
+    assert envoy_stats(local)["escalated"] == before + 1
