@@ -119,9 +119,23 @@ export function getHeader(kind: MapType, name: string): string {
 
 /** Sets (or replaces) one header, e.g. of the response in its headers callback. */
 export function setHeader(kind: MapType, name: string, value: string): void {
-  const key = String.UTF8.encode(name);
-  const bytes = String.UTF8.encode(value);
-  proxy_replace_header_map_value(kind, changetype<usize>(key), key.byteLength, changetype<usize>(bytes), bytes.byteLength);
+  const key = encodedName(name);
+  const length = String.UTF8.byteLength(value);
+  const bytes = scratch(length);
+  String.UTF8.encodeUnsafe(changetype<usize>(value), value.length, bytes);
+  proxy_replace_header_map_value(kind, changetype<usize>(key), key.byteLength, bytes, length);
+}
+
+// Values handed to the host are encoded into one reused block: the host copies them.
+let scratchBlock: usize = heap.alloc(256);
+let scratchSize: usize = 256;
+
+function scratch(size: i32): usize {
+  if (<usize>size > scratchSize) {
+    scratchSize = max<usize>(<usize>size, scratchSize * 2);
+    scratchBlock = heap.realloc(scratchBlock, scratchSize);
+  }
+  return scratchBlock;
 }
 
 /** proxy-wasm's header map wire format: count, (key len, value len)*, (key\0 value\0)*. */
@@ -219,19 +233,23 @@ export function sendLocalResponse(status: u32, details: string, body: ArrayBuffe
   );
 }
 
-/** Filter state "wasm.<name>", read by Envoy's header_mutation as %FILTER_STATE(wasm.<name>:PLAIN)%. */
-const encodedNames = new Map<string, ArrayBuffer>(); // the few decision header names
+// The few header names the filter sets (decision headers, property names), encoded once.
+const encodedNames = new Map<string, ArrayBuffer>();
 
+function encodedName(name: string): ArrayBuffer {
+  if (encodedNames.has(name)) return encodedNames.get(name);
+  const key = String.UTF8.encode(name);
+  if (encodedNames.size < 256) encodedNames.set(name, key); // the brain's names are few too
+  return key;
+}
+
+/** Filter state "wasm.<name>", read by Envoy's header_mutation as %FILTER_STATE(wasm.<name>:PLAIN)%. */
 export function setFilterState(name: string, value: string): void {
-  let key: ArrayBuffer;
-  if (encodedNames.has(name)) {
-    key = encodedNames.get(name);
-  } else {
-    key = String.UTF8.encode(name);
-    encodedNames.set(name, key);
-  }
-  const bytes = String.UTF8.encode(value);
-  proxy_set_property(changetype<usize>(key), key.byteLength, changetype<usize>(bytes), bytes.byteLength);
+  const key = encodedName(name);
+  const length = String.UTF8.byteLength(value);
+  const bytes = scratch(length);
+  String.UTF8.encodeUnsafe(changetype<usize>(value), value.length, bytes);
+  proxy_set_property(changetype<usize>(key), key.byteLength, bytes, length);
 }
 
 export function setTickPeriod(ms: u32): void {

@@ -497,9 +497,10 @@ export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32):
   if (request.task == "" || request.task == "models" || method != "POST" || endOfStream != 0) {
     return escalate(id, request, null) ? HeadersStatus.StopIteration : HeadersStatus.Continue;
   }
-  if (current != null && fresh(nowNanos()) && length.length > 0 && length.length < 19) {
+  if (current != null && length.length > 0 && length.length < 19) {
     const size = U64.parseInt(length);
-    if (size > <u64>current.maxBodyBytes) {
+    // The clock is read only for a body over the limit (a host call fewer per request).
+    if (size > <u64>current.maxBodyBytes && fresh(nowNanos())) {
       tooLarge(size, current.maxBodyBytes);
       return HeadersStatus.StopIteration;
     }
@@ -615,14 +616,16 @@ export function proxy_on_response_body(id: u32, size: u32, endOfStream: u32): u3
 /** The endpoint is free again: the response's last byte passed (or the stream ended early). */
 function release(request: Request): void {
   const primary = request.primary;
+  const record = request.record;
+  if (primary.length == 0 && record == null) return;
+  const now = nowNanos(); // one host call for both
   if (primary.length > 0) {
-    inflight.add(primary, -1, nowNanos());
+    inflight.add(primary, -1, now);
     request.primary = "";
   }
-  const record = request.record;
   if (record != null) {
     request.record = null;
-    record.durationNs = <i64>(nowNanos() - request.startedNs);
+    record.durationNs = <i64>(now - request.startedNs);
     if (record.own) observations.ended(record);
     else observations.group(record);
     const kept = request.kept;

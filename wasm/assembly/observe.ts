@@ -31,9 +31,15 @@ function findAscii(data: usize, length: i32, needle: string, from: i32): i32 {
   const last = length - n;
   let i = from;
   while (i <= last) {
-    if (i + 16 <= length && !v128.any_true(i8x16.eq(v128.load(data + <usize>i), quote))) {
-      i += 16;
-      continue;
+    if (i + 16 <= length) {
+      // Straight to the block's first quote: a JSON body has one every few bytes.
+      const quotes = i8x16.bitmask(i8x16.eq(v128.load(data + <usize>i), quote));
+      if (quotes == 0) {
+        i += 16;
+        continue;
+      }
+      i += ctz(quotes);
+      if (i > last) break;
     }
     let j = 0;
     while (j < n && <i32>load<u8>(data + <usize>(i + j)) == needle.charCodeAt(j)) j++;

@@ -4,6 +4,8 @@ import { Json, Kind, Field } from "./json";
 export const SNAPSHOT_FORMAT: i64 = 2;
 
 export class Target {
+  looked: bool = false; // set is this snapshot's candidates for the target (Snapshot.candidatesFor)
+  set: CandidateSet | null = null;
   constructor(public model: string, public pool: string) {}
 }
 
@@ -59,14 +61,38 @@ export class Snapshot {
 
   /** The table row; tenants without rows of their own share "*". */
   route(task: string, stream: bool, model: string, tenant: string): Route | null {
+    // Traffic repeats itself: the last lookup answers most requests without building a key.
+    if (this.lastLooked && stream == this.lastStream && task == this.lastTask && model == this.lastModel
+      && tenant == this.lastTenant) {
+      return this.lastRoute;
+    }
     const key = task + (stream ? "|1|" : "|0|") + model + "|" + (this.tenants.has(tenant) ? tenant : "*");
-    return this.routes.has(key) ? this.routes.get(key) : null;
+    const found = this.routes.has(key) ? this.routes.get(key) : null;
+    this.lastLooked = true;
+    this.lastTask = task;
+    this.lastStream = stream;
+    this.lastModel = model;
+    this.lastTenant = tenant;
+    this.lastRoute = found;
+    return found;
   }
 
   candidatesFor(target: Target): CandidateSet | null {
-    const key = target.model + "|" + target.pool;
-    return this.candidates.has(key) ? this.candidates.get(key) : null;
+    // A target belongs to this snapshot's routes: its set is looked up once.
+    if (!target.looked) {
+      const key = target.model + "|" + target.pool;
+      target.set = this.candidates.has(key) ? this.candidates.get(key) : null;
+      target.looked = true;
+    }
+    return target.set;
   }
+
+  private lastLooked: bool = false;
+  private lastTask: string = "";
+  private lastStream: bool = false;
+  private lastModel: string = "";
+  private lastTenant: string = "";
+  private lastRoute: Route | null = null;
 }
 
 function boolAt(json: Json, pos: i32): bool {
