@@ -96,11 +96,18 @@ export class RawBytes {
   constructor(public pointer: usize, public length: i32) {}
 }
 
+// The one buffer a callback reads in place at a time (the request's body, a response chunk).
+const rawBuffer = new RawBytes(0, 0);
+
+/** The buffer in host-allocated memory, in an object reused by every call: read it and free
+ * its pointer before the next call. */
 export function getBufferRaw(kind: BufferType, start: u32, max: u32): RawBytes | null {
   store<usize>(slotPtr, 0);
   store<u32>(slotLen, 0);
   if (proxy_get_buffer_bytes(kind, start, max, slotPtr, slotLen) != WasmResult.Ok) return null;
-  return new RawBytes(load<usize>(slotPtr), <i32>load<u32>(slotLen));
+  rawBuffer.pointer = load<usize>(slotPtr);
+  rawBuffer.length = <i32>load<u32>(slotLen);
+  return rawBuffer;
 }
 
 export function setBuffer(kind: BufferType, start: u32, size: u32, data: Uint8Array): bool {
@@ -181,10 +188,12 @@ export function decodeHeaders(bytes: Uint8Array): Array<string> {
 export class HeaderPairs {
   constructor(public base: usize, public length: i32) {}
 
-  /** The first value under `name` (lowercase: Envoy's header keys are), "" when absent: what
-   * proxy_get_header_map_value answers. */
-  get(name: string): string {
-    if (this.length < 4) return "";
+  valueLength: i32 = 0; // of the value find() found
+
+  /** Where the first value under `name` (lowercase: Envoy's header keys are) starts, its
+   * length in valueLength; 0 when absent. */
+  find(name: string): usize {
+    if (this.length < 4) return 0;
     const base = this.base;
     const count = load<u32>(base);
     const wanted = name.length;
@@ -197,12 +206,64 @@ export class HeaderPairs {
         for (let j = 0; j < wanted; j++) {
           if (<i32>load<u8>(at + <usize>j) != name.charCodeAt(j)) { same = false; break; }
         }
-        if (same) return String.UTF8.decodeUnsafe(at + keyLength + 1, valueLength);
+        if (same) {
+          this.valueLength = <i32>valueLength;
+          return at + keyLength + 1;
+        }
       }
       at += keyLength + 1 + valueLength + 1;
     }
-    return "";
+    return 0;
   }
+
+  /** The first value under `name`, "" when absent: what proxy_get_header_map_value answers. */
+  get(name: string): string {
+    const at = this.find(name);
+    return at == 0 ? "" : String.UTF8.decodeUnsafe(at, this.valueLength);
+  }
+
+  /** Whether the first value under `name` starts with `prefix` (ASCII), compared in place
+   * (get(name).startsWith(prefix) without a string). */
+  startsWith(name: string, prefix: string): bool {
+    const at = this.find(name);
+    const n = prefix.length;
+    if (at == 0 || this.valueLength < n) return at != 0 && n == 0;
+    for (let i = 0; i < n; i++) {
+      if (<i32>load<u8>(at + <usize>i) != prefix.charCodeAt(i)) return false;
+    }
+    return true;
+  }
+
+  /** Whether the first value under `name` is `value` (ASCII), compared in place. */
+  is(name: string, value: string): bool {
+    const at = this.find(name);
+    return at != 0 && this.valueLength == value.length && this.startsWith(name, value);
+  }
+
+  /** The first value under `name` if it is 1 to 18 decimal digits (in place), else -1. */
+  digits(name: string): i64 {
+    const at = this.find(name);
+    const n = this.valueLength;
+    if (at == 0 || n == 0 || n > 18) return -1;
+    let value: i64 = 0;
+    for (let i = 0; i < n; i++) {
+      const c = <i32>load<u8>(at + <usize>i);
+      if (c < 0x30 || c > 0x39) return -1;
+      value = value * 10 + <i64>(c - 0x30);
+    }
+    return value;
+  }
+}
+
+/** Fills `pairs` with a header map left in host-allocated memory (no copy): read it, then
+ * heap.free(pairs.base). False (pairs empty) when the map cannot be read. */
+export function fetchHeaderPairs(kind: MapType, pairs: HeaderPairs): bool {
+  store<usize>(slotPtr, 0);
+  store<u32>(slotLen, 0);
+  const ok = proxy_get_header_map_pairs(kind, slotPtr, slotLen) == WasmResult.Ok;
+  pairs.base = ok ? load<usize>(slotPtr) : 0;
+  pairs.length = ok ? <i32>load<u32>(slotLen) : 0;
+  return ok;
 }
 
 /** All headers of a map, in the wire format (decodeHeaders reads it). */
@@ -211,14 +272,6 @@ export function getHeaderPairsRaw(kind: MapType): Uint8Array {
   store<u32>(slotLen, 0);
   if (proxy_get_header_map_pairs(kind, slotPtr, slotLen) != WasmResult.Ok) return new Uint8Array(0);
   return takeBytes();
-}
-
-/** All headers of a map left in host-allocated memory (no copy): read, then heap.free(pointer). */
-export function getHeaderPairsInPlace(kind: MapType): RawBytes | null {
-  store<usize>(slotPtr, 0);
-  store<u32>(slotLen, 0);
-  if (proxy_get_header_map_pairs(kind, slotPtr, slotLen) != WasmResult.Ok) return null;
-  return new RawBytes(load<usize>(slotPtr), <i32>load<u32>(slotLen));
 }
 
 export function sendLocalResponse(status: u32, details: string, body: ArrayBuffer, headers: Array<string>): void {

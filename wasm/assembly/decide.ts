@@ -24,6 +24,7 @@ export class Decision {
 }
 
 const ESCALATE = new Decision();
+const ROUTED = new Decision(); // every routed decision: one object, refilled
 
 function error(status: i32, message: string, type: string, code: string, retryAfter: bool): Decision {
   const decision = new Decision();
@@ -69,6 +70,7 @@ export function jsonQuote(text: string): string {
 }
 
 export function mediaTypeIsJson(contentType: string): bool {
+  if (contentType == "application/json") return true; // the usual header, without copies
   const semicolon = contentType.indexOf(";");
   const media = (semicolon >= 0 ? contentType.substring(0, semicolon) : contentType).trim().toLowerCase();
   return media == "application/json";
@@ -94,19 +96,19 @@ const AFFINITY_TRIES = 8;
  * affinity_load_factor × average + 1 (the scheduler's session bound), so a hot prefix or user
  * cannot pile onto one endpoint.
  * -1 when none of the first AFFINITY_TRIES qualifies. Ties in rank: the first wins. */
-function preferred(snapshot: Snapshot, set: CandidateSet, key: Uint8Array, own: Array<i64>): i32 {
-  let seed = fnv1a(key.dataStart, key.byteLength, FNV_OFFSET);
+function preferred(snapshot: Snapshot, set: CandidateSet, key: usize, keyLength: i32, own: Array<i64>): i32 {
+  let seed = fnv1a(key, keyLength, FNV_OFFSET);
   seed = seed * 16777619; // the \0 separator: hash ^= 0 is a no-op
   const endpoints = set.endpoints;
   const n = endpoints.length;
-  const hashes = new Array<u32>(n);
+  const hashes = sized<u32>(scratchHashes, n);
   let total: i64 = 0;
   for (let i = 0; i < n; i++) {
     const address = endpoints[i].addressBytes;
     hashes[i] = fnv1a(changetype<usize>(address), address.byteLength, seed);
     total += own[i];
   }
-  const tried = new Array<bool>(n);
+  const tried = cleared(scratchTried, n);
   for (let attempt = 0; attempt < min(AFFINITY_TRIES, n); attempt++) {
     let best = -1;
     for (let i = 0; i < n; i++) {
@@ -155,9 +157,9 @@ const LOAD_CAP: i64 = 1_000_000_000_000_000;
  * candidates with a span of at least one typical TTFT. extproc/wasm/reference.py: load_scores. */
 function loadScores(snapshot: Snapshot, endpoints: Array<Candidate>, busy: Array<i64>, prompt: i64): Array<i64> {
   const n = endpoints.length;
-  const out = new Array<i64>(n);
+  const out = zeroed(scratchLoad, n);
   if (snapshot.loadWeight == 0) return out;
-  const predicted = new Array<i64>(n);
+  const predicted = sized<i64>(scratchPredicted, n);
   let best = LOAD_CAP;
   let worst: i64 = -1;
   for (let i = 0; i < n; i++) {
@@ -179,35 +181,66 @@ function loadScores(snapshot: Snapshot, endpoints: Array<Candidate>, busy: Array
   return out;
 }
 
-/** Candidates best first: prepared score + load score − in-flight weight × in-flight + affinity
+// pick's working arrays, reused by every request (one decision at a time per VM): sized to the
+// candidates, and cleared where a value is read before it is written.
+const scratchHashes = new Array<u32>();
+const scratchTried = new Array<bool>();
+const scratchLoad = new Array<i64>();
+const scratchPredicted = new Array<i64>();
+const scratchTotals = new Array<i64>();
+const scratchBusy = new Array<i64>();
+const scratchTaken = new Array<bool>();
+
+function sized<T>(array: Array<T>, n: i32): Array<T> {
+  array.length = n;
+  return array;
+}
+
+function cleared(array: Array<bool>, n: i32): Array<bool> {
+  array.length = n;
+  array.fill(false);
+  return array;
+}
+
+function zeroed(array: Array<i64>, n: i32): Array<i64> {
+  array.length = n;
+  array.fill(0);
+  return array;
+}
+
+const picked = new Array<Candidate>();
+
+/** Candidates best first (in an array reused by every call; key: keyLength bytes at key, none
+ * when keyLength < 0): prepared score + load score − in-flight weight × in-flight + affinity
  * bonus (a session's rendezvous favourite, or a prefix's owner when `prefixKey`). */
 export function pick(
-  snapshot: Snapshot, set: CandidateSet, key: Uint8Array | null, bonus: i64, inflight: InFlight, prompt: i64,
+  snapshot: Snapshot, set: CandidateSet, key: usize, keyLength: i32, bonus: i64, inflight: InFlight, prompt: i64,
   prefixKey: bool = false,
 ): Array<Candidate> {
   const endpoints = set.endpoints;
   const n = endpoints.length;
-  const totals = new Array<i64>(n);
-  const busy = new Array<i64>(n); // in flight, all workers
+  const totals = sized<i64>(scratchTotals, n);
+  const busy = sized<i64>(scratchBusy, n); // in flight, all workers
   for (let i = 0; i < n; i++) {
     const address = endpoints[i].address;
     busy[i] = <i64>inflight.count(address);
   }
   let favourite = -1;
   let prefixHash: u32 = 0;
-  if (key != null && prefixKey) {
-    prefixHash = fnv1a(key.dataStart, key.byteLength, FNV_OFFSET);
+  if (keyLength >= 0 && prefixKey) {
+    prefixHash = fnv1a(key, keyLength, FNV_OFFSET);
     favourite = ownerOf(set, prefixHash, busy, <i64>snapshot.affinityLoadFactorPct);
-  } else if (key != null) {
-    favourite = preferred(snapshot, set, key, busy);
+  } else if (keyLength >= 0) {
+    favourite = preferred(snapshot, set, key, keyLength, busy);
   }
   const load = loadScores(snapshot, endpoints, busy, prompt);
   for (let i = 0; i < n; i++) {
     totals[i] = endpoints[i].score + load[i] - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
   }
   const count = min(snapshot.endpointsPerRequest, n);
-  const taken = new Array<bool>(n);
-  const out = new Array<Candidate>();
+  const taken = cleared(scratchTaken, n);
+  const out = picked; // read by decide before the next request
+  out.length = 0;
   for (let k = 0; k < count; k++) {
     let best = -1;
     for (let i = 0; i < n; i++) {
@@ -217,7 +250,7 @@ export function pick(
     taken[best] = true;
     out.push(endpoints[best]);
   }
-  if (key != null && prefixKey && out.length > 0) {
+  if (keyLength >= 0 && prefixKey && out.length > 0) {
     if (prefixOwners.size >= PREFIX_OWNERS_MAX && !prefixOwners.has(prefixHash)) prefixOwners.clear();
     prefixOwners.set(prefixHash, out[0].address);
   }
@@ -230,12 +263,16 @@ let prefixBuffer = new Uint8Array(256);
 /** The prompt text parse_body builds (extproc/request.py), kept only as its first bytes (the
  * prefix-affinity key) and its size in UTF-8 bytes (estimate_tokens, for the load score). */
 class PromptText {
-  prefix: Uint8Array;
+  prefix: Uint8Array = prefixBuffer;
   size: i32 = 0;
+  json: Json | null = null;
 
-  constructor(public json: Json, limit: i32) {
+  /** Starts the text of another body (one object serves every request). */
+  reset(json: Json, limit: i32): void {
     if (prefixBuffer.byteLength != limit) prefixBuffer = new Uint8Array(limit);
     this.prefix = prefixBuffer;
+    this.size = 0;
+    this.json = json;
   }
 
   separator(): void {
@@ -244,24 +281,27 @@ class PromptText {
   }
 
   string(pos: i32): void {
-    const json = this.json;
+    const json = this.json!;
     const end = json.skipString(pos);
     const limit = this.prefix.byteLength;
     if (this.size < limit) json.decodeInto(pos, end, this.prefix, this.size, limit);
     this.size += json.decodedSize(pos, end);
   }
 
-  /** The prefix-affinity key: the first `limit` bytes (possibly ending inside a character). */
-  key(): Uint8Array {
-    return this.prefix.subarray(0, min(this.size, this.prefix.byteLength));
+  /** The prefix-affinity key's length: the first `limit` bytes of prefix (possibly ending
+   * inside a character). */
+  keyLength(): i32 {
+    return min(this.size, this.prefix.byteLength);
   }
 
   /** estimate_tokens(text), at least 1 as the load scorer uses it. */
   tokens(): i64 {
     const size = <i64>this.size;
-    return max<i64>(1, this.json.nonAscii ? (size + 2) / 3 : (size + 3) / 4);
+    return max<i64>(1, this.json!.nonAscii ? (size + 2) / 3 : (size + 3) / 4);
   }
 }
+
+const promptTextOf = new PromptText();
 
 /** A prompt-like value as _prompt_text reads it (`prompt`, `input`): a string, or an array of
  * strings joined by "\n"; token-id arrays have no text. */
@@ -311,9 +351,10 @@ function addContentText(json: Json, pos: i32, text: PromptText): void {
 /** parse_body's prompt text: messages' texts joined by "\n" (empty ones skipped), or the
  * completion's prompt, the embedding's input. */
 function promptText(json: Json, task: string, fields: Array<Field>, limit: i32): PromptText {
-  const text = new PromptText(json, limit);
+  const text = promptTextOf;
+  text.reset(json, limit);
   if (task == "chat") {
-    const messages = json.items(lastField(fields, "messages")!.start, 1)!;
+    const messages = checkedMessages!; // validBody's walk of the same array
     for (let i = 0; i < messages.length; i++) {
       const message = json.fields(messages[i], 2)!;
       const content = lastField(message, "content");
@@ -329,6 +370,9 @@ function promptText(json: Json, task: string, fields: Array<Field>, limit: i32):
   }
   return text;
 }
+
+// The chat messages validBody walked, for promptText (the same body, the same decision).
+let checkedMessages: Array<i32> | null = null;
 
 /** Checks parse_body would pass; false means "not sure": the brain answers. */
 function validBody(json: Json, task: string, fields: Array<Field>): bool {
@@ -349,6 +393,7 @@ function validBody(json: Json, task: string, fields: Array<Field>): bool {
     for (let i = 0; i < items.length; i++) {
       if (json.kind(items[i]) != Kind.Object) return false;
     }
+    checkedMessages = items;
     return true;
   }
   return hasField(fields, task == "completion" ? "prompt" : "input");
@@ -396,21 +441,27 @@ export function decide(
 
   const text = promptText(json, task, fields, snapshot.prefixBytes);
   if (json.unsupported) return ESCALATE;
-  let key: Uint8Array | null = null;
+  let key: usize = 0;
+  let keyLength = -1; // no key
   let bonus: i64 = 0;
   let prefixKey = false;
   const userField = lastField(fields, "user");
   const user = userField != null ? json.stringAt(userField.start) : null;
   if (sessionValue.length > 0) {
-    key = Uint8Array.wrap(String.UTF8.encode(sessionValue));
+    const bytes = String.UTF8.encode(sessionValue);
+    key = changetype<usize>(bytes);
+    keyLength = bytes.byteLength;
     bonus = snapshot.sessionWeight;
   } else if (user != null && user.length > 0) {
-    key = Uint8Array.wrap(String.UTF8.encode(user));
+    const bytes = String.UTF8.encode(user);
+    key = changetype<usize>(bytes);
+    keyLength = bytes.byteLength;
     bonus = snapshot.sessionWeight;
   } else {
-    const prefix = text.key();
-    if (prefix.byteLength > 0) {
-      key = prefix;
+    const length = text.keyLength();
+    if (length > 0) {
+      key = text.prefix.dataStart;
+      keyLength = length;
       bonus = snapshot.prefixWeight;
       prefixKey = true;
     }
@@ -424,7 +475,7 @@ export function decide(
     const set = snapshot.candidatesFor(target);
     if (set == null || set.endpoints.length == 0) continue;
     if (set.saturated) return ESCALATE; // shedding by priority is the brain's call
-    chosen = pick(snapshot, set, key, bonus, inflight, text.tokens(), prefixKey);
+    chosen = pick(snapshot, set, key, keyLength, bonus, inflight, text.tokens(), prefixKey);
     served = target;
     fallback = i > 0;
     break;
@@ -438,13 +489,20 @@ export function decide(
     return unavailable;
   }
 
-  const decision = new Decision();
+  const decision = ROUTED; // applied before the next request is decided
+  decision.status = 0;
+  decision.body = "";
+  decision.errorHeaders = EMPTY;
+  decision.headers.length = 0;
+  decision.newBody = null;
   decision.outcome = Outcome.Routed;
   decision.model = model;
   decision.outcomeLabel = fallback ? "fallback_model" : "routed";
-  let list = "";
-  for (let i = 0; i < chosen.length; i++) {
-    list += (i > 0 ? "," : "") + chosen[i].address;
+  let list = chosen[0].address;
+  if (chosen.length > 1) {
+    const addresses = new Array<string>(chosen.length);
+    for (let i = 0; i < chosen.length; i++) addresses[i] = chosen[i].address;
+    list = addresses.join(",");
   }
   decision.primary = chosen[0].address;
   const headers = decision.headers;

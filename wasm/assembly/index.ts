@@ -10,7 +10,7 @@
 // everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
-  HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, getBuffer, getBufferRaw, getHeader, getHeaderPairsInPlace, getHeaderPairsRaw, httpCall, httpCallRaw,
+  HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, fetchHeaderPairs, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
   incrementMetric, log, nowNanos, sendLocalResponse, setBuffer, setEffectiveContext, setFilterState, setHeader, setTickPeriod,
 } from "./abi";
 import { Json, Kind } from "./json";
@@ -59,11 +59,11 @@ let failOpenMetric: u32 = 0;
 let rejectedMetric: u32 = 0;
 let staleMetric: u32 = 0;
 
-const TASKS = new Map<string, string>();
-TASKS.set("/v1/chat/completions", "chat");
-TASKS.set("/v1/completions", "completion");
-TASKS.set("/v1/embeddings", "embedding");
-TASKS.set("/v1/models", "models");
+const JSON_TYPE = "application/json";
+const TASK_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"];
+const TASK_NAMES = ["chat", "completion", "embedding", "models"];
+// One header map is read at a time (its callback frees it): one reader object for all.
+const headerPairs = new HeaderPairs(0, 0);
 
 class Request {
   task: string = "";
@@ -459,10 +459,25 @@ function onDecided(request: Request, headerCount: u32, bodySize: u32): void {
   continueRequest();
 }
 
-function taskOf(path: string): string {
-  const query = path.indexOf("?");
-  const bare = query >= 0 ? path.substring(0, query) : path;
-  return TASKS.has(bare) ? TASKS.get(bare) : "";
+/** The task of the request's :path (its query aside), "" for another path: matched in the
+ * header map's bytes against TASK_PATHS. */
+function taskAt(pairs: HeaderPairs): string {
+  const at = pairs.find(":path");
+  if (at == 0) return "";
+  let bare = pairs.valueLength;
+  for (let i = 0; i < bare; i++) {
+    if (load<u8>(at + <usize>i) == 0x3f) { bare = i; break; } // '?'
+  }
+  for (let t = 0; t < TASK_PATHS.length; t++) {
+    const path = TASK_PATHS[t];
+    if (path.length != bare) continue;
+    let same = true;
+    for (let i = 0; i < bare; i++) {
+      if (<i32>load<u8>(at + <usize>i) != path.charCodeAt(i)) { same = false; break; }
+    }
+    if (same) return TASK_NAMES[t];
+  }
+  return "";
 }
 
 export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32): u32 {
@@ -472,38 +487,46 @@ export function proxy_on_request_headers(id: u32, count: u32, endOfStream: u32):
   // One read of all headers answers every lookup below. Held headers stay readable until the
   // body is decided; otherwise they pass on, and an escalation from the body phase needs a copy.
   const hold = settings.holdHeaders;
-  let raw: RawBytes | null = null;
-  let pairs = new HeaderPairs(0, 0);
+  const pairs = headerPairs;
+  let inPlace = false;
   if (hold) {
-    raw = getHeaderPairsInPlace(MapType.RequestHeaders);
-    if (raw != null) pairs = new HeaderPairs(raw.pointer, raw.length);
+    inPlace = fetchHeaderPairs(MapType.RequestHeaders, pairs);
   } else {
     const copy = getHeaderPairsRaw(MapType.RequestHeaders);
     request.headers = copy;
-    pairs = new HeaderPairs(copy.dataStart, copy.byteLength);
+    pairs.base = copy.dataStart;
+    pairs.length = copy.byteLength;
   }
-  const method = pairs.get(":method");
-  request.task = taskOf(pairs.get(":path"));
-  request.contentType = pairs.get("content-type");
+  // Compared and parsed in the header map's bytes: strings only for what the request keeps.
+  const post = pairs.is(":method", "POST");
+  request.task = taskAt(pairs);
+  // The usual value is kept as the literal (no copy of it per request).
+  request.contentType = pairs.is("content-type", JSON_TYPE) ? JSON_TYPE : pairs.get("content-type");
   request.requestId = pairs.get("x-request-id");
-  const length = pairs.get("content-length");
+  const digits = pairs.digits("content-length");
+  let sized = digits >= 0;
+  let size = <u64>digits;
+  if (!sized) {
+    const length = pairs.get("content-length");
+    sized = length.length > 0 && length.length < 19;
+    if (sized) size = U64.parseInt(length);
+  }
   const current = snapshot;
   if (current != null) {
     request.session = pairs.get(current.sessionHeader);
     if (current.tenantHeader.length > 0) request.tenant = pairs.get(current.tenantHeader);
   }
-  if (raw != null) heap.free(raw.pointer);
+  if (inPlace) heap.free(pairs.base);
+  pairs.base = 0;
+  pairs.length = 0;
   // The headers phase of the ext_proc path (404, 405, /v1/models, empty body) is the brain's.
-  if (request.task == "" || request.task == "models" || method != "POST" || endOfStream != 0) {
+  if (request.task == "" || request.task == "models" || !post || endOfStream != 0) {
     return escalate(id, request, null) ? HeadersStatus.StopIteration : HeadersStatus.Continue;
   }
-  if (current != null && length.length > 0 && length.length < 19) {
-    const size = U64.parseInt(length);
-    // The clock is read only for a body over the limit (a host call fewer per request).
-    if (size > <u64>current.maxBodyBytes && fresh(nowNanos())) {
-      tooLarge(size, current.maxBodyBytes);
-      return HeadersStatus.StopIteration;
-    }
+  // The clock is read only for a body over the limit (a host call fewer per request).
+  if (current != null && sized && size > <u64>current.maxBodyBytes && fresh(nowNanos())) {
+    tooLarge(size, current.maxBodyBytes);
+    return HeadersStatus.StopIteration;
   }
   // Held: our body callback still runs (Envoy's allow_on_headers_stop_iteration). Otherwise
   // Continue: Envoy's buffer filter after us holds the headers until the body is complete (a
@@ -556,17 +579,25 @@ export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32)
     if (endOfStream != 0) release(request);
     return HeadersStatus.Continue;
   }
-  const raw = getHeaderPairsInPlace(MapType.ResponseHeaders);
-  const pairs = raw != null ? new HeaderPairs(raw.pointer, raw.length) : new HeaderPairs(0, 0);
-  const status = pairs.get(":status");
-  request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
+  const pairs = headerPairs;
+  const inPlace = fetchHeaderPairs(MapType.ResponseHeaders, pairs);
+  const code = pairs.digits(":status");
+  if (code >= 0 && code < 1_000_000_000) {
+    request.status = <i32>code;
+  } else {
+    const status = pairs.get(":status");
+    request.status = status.length > 0 ? <i32>I32.parseInt(status) : 0;
+  }
   const served = pairs.get(SERVED_HEADER);
   request.servedBy = served.length > 0 ? served : request.primary;
-  const contentType = pairs.get("content-type");
-  request.streamed = contentType.startsWith("text/event-stream");
+  request.streamed = pairs.startsWith("content-type", "text/event-stream");
+  const kept = request.kept;
+  const contentType = kept != null ? pairs.get("content-type") : "";
   // A provider answered, or the fleet did through the fallback hop (its attempt failed).
   const fallback = request.fleet ? "" : pairs.get("x-llm-fallback-model");
-  if (raw != null) heap.free(raw.pointer);
+  if (inPlace) heap.free(pairs.base);
+  pairs.base = 0;
+  pairs.length = 0;
   const elapsed = nowNanos() - request.startedNs;
   if (request.fleet) observations.headers(request.primary, request.servedBy, request.status, elapsed, request.streamed);
   request.observed = true;
@@ -580,7 +611,6 @@ export function proxy_on_response_headers(id: u32, count: u32, endOfStream: u32)
       record.pool = "";
     }
   }
-  const kept = request.kept;
   if (kept != null) {
     kept.contentType = contentType;
     setHeader(MapType.ResponseHeaders, "x-llm-cache", "miss"); // as the ext_proc path marks misses

@@ -47,7 +47,9 @@ export class InFlight {
   }
 
   count(address: string): i32 {
-    return (this.own.has(address) ? this.own.get(address) : 0) + (this.others.has(address) ? this.others.get(address) : 0);
+    const own = this.own.has(address) ? this.own.get(address) : 0;
+    // No other worker's counts (one worker): no second lookup.
+    return this.others.size > 0 && this.others.has(address) ? own + this.others.get(address) : own;
   }
 
   add(address: string, delta: i32, now: u64): void {
@@ -116,8 +118,8 @@ export class InFlight {
       this.register(nowNanos());
       return;
     }
+    if (this.peers.size == 0) return; // one worker: nothing to read (and no keys array made)
     const ids = this.peers.keys();
-    if (ids.length == 0) return;
     let changed = false;
     const now = nowNanos();
     for (let i = 0; i < ids.length; i++) {

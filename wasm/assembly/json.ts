@@ -302,7 +302,16 @@ export class Json {
     const last = end - 1;
     while (i < last && n < limit) {
       const c = this.at(i);
-      if (c != 0x5c) { out[n++] = <u8>c; i++; continue; }
+      if (c != 0x5c) {
+        // A run without escapes is copied as it is, in one step.
+        let run = i + 1;
+        while (run < last && this.at(run) != 0x5c) run++;
+        const size = min(run - i, limit - n);
+        memory.copy(out.dataStart + <usize>n, this.data + <usize>i, <usize>size);
+        n += size;
+        i += size;
+        continue;
+      }
       const e = this.at(i + 1);
       i += 2;
       if (e == 0x75) {

@@ -243,9 +243,24 @@ export class Observations {
     this.decisions.set(key, (this.decisions.has(key) ? this.decisions.get(key) : 0) + 1);
   }
 
+  // The last endpoint's stats: a request's response headers and body, and the next requests,
+  // mostly name the same endpoint (the same string: the snapshot's).
+  private lastEndpoint: string = "";
+  private lastStats: EndpointStats | null = null;
+
   private of(endpoint: string): EndpointStats {
-    if (!this.stats.has(endpoint)) this.stats.set(endpoint, new EndpointStats());
-    return this.stats.get(endpoint);
+    const last = this.lastStats;
+    if (last != null && endpoint == this.lastEndpoint) return last;
+    let stats: EndpointStats;
+    if (this.stats.has(endpoint)) {
+      stats = this.stats.get(endpoint);
+    } else {
+      stats = new EndpointStats();
+      this.stats.set(endpoint, stats);
+    }
+    this.lastEndpoint = endpoint;
+    this.lastStats = stats;
+    return stats;
   }
 
   empty(): bool {
@@ -342,6 +357,7 @@ export class Observations {
         + ', "retried_away": ' + s.retriedAway.toString() + ', "inflight": ' + own.toString() + "}";
     }
     this.stats.clear();
+    this.lastStats = null;
     out += '}, "decisions": {';
     const decided = this.decisions.keys();
     for (let i = 0; i < decided.length; i++) {
