@@ -286,13 +286,21 @@ export function sendLocalResponse(status: u32, details: string, body: ArrayBuffe
   );
 }
 
-// The few header names the filter sets (decision headers, property names), encoded once.
-const encodedNames = new Map<string, ArrayBuffer>();
+// The few header names the filter sets (decision headers, property names), encoded once; found
+// by a scan (mostly the same string literals: equal at the first comparison), not a hash.
+const NAMES_KEPT = 64;
+const names = new Array<string>();
+const encodedNames = new Array<ArrayBuffer>();
 
 function encodedName(name: string): ArrayBuffer {
-  if (encodedNames.has(name)) return encodedNames.get(name);
+  for (let i = 0; i < names.length; i++) {
+    if (names[i] == name) return encodedNames[i];
+  }
   const key = String.UTF8.encode(name);
-  if (encodedNames.size < 256) encodedNames.set(name, key); // the brain's names are few too
+  if (names.length < NAMES_KEPT) { // the brain's names are few too
+    names.push(name);
+    encodedNames.push(key);
+  }
   return key;
 }
 

@@ -244,11 +244,14 @@ export class Json {
       // Prompts are long runs of plain ASCII: 16 bytes per step until something needs a look.
       while (pos + 16 <= this.len) {
         const chunk = v128.load(this.data + <usize>pos);
-        const special = v128.or(
+        const special = i8x16.bitmask(v128.or(
           v128.or(i8x16.eq(chunk, quote), i8x16.eq(chunk, backslash)),
           v128.or(i8x16.lt_u(chunk, control), i8x16.gt_u(chunk, ascii)),
-        );
-        if (v128.any_true(special)) break;
+        ));
+        if (special != 0) {
+          pos += ctz(special); // the plain bytes before it need no look
+          break;
+        }
         pos += 16;
       }
       if (pos >= this.len) break;
@@ -305,6 +308,12 @@ export class Json {
       if (c != 0x5c) {
         // A run without escapes is copied as it is, in one step.
         let run = i + 1;
+        const backslash = i8x16.splat(0x5c);
+        while (run + 16 <= last) {
+          const found = i8x16.bitmask(i8x16.eq(v128.load(this.data + <usize>run), backslash));
+          if (found != 0) { run += ctz(found); break; }
+          run += 16;
+        }
         while (run < last && this.at(run) != 0x5c) run++;
         const size = min(run - i, limit - n);
         memory.copy(out.dataStart + <usize>n, this.data + <usize>i, <usize>size);
@@ -373,7 +382,13 @@ export class Json {
       // Long prompts are plain ASCII: 16 bytes per step until an escape or a multi-byte character.
       while (i + 16 <= last) {
         const chunk = v128.load(this.data + <usize>i);
-        if (v128.any_true(v128.or(i8x16.eq(chunk, backslash), i8x16.gt_u(chunk, ascii)))) break;
+        const special = i8x16.bitmask(v128.or(i8x16.eq(chunk, backslash), i8x16.gt_u(chunk, ascii)));
+        if (special != 0) {
+          const plain = ctz(special); // one byte each, as below
+          i += plain;
+          n += plain;
+          break;
+        }
         i += 16;
         n += 16;
       }

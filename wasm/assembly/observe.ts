@@ -25,20 +25,24 @@ class EndpointStats {
 const USAGE = "\"usage\"";
 
 function findAscii(data: usize, length: i32, needle: string, from: i32): i32 {
-  // Every needle here starts with a quote: 16 bytes per step until one shows up.
+  // Every needle here starts with a quote and has a second byte: 16 positions per step until
+  // one holds both (a JSON body has a quote every few bytes, most followed by other letters).
   const quote = i8x16.splat(0x22);
+  const second = i8x16.splat(<i8>needle.charCodeAt(1));
   const n = needle.length;
   const last = length - n;
   let i = from;
   while (i <= last) {
-    if (i + 16 <= length) {
-      // Straight to the block's first quote: a JSON body has one every few bytes.
-      const quotes = i8x16.bitmask(i8x16.eq(v128.load(data + <usize>i), quote));
-      if (quotes == 0) {
+    if (i + 17 <= length) {
+      const starts = i8x16.bitmask(v128.and(
+        i8x16.eq(v128.load(data + <usize>i), quote),
+        i8x16.eq(v128.load(data + <usize>(i + 1)), second),
+      ));
+      if (starts == 0) {
         i += 16;
         continue;
       }
-      i += ctz(quotes);
+      i += ctz(starts);
       if (i > last) break;
     }
     let j = 0;
@@ -178,6 +182,10 @@ export class RequestRecord {
 
 }
 
+class Count {
+  n: i64 = 0;
+}
+
 /** Requests the brain needs only as numbers: the same labels, four values each. */
 class Group {
   values: Array<i64> = new Array<i64>(); // duration µs, time to first byte µs, prompt, completion
@@ -216,7 +224,8 @@ export class Observations {
   stats: Map<string, EndpointStats> = new Map<string, EndpointStats>();
   // Decisions taken here (escalated ones the brain counts itself), by
   // "task|model|tier|outcome|primary endpoint": llm_extproc_requests on the brain.
-  decisions: Map<string, i64> = new Map<string, i64>();
+  decisions: Map<string, Count> = new Map<string, Count>();
+  private lastCount: Count | null = null; // the last key's (cleared with the map)
   // Per-request records, at most maxRecords per batch (the rest are counted), serialised when
   // the batch is sent: off the request's path.
   records: Array<RequestRecord> = new Array<RequestRecord>();
@@ -234,13 +243,21 @@ export class Observations {
 
   decided(task: string, model: string, tier: string, outcome: string, primary: string): void {
     const last = this.last;
-    let key = this.lastKey;
-    if (key.length == 0 || task != last[0] || model != last[1] || tier != last[2] || outcome != last[3] || primary != last[4]) {
-      key = task + "|" + model + "|" + tier + "|" + outcome + "|" + primary;
+    let count = this.lastCount;
+    if (count == null || this.lastKey.length == 0 || task != last[0] || model != last[1] || tier != last[2]
+      || outcome != last[3] || primary != last[4]) {
+      const key = task + "|" + model + "|" + tier + "|" + outcome + "|" + primary;
       last[0] = task; last[1] = model; last[2] = tier; last[3] = outcome; last[4] = primary;
       this.lastKey = key;
+      if (this.decisions.has(key)) {
+        count = this.decisions.get(key);
+      } else {
+        count = new Count();
+        this.decisions.set(key, count);
+      }
+      this.lastCount = count;
     }
-    this.decisions.set(key, (this.decisions.has(key) ? this.decisions.get(key) : 0) + 1);
+    count.n++;
   }
 
   // The last endpoint's stats: a request's response headers and body, and the next requests,
@@ -361,9 +378,10 @@ export class Observations {
     out += '}, "decisions": {';
     const decided = this.decisions.keys();
     for (let i = 0; i < decided.length; i++) {
-      out += (i > 0 ? ", " : "") + jsonQuote(decided[i]) + ": " + this.decisions.get(decided[i]).toString();
+      out += (i > 0 ? ", " : "") + jsonQuote(decided[i]) + ": " + this.decisions.get(decided[i]).n.toString();
     }
     this.decisions.clear();
+    this.lastCount = null;
     const parts = new Array<string>();
     parts.push(out);
     parts.push('}, "records": [');
