@@ -1,12 +1,12 @@
 // A minimal proxy-wasm ABI 0.2.1 host in Node, to time the filter's own work per request and
 // count its host calls without Envoy (a dev tool, not shipped; docs in wasm/bench/README.md).
 //
-//   node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--counts] MODULE.wasm...
+//   node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--tick-every N] [--counts] MODULE.wasm...
 //
 // Each module gets its own instance, driven as Envoy drives it: vm start, configure (the local
 // config's plugin settings), the snapshot poll answered with FILE, then per request the headers,
 // body (end of stream), response headers, response body and log callbacks; a tick every 1000
-// requests (the poll it starts is answered 304, a report 204). Runs alternate between modules
+// requests (--tick-every) (the poll it starts is answered 304, a report 204). Runs alternate between modules
 // (interleaved, so drift in the machine's speed hits all alike); prints the median µs per
 // request with its min and max, and with --counts the host calls per request by kind.
 import { readFileSync } from "node:fs";
@@ -31,7 +31,7 @@ const REQUESTS = Number(option("--requests", "20000"));
 const RUNS = Number(option("--runs", "7"));
 const SNAPSHOT = readFileSync(option("--snapshot", join(here, "snapshot-1.json")));
 const COUNTS = flag("--counts");
-const TICK_EVERY = 1000;
+const TICK_EVERY = Number(option("--tick-every", "1000")); // Envoy ticks every 100 ms
 const modules = args;
 if (modules.length == 0) {
   console.error("usage: node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--counts] MODULE.wasm...");
