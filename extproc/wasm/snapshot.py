@@ -1,4 +1,4 @@
-"""The routing snapshot the Wasm filter decides from (format 2; docs/wasm.md).
+"""The routing snapshot the Wasm filter decides from (format 3; docs/wasm.md).
 
 Built by the brain from the same objects the ext_proc path decides with: the compiled policy,
 evaluated once per (task, stream, model, tenant) key where its verdict cannot depend on anything else,
@@ -11,6 +11,7 @@ asks the brain, which answers with the ext_proc path's own code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -20,12 +21,12 @@ from extproc.errors import ErrorKind, RoutingError
 from extproc.fleet.state import FleetSnapshot
 from extproc.policy.compile import CompiledPolicy
 from extproc.policy.schema import Action, Match
-from extproc.policy.types import PolicyDecision, PolicyInput, Target
+from extproc.policy.types import PolicyInput, Target
 from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
 from extproc.scheduler.scorers.session import Params as SessionParams
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 # Scores travel as integers (millionths): float parsing in the filter then cannot differ from
 # Python's, so both sides order candidates identically.
 SCORE_SCALE = 1_000_000
@@ -103,19 +104,6 @@ def _tenant_escalates(policy: CompiledPolicy, tenant: str) -> bool:
     return plan is not None and (plan.allow_upgrade or plan.limits is not None)
 
 
-def may_reach_provider(policy: CompiledPolicy, verdict: PolicyDecision) -> bool:
-    """Whether the ext_proc path's decision for this verdict may involve a hosted provider.
-
-    Router._decide hands a request to a provider only for a target in a provider pool (when the
-    provider is healthy, the tenant's hosted budget has room and the task can go there) or by
-    spill-over (verdict.spill: when every fleet endpoint is predicted to miss the TTFT
-    objective). All of that is per-request state the table does not hold, so such rows are the
-    brain's. Any other row is decided as without providers: the fallback hop after a failed
-    provider attempt is ext_proc's (extproc.deploy.wasm_config), budgets only gate provider
-    targets and spill-over, and a fleet decision carries no provider header."""
-    return verdict.spill is not None or any(target.pool in policy.providers for target in verdict.targets)
-
-
 def _route_entry(
     policy: CompiledPolicy, task: str, stream: bool, model: str, tenant: str, served: set[str]
 ) -> dict[str, Any]:
@@ -135,14 +123,29 @@ def _route_entry(
             ErrorKind.REJECTED_BY_POLICY, message, "rejected_by_policy", status_override=status
         )
         return {"reject": {"status": error.status, "body": error.body().decode()}}
-    if may_reach_provider(policy, verdict):
+    # Hosted providers: Router._decide hands a request to a provider only for a target in a
+    # provider pool (when the provider is healthy, the tenant's hosted budget has room and the
+    # task can go there) or by spill-over (when every fleet endpoint is predicted to miss the
+    # TTFT objective): per-request state the table does not hold, so those are the brain's.
+    # Anything else is decided as without providers: the fallback hop after a failed provider
+    # attempt is ext_proc's (extproc.deploy.wasm_config), budgets only gate provider targets
+    # and spill-over, and a fleet decision carries no provider header.
+    if verdict.spill is not None:
+        return {"escalate": True}
+    # The chain up to its first provider target is the fleet's; the provider serves only when
+    # none of those targets has an endpoint, so a walk that gets that far escalates.
+    fleet_part = list(itertools.takewhile(lambda t: t.pool not in policy.providers, verdict.targets))
+    if verdict.targets and not fleet_part:
         return {"escalate": True}
     if not verdict.targets and model not in served:
         return {"escalate": True}
-    return {
-        "targets": [[t.model, t.pool] for t in verdict.targets],
+    entry: dict[str, Any] = {
+        "targets": [[t.model, t.pool] for t in fleet_part],
         "headers": [list(pair) for pair in verdict.headers],
     }
+    if len(fleet_part) < len(verdict.targets):
+        entry["then_escalate"] = True
+    return entry
 
 
 def _candidates(router: Router, fleet: FleetSnapshot, target: Target, now: float) -> dict[str, Any]:

@@ -208,6 +208,31 @@ def test_no_endpoint_for_a_known_model_is_a_503_with_retry_after(
     assert (status, headers["retry-after"], raw) == (503, "1", expected.body())
 
 
+def test_a_chain_going_on_to_a_provider_escalates_when_the_fleet_has_no_endpoint(
+    wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
+) -> None:
+    _, brain = wasm
+    brain.decide = lambda headers, raw: {
+        "action": "respond",
+        "status": 200,
+        "headers": [["content-type", "application/json"], ["x-brain", "provider"]],
+        "body": "{}",
+    }
+    snapshot = snapshot_for(envoy.addresses)
+    # The fleet's "m" first, then (not in the table) a hosted provider's target.
+    for route in snapshot["routes"].values():
+        route["then_escalate"] = True
+    publish(brain, snapshot)
+    before = len(brain.decided)
+    assert echoed(envoy.request(CHAT, chat()))["endpoint"] == envoy.addresses[0]  # the fleet has one
+    assert len(brain.decided) == before
+    snapshot["candidates"] = {"m|": {"endpoints": []}}
+    publish(brain, snapshot)
+    status, headers, _ = envoy.request(CHAT, chat())
+    assert (status, headers["x-brain"]) == (200, "provider")  # not the filter's 503
+    assert len(brain.decided) == before + 1
+
+
 def test_alias_target_rewrites_the_model_and_content_length(
     wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
 ) -> None:

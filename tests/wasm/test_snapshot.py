@@ -90,7 +90,7 @@ def test_kept_rows_carry_the_load_scorers_fleet_terms_and_the_scraped_queue() ->
     scheduler = Scheduler(SchedulerConfig(gpu_weights={"h100": 5.0, "t4": 1.0}))
     router = Router(ServerConfig(complexity_header=False), fleet, scheduler, InFlight(), policy=lambda: None)
     snapshot = build_routing_snapshot(router, now)
-    assert snapshot["format"] == 2
+    assert snapshot["format"] == 3
     assert snapshot["load_weight"] == 3_000_000  # the load scorer's default weight, in millionths
     rows = [fleet.snapshot.index[e[0]] for e in snapshot["candidates"]["m|"]["endpoints"]]
     loaded = scheduler.load_terms(fleet.snapshot, rows, now)
@@ -118,7 +118,7 @@ tenants:
     spiller: {hosted: {spillover: true}}
     plain: {tier: premium}
 pools:
-  - {name: p, models: [fleet-only, both, spills]}
+  - {name: p, models: [fleet-only, both, spills, chained]}
   - name: openai
     kind: provider
     models: [hosted-only, both]
@@ -181,12 +181,21 @@ def test_rows_that_may_reach_a_provider_are_escalated(tmp_path: Path) -> None:
     for task in ("chat", "completion", "embedding"):
         for stream in (0, 1):
             for tenant in ("*", "spiller", "plain"):
-                # Served only by the provider; an alias naming the provider's pool; a fleet model
-                # whose fallback chain ends at the provider (used when the fleet has no endpoint).
-                for model in ("hosted-only", "hosted-alias", "chained"):
+                # Served only by the provider; an alias naming the provider's pool.
+                for model in ("hosted-only", "hosted-alias"):
                     assert routes[f"{task}|{stream}|{model}|{tenant}"] == ESCALATE, (model, tenant)
             # Spill-over: the fleet's model, but the tenant may overflow to the provider.
             assert routes[f"{task}|{stream}|spills|spiller"] == ESCALATE
+
+
+def test_a_fallback_chain_is_the_filters_up_to_its_first_provider_target(tmp_path: Path) -> None:
+    routes = provider_routes(tmp_path)
+    for tenant in ("*", "spiller", "plain"):
+        # The fleet's model first; the provider only when the fleet has no endpoint for it, which
+        # the filter hands to the brain instead of answering 503.
+        assert routes[f"chat|0|chained|{tenant}"]["targets"] == [["chained", "p"]]
+        assert routes[f"chat|0|chained|{tenant}"]["then_escalate"] is True
+        assert "then_escalate" not in routes[f"chat|0|fleet-only|{tenant}"]
 
 
 def test_tenants_without_a_plan_spill_over_by_default_hosted(tmp_path: Path) -> None:

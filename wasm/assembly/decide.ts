@@ -480,6 +480,7 @@ export function decide(
     fallback = i > 0;
     break;
   }
+  if ((chosen == null || served == null) && route.thenEscalate) return ESCALATE; // the provider's turn
   if (chosen == null || served == null) {
     if (!reprSafe(model)) return ESCALATE;
     const unavailable = error(503, "no healthy endpoint for model '" + model + "'; retry later",

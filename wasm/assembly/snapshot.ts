@@ -1,7 +1,7 @@
-// The brain's routing snapshot (format 1, see docs/wasm.md), parsed once per change per VM.
+// The brain's routing snapshot (format 3, see docs/wasm.md), parsed once per change per VM.
 import { Json, Kind, Field } from "./json";
 
-export const SNAPSHOT_FORMAT: i64 = 2;
+export const SNAPSHOT_FORMAT: i64 = 3;
 
 export class Target {
   looked: bool = false; // set is this snapshot's candidates for the target (Snapshot.candidatesFor)
@@ -32,6 +32,9 @@ export class Route {
   rejectStatus: i32 = 0;
   rejectBody: string = "";
   targets: Array<Target> = new Array<Target>();
+  // The chain goes on to a hosted provider's target: when none of these targets has an
+  // endpoint, the brain decides (never the filter's 503).
+  thenEscalate: bool = false;
   headers: Array<string> = new Array<string>(); // name, value, name, value...
 }
 
@@ -107,6 +110,8 @@ function parseRoute(json: Json, pos: i32): Route | null {
     const field = fields[i];
     if (field.key == "escalate") {
       route.escalate = boolAt(json, field.start);
+    } else if (field.key == "then_escalate") {
+      route.thenEscalate = boolAt(json, field.start);
     } else if (field.key == "reject" && json.kind(field.start) == Kind.Object) {
       const reject = json.fields(field.start, 3);
       if (reject == null) return null;
