@@ -6,8 +6,9 @@
 // directly; elsewhere (Istio's WasmPlugin cannot set that) the headers pass on, Envoy's buffer
 // filter holds them, and the decision goes out as filter state "wasm.<header>", which Envoy's
 // header_mutation copies into the headers. Either way header_to_metadata moves the endpoint
-// list into envoy.lb for override_host: Wasm cannot write dynamic metadata. What the snapshot cannot decide (and
-// everything while the snapshot is missing or stale) goes to the brain's /decide endpoint.
+// list into envoy.lb for override_host: Wasm cannot write dynamic metadata. What the snapshot
+// cannot decide (and everything while the snapshot is missing or stale) goes to the brain's
+// /decide endpoint.
 import {
   BufferType, DataStatus, HeadersStatus, LogLevel, MapType, MetricType,
   HeaderPairs, RawBytes, continueRequest, decodeHeaders, defineMetric, fetchHeaderPairs, getBuffer, getBufferRaw, getHeader, getHeaderPairsRaw, httpCall, httpCallRaw,
