@@ -56,7 +56,9 @@ def _local_filters(with_providers: bool = False) -> dict[str, dict[str, Any]]:
     # A WasmPlugin cannot set allow_on_headers_stop_iteration: the decision travels as filter
     # state through Envoy's buffer and header_mutation filters.
     config = yaml.safe_load(
-        render_wasm(["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1, hold_headers=False)
+        render_wasm(
+            ["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1, settings=MESH_SETTINGS
+        )
     )
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     filters: list[dict[str, Any]] = hcm["typed_config"]["http_filters"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -174,13 +173,11 @@ def render_wasm(
     provider_addresses: Mapping[str, str] | None = None,
     sds_dir: Path | None = None,
     extproc_port: int = 0,
-    hold_headers: bool = True,
 ) -> str:
     """``providers``: hosted provider pools, as in extproc.deploy.envoy_config.render; their
     fallback hop and attempt observer talk ext_proc to the brain's gRPC port ``extproc_port``.
-    ``hold_headers=False``: the chain for an Envoy whose Wasm filter cannot hold the request
-    headers (Istio's WasmPlugin), see passing_headers_filters."""
-    settings = dataclasses.replace(settings, hold_headers=hold_headers)
+    ``settings.hold_headers=False``: the chain for an Envoy whose Wasm filter cannot hold the
+    request headers (Istio's WasmPlugin), see passing_headers_filters."""
     text = shipped("envoy", "wasm.yaml").read_text()
     rendered = Template(text).substitute(
         admin_port=admin_port,
@@ -194,7 +191,7 @@ def render_wasm(
         plugin_configuration=settings.json(),
         wasm_path=json.dumps(str(module or wasm_module())),
     )
-    if not hold_headers:
+    if not settings.hold_headers:
         passing = yaml.safe_load(rendered)
         filters = _http_filters(passing)
         at = next(i for i, f in enumerate(filters) if f["name"] == WASM_FILTER)

@@ -147,7 +147,6 @@ class WasmEnvoy:
                 listen_port=self.listen_port,
                 admin_port=self.admin_port,
                 brain_port=brain_port,
-                hold_headers=settings.pop("hold_headers", True),
                 settings=FilterSettings(**settings),
             )
         )
