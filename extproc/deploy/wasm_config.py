@@ -197,6 +197,7 @@ def render_wasm(
         at = next(i for i, f in enumerate(filters) if f["name"] == WASM_FILTER)
         del filters[at]["typed_config"]["config"]["allow_on_headers_stop_iteration"]
         filters[at + 1 : at + 1] = passing_headers_filters(max_body_bytes)
+        _mirror_from_the_fleet_route(passing)
         rendered = yaml.safe_dump(passing, sort_keys=False)
     if not providers:
         return rendered
@@ -217,6 +218,24 @@ def render_wasm(
     config["layered_runtime"] = extproc["layered_runtime"]
     add_provider_decision(_http_filters(config))
     return with_providers(config, providers, provider_addresses, sds_dir=sds_dir, fallback_routing=routing)
+
+
+def _mirror_from_the_fleet_route(config: dict[str, Any]) -> None:
+    """One fleet route carrying the mirror policy (changed in place). The template keeps it on a
+    route only mirrored requests match, which needs the route picked again once the decision's
+    headers are in; where they arrive through header_mutation nothing picks it again, and the
+    router reads the mirror header itself."""
+    main = config["static_resources"]["listeners"][0]
+    routes: list[dict[str, Any]] = main["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"]
+    at = next(
+        i
+        for i, r in enumerate(routes)
+        if any(h.get("name") == MIRROR_CLUSTER_HEADER for h in r["match"].get("headers", ()))
+    )
+    mirrored = routes.pop(at)
+    routes[at]["route"]["request_mirror_policies"] = mirrored["route"]["request_mirror_policies"]
 
 
 PROVIDER_PATH_FILTER = "provider-path"

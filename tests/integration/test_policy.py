@@ -68,7 +68,10 @@ def test_local_stack_policy_premium_rewrite_and_timeouts() -> None:
         local.stop()
 
 
-def test_canary_split_converges_and_mirror_reaches_the_shadow_pool(tmp_path: Path) -> None:
+# On the Wasm path a mirrored request takes its own route once the filter has written the
+# decision (a mirror policy on the shared route would have Envoy copy every body): both paths.
+@pytest.mark.parametrize("data_path", ["extproc", "wasm"])
+def test_canary_split_converges_and_mirror_reaches_the_shadow_pool(tmp_path: Path, data_path: str) -> None:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(
         "endpoints:\n"
@@ -95,10 +98,11 @@ def test_canary_split_converges_and_mirror_reaches_the_shadow_pool(tmp_path: Pat
         "      targets: [{model: llama-3-8b, pool: stable, weight: 90}, {model: llama-3-8b-v2, pool: canary, weight: 10}]\n"
         "default: {}\n"
     )
-    local = LocalStack(stack_config(policy=str(policy), sim_fleet_file=str(fleet)))
+    local = LocalStack(stack_config(policy=str(policy), sim_fleet_file=str(fleet), data_path=data_path))
     local.start()
     try:
         by_pool = {e["address"]: e["pool"] for e in local.fleet}
+        shadow = next(a for a, p in by_pool.items() if p == "shadow")
         pools = []
         for i in range(300):
             status, headers, body = post(
@@ -119,9 +123,9 @@ def test_canary_split_converges_and_mirror_reaches_the_shadow_pool(tmp_path: Pat
             for _ in range(5)
         }
         assert len(again) == 1
-
-        shadow = next(a for a, p in by_pool.items() if p == "shadow")
+        # Only the mirror rule's requests are mirrored.
         before = stats(shadow)["served"]
+        assert before == 0
         for _ in range(5):
             status, headers, body = post(
                 local, "/v1/chat/completions", chat_body(max_tokens=1), {"x-mirror-me": "1"}

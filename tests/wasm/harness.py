@@ -54,6 +54,7 @@ class _Echo(_Quiet):
 
     def do_POST(self) -> None:
         received = self.body()
+        self.server.authorities.append(self.headers.get("host", ""))  # type: ignore[attr-defined]
         if self.headers.get(SLOW_HEADER):
             slow_started.set()
             release_slow.wait(10)
@@ -76,6 +77,12 @@ class _Echo(_Quiet):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.authorities: list[
+            str
+        ] = []  # what each request named as its host (a mirror's has "-shadow" before the port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients (Envoy at shutdown) hang up mid-request; not a test failure

@@ -7,6 +7,7 @@ each test controls exactly what the filter knows; tests/wasm/test_stack.py runs 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,33 @@ def test_brain_decisions_route_with_their_headers_and_body(
     assert answer["endpoint"] == envoy.addresses[2]
     assert answer["headers"]["x-llm-complexity"] == "0.500"
     assert answer["body"] == new_body
+
+
+def test_only_a_decision_naming_a_mirror_cluster_is_mirrored(
+    wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
+) -> None:
+    _, brain = wasm
+
+    def decide(mirror: bool) -> dict[str, Any]:
+        headers = [["x-gateway-destination-endpoint", envoy.addresses[0]]]
+        return {
+            "action": "route",
+            "primary": envoy.addresses[0],
+            "headers": [*headers, ["x-llm-mirror-cluster", "fleet"]] if mirror else headers,
+        }
+
+    def mirrored() -> int:
+        return sum("-shadow" in a for server in envoy.fleet for a in server.authorities)  # type: ignore[attr-defined]
+
+    brain.decide = lambda headers, raw: decide(False)
+    assert envoy.request(CHAT, b'{"model": "m", "messages": []}')[0] == 200
+    brain.decide = lambda headers, raw: decide(True)
+    assert envoy.request(CHAT, b'{"model": "m", "messages": []}')[0] == 200
+    wait_until(lambda: mirrored() == 1)
+    brain.decide = lambda headers, raw: decide(False)
+    assert envoy.request(CHAT, b'{"model": "m", "messages": []}')[0] == 200
+    time.sleep(0.2)  # a mirror is fire-and-forget: give a wrong one time to arrive
+    assert mirrored() == 1
 
 
 def test_headers_phase_cases_go_to_the_brain(wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy) -> None:
