@@ -28,6 +28,7 @@ from string import Template
 from typing import Any
 
 import grpc
+import yaml
 
 from extproc.bench.machine import write_report
 from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
@@ -106,6 +107,20 @@ class Bench:
                 proc.kill()
 
 
+def with_retries(plain: str, wasm: str) -> str:
+    """The plain config with the retry policy of the Wasm path's fleet route."""
+    config = yaml.safe_load(plain)
+    source = yaml.safe_load(wasm)
+
+    def fleet_route(c: dict[str, Any]) -> dict[str, Any]:
+        hcm = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        route: dict[str, Any] = hcm["route_config"]["virtual_hosts"][0]["routes"][-1]["route"]
+        return route
+
+    fleet_route(config)["retry_policy"] = fleet_route(source)["retry_policy"]
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m extproc.bench.overhead", description=__doc__.splitlines()[0]
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (
             "backend",
             "plain",
+            "plain_retries",
             "front",
             "observed",
             "extproc",
@@ -144,7 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     admin = {
         name: free_port()
-        for name in ("backend", "plain", "front", "observed", "floor_front", "wasm_front", "escalating_front")
+        for name in (
+            "backend",
+            "plain",
+            "plain_retries",
+            "front",
+            "observed",
+            "floor_front",
+            "wasm_front",
+            "escalating_front",
+        )
     }
     backend = f"127.0.0.1:{ports['backend']}"
     try:
@@ -161,6 +186,22 @@ def main(argv: list[str] | None = None) -> int:
                 listen_port=ports["plain"],
                 lb_policy="LEAST_REQUEST",
                 lb_endpoints=lb_endpoints([backend]),
+            ),
+        )
+        # envoy+retries: plain Envoy with the retry policy our configs carry (Envoy's fallback):
+        # a retry replays the request, so Envoy's router keeps a copy of every body. Shown
+        # beside plain Envoy to separate the fallback's cost from the decision's; the targets
+        # stay against plain Envoy.
+        bench.envoy(
+            "plain_retries",
+            with_retries(
+                Template((ENVOY_DIR / "bench-plain.yaml").read_text()).substitute(
+                    admin_port=admin["plain_retries"],
+                    listen_port=ports["plain_retries"],
+                    lb_policy="LEAST_REQUEST",
+                    lb_endpoints=lb_endpoints([backend]),
+                ),
+                render_wasm([backend], listen_port=0, admin_port=0, brain_port=0),
             ),
         )
         fleet = work / "fleet.json"
@@ -250,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         setups = {
             "envoy": ports["plain"],
+            "envoy+retries": ports["plain_retries"],
             "envoy+wasm": ports["wasm_front"],
             "envoy+wasm-escalated": ports["escalating_front"],
             "envoy+extproc": ports["front"],
@@ -277,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         # excluded): on a shared machine it moves far less than latency and req/s do.
         own = {
             "envoy": ["plain"],
+            "envoy+retries": ["plain_retries"],
             "envoy+wasm": ["wasm_front", "brain"],
             "envoy+wasm-escalated": ["escalating_front", "escalating_brain"],
             "envoy+extproc": ["front", "extproc"],

@@ -44,8 +44,9 @@ const PLUGIN_CONFIG = encoder.encode(JSON.stringify({
   brain_cluster: "llm_brain", brain_authority: "llm-brain", poll_ms: 100, decide_timeout_ms: 1000,
   report_every_ticks: 10, observe: true, max_records: 1000, hold_headers: true,
 }));
-// extproc/bench/overhead.py's request: a 200-byte chat body.
-const REQUEST_BODY = encoder.encode('{"model":"m","messages":[{"role":"user","content":"' + "a".repeat(140) + '"}]}');
+// extproc/bench/overhead.py's request: a 200-byte chat body by default.
+// --prompt-bytes N: the content grows to N bytes (the benchmark's 200 KB case: 204800).
+const REQUEST_BODY = encoder.encode('{"model":"m","messages":[{"role":"user","content":"' + "a".repeat(Math.max(1, Number(option("--prompt-bytes", "200")) - 60)) + '"}]}');
 const RESPONSE_BODY = encoder.encode(JSON.stringify({
   id: "chatcmpl-1", object: "chat.completion", created: 1700000000, model: "m",
   choices: [{ index: 0, message: { role: "assistant", content: "Hello there, how can I help?" }, finish_reason: "stop" }],

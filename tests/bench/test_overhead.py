@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import yaml
+
+from extproc.bench.overhead import with_retries
+from extproc.deploy.envoy_config import ENVOY_DIR, lb_endpoints
+from extproc.deploy.wasm_config import render_wasm
+from extproc.devstack.stack import envoy_binary
+
+
+def routes(text: str) -> list[dict[str, Any]]:
+    config = yaml.safe_load(text)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    found: list[dict[str, Any]] = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    return found
+
+
+def test_the_retries_baseline_is_plain_envoy_with_the_wasm_paths_retry_policy(tmp_path: Path) -> None:
+    plain = Template((ENVOY_DIR / "bench-plain.yaml").read_text()).substitute(
+        admin_port=9901,
+        listen_port=10000,
+        lb_policy="LEAST_REQUEST",
+        lb_endpoints=lb_endpoints(["127.0.0.1:8001"]),
+    )
+    wasm = render_wasm(["127.0.0.1:8001"], listen_port=1, admin_port=2, brain_port=3)
+    text = with_retries(plain, wasm)
+    (route,) = routes(text)
+    assert route["route"]["retry_policy"] == routes(wasm)[-1]["route"]["retry_policy"]
+    assert route["route"]["retry_policy"]["retry_host_predicate"][0]["name"].endswith("previous_hosts")
+    assert "retry_policy" not in routes(plain)[0]["route"]
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
