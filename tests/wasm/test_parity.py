@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,23 @@ def request_for(
         raw = raw[: len(raw) // 2]  # truncated JSON
     elif roll < 0.3:
         raw = b""
+    # Draws of their own, so the main sequence (and the cases it covers) stays as it was.
+    side = random.Random(zlib.crc32(raw))
+    if side.random() < 0.05:
+        # A raw byte JSON or UTF-8 forbids (or allows: a tab) somewhere in the body.
+        at = side.randint(0, len(raw))
+        raw = raw[:at] + side.choice([b"\x01", b"\x1f", b"\t", b"\xff", b"\xc3", b"\xe6\xbc"]) + raw[at:]
+    elif side.random() < 0.1:
+        # A long plain run, then what needs a look, at any offset of the filter's 64- and
+        # 16-byte steps.
+        run = (
+            "p" * side.randint(64, 400)
+            + side.choice(['"', "\\", "\u0001", "é", "漢", "🙂"])
+            + "q" * side.randint(0, 80)
+        )
+        raw = raw.replace(
+            b'"content": "', b'"content": "' + json.dumps(run, ensure_ascii=False)[1:-1].encode(), 1
+        )
     if rng.random() < 0.05:
         raw = raw.replace(b'"model"', b'"mod\\u0065l"', 1)  # an escaped key
     elif rng.random() < 0.05:
