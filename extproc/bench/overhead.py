@@ -7,7 +7,10 @@ are measured interleaved, round by round, so machine noise hits them alike. Refe
 `envoy+python-floor` (the cheapest possible Python ext_proc, e2e/floor_extproc.py) and vLLM's
 own router (`pip install vllm-router`), when its binary is on PATH. `envoy+wasm`: the decision
 inside Envoy (docs/wasm.md); `envoy+wasm-escalated`: the same filter handing every request to
-the brain's decide endpoint.
+the brain's decide endpoint; `envoy+wasm-minimal` (from a checkout with wasm/node_modules): a
+module that reads what a decider must and writes a fixed decision (wasm/bench/minimal.ts), the
+floor of any Wasm decider with this filter chain; `envoy+retries`: plain Envoy with our retry
+policy.
 """
 
 from __future__ import annotations
@@ -121,6 +124,52 @@ def with_retries(plain: str, wasm: str) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+WASM_SOURCES = Path(__file__).parents[2] / "wasm"
+
+
+def minimal_decider(work: Path) -> Path | None:
+    """wasm/bench/minimal.ts built with the pinned toolchain (installed as wasm/build.sh does),
+    or None outside a checkout or without npm (the module is a measurement tool, not package
+    data)."""
+    if not (WASM_SOURCES / "package-lock.json").exists() or shutil.which("npm") is None:
+        print("envoy+wasm-minimal skipped: it needs a checkout's wasm/ and npm", file=sys.stderr)
+        return None
+    if not (WASM_SOURCES / "node_modules" / ".bin" / "asc").exists():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=WASM_SOURCES,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    out = work / "minimal.wasm"
+    subprocess.run(
+        [
+            "npx",
+            "--no-install",
+            "asc",
+            "bench/minimal.ts",
+            "--config",
+            "asconfig.json",
+            "--target",
+            "release",
+            "--outFile",
+            str(out),
+        ],
+        cwd=WASM_SOURCES,
+        check=True,
+    )
+    return out
+
+
+def with_fixed_decision(wasm: str, endpoint: str) -> str:
+    """The Wasm config with the minimal module's configuration: the endpoint it always names."""
+    config = yaml.safe_load(wasm)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (plugin,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+    plugin["typed_config"]["config"]["configuration"]["value"] = endpoint
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m extproc.bench.overhead", description=__doc__.splitlines()[0]
@@ -156,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "escalating_brain",
             "escalating_brain_grpc",
             "escalating_front",
+            "minimal_front",
         )
     }
     admin = {
@@ -169,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor_front",
             "wasm_front",
             "escalating_front",
+            "minimal_front",
         )
     }
     backend = f"127.0.0.1:{ports['backend']}"
@@ -289,6 +340,21 @@ def main(argv: list[str] | None = None) -> int:
                     [backend], listen_port=ports[front], admin_port=admin[front], brain_port=ports[brain]
                 ),
             )
+        minimal = minimal_decider(work)
+        if minimal is not None:
+            bench.envoy(
+                "minimal_front",
+                with_fixed_decision(
+                    render_wasm(
+                        [backend],
+                        listen_port=ports["minimal_front"],
+                        admin_port=admin["minimal_front"],
+                        brain_port=ports["brain"],
+                        module=minimal,
+                    ),
+                    backend,
+                ),
+            )
         setups = {
             "envoy": ports["plain"],
             "envoy+retries": ports["plain_retries"],
@@ -298,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             "envoy+extproc+observer": ports["observed"],
             "envoy+python-floor": ports["floor_front"],
         }
+        if minimal is not None:
+            setups["envoy+wasm-minimal"] = ports["minimal_front"]
         router = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
         if Path(router).exists():
             bench.spawn(
@@ -322,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             "envoy+retries": ["plain_retries"],
             "envoy+wasm": ["wasm_front", "brain"],
             "envoy+wasm-escalated": ["escalating_front", "escalating_brain"],
+            "envoy+wasm-minimal": ["minimal_front"],
             "envoy+extproc": ["front", "extproc"],
             "envoy+extproc+observer": ["observed", "extproc"],
             "envoy+python-floor": ["floor_front", "floor"],

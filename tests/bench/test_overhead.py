@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from string import Template
 from typing import Any
 
+import pytest
 import yaml
 
-from extproc.bench.overhead import with_retries
+from extproc.bench.overhead import minimal_decider, with_fixed_decision, with_retries
 from extproc.deploy.envoy_config import ENVOY_DIR, lb_endpoints
 from extproc.deploy.wasm_config import render_wasm
-from extproc.devstack.stack import envoy_binary
+from extproc.devstack.stack import envoy_binary, free_port
+from tests.wasm.harness import WasmEnvoy
 
 
 def routes(text: str) -> list[dict[str, Any]]:
@@ -39,3 +42,23 @@ def test_the_retries_baseline_is_plain_envoy_with_the_wasm_paths_retry_policy(tm
         [envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.envoy
+def test_the_minimal_decider_sends_every_request_to_its_fixed_endpoint(tmp_path: Path) -> None:
+    module = minimal_decider(tmp_path)
+    assert module is not None, "the checkout's wasm/ and npm build it"
+    envoy = WasmEnvoy(
+        3,
+        tmp_path,
+        free_port(),
+        module=module,
+        rewrite=lambda text, addresses: with_fixed_decision(text, addresses[1]),
+    )
+    try:
+        for _ in range(5):
+            status, _, raw = envoy.request("/v1/chat/completions", b'{"model": "m", "messages": []}')
+            assert status == 200
+            assert json.loads(raw)["endpoint"] == envoy.addresses[1]
+    finally:
+        envoy.stop()

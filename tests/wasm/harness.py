@@ -141,22 +141,31 @@ class StaticBrain:
 
 class WasmEnvoy:
     def __init__(
-        self, endpoints: int, workdir: Path, brain_port: int, concurrency: int = 1, **settings: Any
+        self,
+        endpoints: int,
+        workdir: Path,
+        brain_port: int,
+        concurrency: int = 1,
+        module: Path | None = None,
+        rewrite: Callable[[str, list[str]], str] | None = None,
+        **settings: Any,
     ) -> None:
+        """``module``: another Wasm module than the shipped one; ``rewrite``: changes the
+        rendered config, given the fleet's addresses."""
         self.fleet = [_serve(_Server(("127.0.0.1", 0), _Echo)) for _ in range(endpoints)]
         self.addresses = [f"127.0.0.1:{s.server_address[1]}" for s in self.fleet]
         self.listen_port = free_port()
         self.admin_port = free_port()
         config = workdir / "envoy-wasm.yaml"
-        config.write_text(
-            render_wasm(
-                self.addresses,
-                listen_port=self.listen_port,
-                admin_port=self.admin_port,
-                brain_port=brain_port,
-                settings=FilterSettings(**settings),
-            )
+        text = render_wasm(
+            self.addresses,
+            listen_port=self.listen_port,
+            admin_port=self.admin_port,
+            brain_port=brain_port,
+            settings=FilterSettings(**settings),
+            module=module,
         )
+        config.write_text(rewrite(text, self.addresses) if rewrite else text)
         self.log = workdir / "envoy-wasm.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
