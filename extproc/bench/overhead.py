@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from string import Template
@@ -44,12 +45,19 @@ wrk.body = '{"model":"m","messages":[{"role":"user","content":"' .. string.rep("
 """
 
 
-def wait_http(url: str, timeout_s: float = 20) -> None:
+def wait_http(url: str, timeout_s: float = 20, any_status: bool = False) -> None:
+    """Until ``url`` answers 2xx, or with ``any_status`` anything (a front is up: a Wasm front
+    whose brain is up answers an unknown path with the ext_proc path's 404, one whose brain is
+    not yet fails open to the backend's 200)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=0.5):
                 return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
+            time.sleep(0.05)
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer")
@@ -400,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(
                 f"http://127.0.0.1:{port}/health"
                 if name == "vllm-router"
-                else f"http://127.0.0.1:{port}/metrics"
+                else f"http://127.0.0.1:{port}/metrics",
+                any_status=name != "vllm-router",
             )
         for brain in ("brain", "escalating_brain"):
             wait_http(f"http://127.0.0.1:{ports[brain]}/v1/llm-extproc/snapshot")
