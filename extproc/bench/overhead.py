@@ -195,41 +195,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     bench = Bench(work)
-    ports = {
-        name: free_port()
-        for name in (
-            "backend",
-            "plain",
-            "plain_retries",
-            "front",
-            "observed",
-            "extproc",
-            "vllm_router",
-            "floor",
-            "floor_front",
-            "brain",
-            "brain_grpc",
-            "wasm_front",
-            "escalating_brain",
-            "escalating_brain_grpc",
-            "escalating_front",
-            "minimal_front",
-        )
-    }
-    admin = {
-        name: free_port()
-        for name in (
-            "backend",
-            "plain",
-            "plain_retries",
-            "front",
-            "observed",
-            "floor_front",
-            "wasm_front",
-            "escalating_front",
-            "minimal_front",
-        )
-    }
+    # Each Envoy's listener and admin port; then the Python servers' ports.
+    envoys = (
+        "backend",
+        "plain",
+        "plain_retries",
+        "front",
+        "observed",
+        "floor_front",
+        "wasm_front",
+        "escalating_front",
+        "minimal_front",
+    )
+    servers = (
+        "extproc",
+        "vllm_router",
+        "floor",
+        "brain",
+        "brain_grpc",
+        "escalating_brain",
+        "escalating_brain_grpc",
+    )
+    ports = {name: free_port() for name in (*envoys, *servers)}
+    admin = {name: free_port() for name in envoys}
     backend = f"127.0.0.1:{ports['backend']}"
     try:
         bench.envoy(
