@@ -7,7 +7,7 @@ are measured interleaved, round by round, so machine noise hits them alike. Refe
 `envoy+python-floor` (the cheapest possible Python ext_proc, e2e/floor_extproc.py) and vLLM's
 own router (`pip install vllm-router`), when its binary is on PATH. `envoy+wasm`: the decision
 inside Envoy (docs/wasm.md); `envoy+wasm-escalated`: the same filter handing every request to
-the brain's decide endpoint; `envoy+wasm-minimal` (from a checkout with wasm/node_modules): a
+the brain's decide endpoint; `envoy+wasm-minimal` (from a checkout, with npm): a
 module that reads what a decider must and writes a fixed decision (wasm/bench/minimal.ts), the
 floor of any Wasm decider with this filter chain; `envoy+retries`: plain Envoy with our retry
 policy.

@@ -1,7 +1,7 @@
 // A minimal proxy-wasm ABI 0.2.1 host in Node, to time the filter's own work per request and
 // count its host calls without Envoy (a dev tool, not shipped; docs in wasm/bench/README.md).
 //
-//   node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--tick-every N] [--counts] MODULE.wasm...
+//   node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--tick-every N] [--prompt-bytes N] [--counts] MODULE.wasm...
 //
 // Each module gets its own instance, driven as Envoy drives it: vm start, configure (the local
 // config's plugin settings), the snapshot poll answered with FILE, then per request the headers,
@@ -34,7 +34,7 @@ const COUNTS = flag("--counts");
 const TICK_EVERY = Number(option("--tick-every", "1000")); // Envoy ticks every 100 ms
 const modules = args;
 if (modules.length == 0) {
-  console.error("usage: node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--counts] MODULE.wasm...");
+  console.error("usage: node wasm/bench/host.mjs [--requests N] [--runs R] [--snapshot FILE] [--tick-every N] [--prompt-bytes N] [--counts] MODULE.wasm...");
   process.exit(2);
 }
 
