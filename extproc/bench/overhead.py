@@ -35,8 +35,8 @@ import grpc
 import yaml
 
 from extproc.bench.machine import write_report
-from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, lb_endpoints, render
-from extproc.deploy.wasm_config import render_wasm
+from extproc.deploy.envoy_config import ENVOY_DIR, EnvoyPorts, connection_manager, lb_endpoints, render
+from extproc.deploy.wasm_config import WASM_FILTER, render_wasm
 from extproc.devstack.stack import envoy_binary, free_port, grpc_serving
 
 LUA = """wrk.method = "POST"
@@ -124,8 +124,9 @@ def with_retries(plain: str, wasm: str) -> str:
     source = yaml.safe_load(wasm)
 
     def fleet_route(c: dict[str, Any]) -> dict[str, Any]:
-        hcm = c["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        route: dict[str, Any] = hcm["route_config"]["virtual_hosts"][0]["routes"][-1]["route"]
+        route: dict[str, Any] = connection_manager(c)["route_config"]["virtual_hosts"][0]["routes"][-1][
+            "route"
+        ]
         return route
 
     fleet_route(config)["retry_policy"] = fleet_route(source)["retry_policy"]
@@ -172,8 +173,7 @@ def minimal_decider(work: Path) -> Path | None:
 def with_fixed_decision(wasm: str, endpoint: str) -> str:
     """The Wasm config with the minimal module's configuration: the endpoint it always names."""
     config = yaml.safe_load(wasm)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    (plugin,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+    (plugin,) = [f for f in connection_manager(config)["http_filters"] if f["name"] == WASM_FILTER]
     plugin["typed_config"]["config"]["configuration"]["value"] = endpoint
     return yaml.safe_dump(config, sort_keys=False)
 

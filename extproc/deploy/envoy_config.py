@@ -28,6 +28,14 @@ class EnvoyPorts:
     extproc_host: str = "127.0.0.1"
 
 
+def connection_manager(config: dict[str, Any]) -> dict[str, Any]:
+    """The main listener's HTTP connection manager config in a parsed rendering (routes, filters)."""
+    hcm: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return hcm
+
+
 def lb_endpoints(addresses: Sequence[str], weights: Sequence[int] | None = None) -> str:
     """A YAML flow list of Envoy LbEndpoints for "host:port" addresses, optionally with each
     one's ``load_balancing_weight``."""

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from extproc.deploy import shipped
-from extproc.deploy.envoy_config import EnvoyPorts, lb_endpoints, render, with_providers
+from extproc.deploy.envoy_config import EnvoyPorts, connection_manager, lb_endpoints, render, with_providers
 from extproc.headers import (
     COMPLEXITY_HEADER,
     DESTINATION_HEADER,
@@ -225,10 +225,7 @@ def _mirror_from_the_fleet_route(config: dict[str, Any]) -> None:
     route only mirrored requests match, which needs the route picked again once the decision's
     headers are in; where they arrive through header_mutation nothing picks it again, and the
     router reads the mirror header itself."""
-    main = config["static_resources"]["listeners"][0]
-    routes: list[dict[str, Any]] = main["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
-        "virtual_hosts"
-    ][0]["routes"]
+    routes: list[dict[str, Any]] = connection_manager(config)["route_config"]["virtual_hosts"][0]["routes"]
     at = next(
         i
         for i, r in enumerate(routes)
@@ -265,6 +262,5 @@ def add_provider_decision(filters: list[dict[str, Any]]) -> None:
 
 
 def _http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
-    main = config["static_resources"]["listeners"][0]
-    filters: list[dict[str, Any]] = main["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    filters: list[dict[str, Any]] = connection_manager(config)["http_filters"]
     return filters

@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 from extproc.bench.overhead import minimal_decider, with_fixed_decision, with_retries
-from extproc.deploy.envoy_config import ENVOY_DIR, lb_endpoints
+from extproc.deploy.envoy_config import ENVOY_DIR, connection_manager, lb_endpoints
 from extproc.deploy.wasm_config import render_wasm
 from extproc.devstack.stack import envoy_binary, free_port
 from tests.wasm.harness import WasmEnvoy
 
 
 def routes(text: str) -> list[dict[str, Any]]:
-    config = yaml.safe_load(text)
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    found: list[dict[str, Any]] = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    found: list[dict[str, Any]] = connection_manager(yaml.safe_load(text))["route_config"]["virtual_hosts"][
+        0
+    ]["routes"]
     return found
 
 

@@ -69,7 +69,7 @@ def test_local_stack_policy_premium_rewrite_and_timeouts() -> None:
 
 
 # On the Wasm path a mirrored request takes its own route once the filter has written the
-# decision (a mirror policy on the shared route would have Envoy copy every body): both paths.
+# decision (a mirror policy on the shared route cost every request): both paths.
 @pytest.mark.parametrize("data_path", ["extproc", "wasm"])
 def test_canary_split_converges_and_mirror_reaches_the_shadow_pool(tmp_path: Path, data_path: str) -> None:
     fleet = tmp_path / "fleet.yaml"

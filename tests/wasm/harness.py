@@ -80,9 +80,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.authorities: list[
-            str
-        ] = []  # what each request named as its host (a mirror's has "-shadow" before the port)
+        # What each request named as its host (a mirror's has "-shadow" before the port).
+        self.authorities: list[str] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients (Envoy at shutdown) hang up mid-request; not a test failure
