@@ -172,6 +172,18 @@ def ext_proc_counter(local: LocalStack, name: str) -> float:
     return 0.0
 
 
+def envoy_stat(local: LocalStack, name: str) -> int:
+    """One counter from the stack's Envoy admin (0 when absent), e.g. 'wasm...llm_wasm.fail_open'
+    by its last dotted part: the Wasm filter's stats carry the plugin's prefix."""
+    url = f"http://127.0.0.1:{local.admin_port}/stats?filter={name}$"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            key, _, value = line.partition(": ")
+            if key.endswith(name) and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
 def counted(metrics_port: int, name: str, *label_parts: str) -> float:
     """A labelled counter from a /metrics page, summed over the series whose labels contain
     every one of ``label_parts`` (e.g. 'outcome="routed"')."""

@@ -1,5 +1,10 @@
 """Reliability under faults, through a real Envoy: counts of failed requests, never timings.
 
+Each fault runs on both data paths: ``extproc`` (Envoy asks our ext_proc server per request)
+and ``wasm`` (Envoy's proxy-wasm filter decides from the brain's snapshot; the brain is the
+process killed where ext_proc is). Passive health hears statuses differently on the two paths:
+tests/wasm/test_faults.py has the Wasm path's ejection test.
+
 Every load loop is bounded in request count and wall time. Results are summarised in
 docs/reliability.md.
 """
@@ -19,13 +24,14 @@ import pytest
 
 from extproc.bench.memory import rss_kib
 from extproc.devstack.stack import LocalStack
-from tests.conftest import ext_proc_counter, started_stack
+from tests.conftest import envoy_stat, ext_proc_counter, started_stack
 from tests.integration.test_envoy import scrape_age, sim_control
 
 pytestmark = pytest.mark.envoy
 
 ERRORS: list[str] = []  # client-side failures (no HTTP status), for the failure message
 SOAK_SECONDS = float(os.environ.get("LLM_EXTPROC_SOAK_SECONDS", "12"))
+DATA_PATHS = pytest.mark.parametrize("data_path", ["extproc", "wasm"])
 
 
 def post(
@@ -109,27 +115,49 @@ class Load:
         return f"{self.failures()} of {self.count()} failed; statuses {counts}; client errors {ERRORS[-3:]}"
 
 
-def test_ext_proc_killed_and_restarted_under_load_fails_no_request() -> None:
-    local = started_stack(message_timeout="0.2s")
+def routed_by_the_decider(local: LocalStack) -> bool:
+    """The simulator echoes the endpoint list it was sent: a decision reached it."""
+    status, headers = post(local, chat())
+    return status == 200 and bool(headers.get("x-sim-destination"))
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@DATA_PATHS
+def test_decider_killed_and_restarted_under_load_fails_no_request(data_path: str) -> None:
+    local = started_stack(message_timeout="0.2s", data_path=data_path)
     try:
+        assert wait_for(lambda: routed_by_the_decider(local), 10)
         with Load(lambda: post(local, chat())[0]) as load:
             load.wait_for(150)
             local.stop_extproc()  # SIGKILL: no goodbye to Envoy
             load.wait_for(150)
+            if data_path == "wasm":
+                # The filter decides from its last snapshot until the staleness bound (2 s),
+                # then fails open: requests must keep succeeding through both phases.
+                assert wait_for(lambda: envoy_stat(local, "llm_wasm.fail_open") > 0, 15)
+                load.wait_for(150)
             local.start_extproc()
             load.wait_for(150)
         assert load.count() >= 450
         assert load.failures() == 0, load.summary()
-        # Routing by ext_proc resumed: the simulator echoes the list ext_proc chose.
-        status, headers = post(local, chat())
-        assert status == 200 and headers.get("x-sim-destination")
+        # Routing by the decider resumed (the filter: once it polled the new brain's snapshot).
+        assert wait_for(lambda: routed_by_the_decider(local), 10)
     finally:
         local.stop()
 
 
-def test_endpoint_crash_under_load_no_unary_error_and_streams_end_cleanly() -> None:
+@DATA_PATHS
+def test_endpoint_crash_under_load_no_unary_error_and_streams_end_cleanly(data_path: str) -> None:
     ERRORS.clear()
-    local = started_stack(time_scale=0.2)
+    local = started_stack(time_scale=0.2, data_path=data_path)
     try:
         victim = local.fleet[0]["address"]
         client = openai.OpenAI(base_url=local.base_url, api_key="unused", max_retries=0, timeout=30)
@@ -220,9 +248,10 @@ def test_an_endpoint_answering_errors_is_ejected_by_passive_health(observer: boo
         local.stop()
 
 
+@DATA_PATHS
 @pytest.mark.parametrize("mode", ["hang", "garbage", "huge"])
-def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) -> None:
-    local = started_stack()
+def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str, data_path: str) -> None:
+    local = started_stack(data_path=data_path)
     try:
         victim = local.fleet[0]["address"]
         sim_control(victim, {"metrics_mode": mode})
@@ -241,8 +270,11 @@ def test_metrics_faults_mark_the_endpoint_stale_and_picks_continue(mode: str) ->
         local.stop()
 
 
-def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_proc_is_down() -> None:
-    local = started_stack(message_timeout="0.2s")
+@DATA_PATHS
+def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_the_decider_is_down(
+    data_path: str,
+) -> None:
+    local = started_stack(message_timeout="0.2s", data_path=data_path)
     try:
         victim = local.fleet[0]["address"]
         spoofed = {
@@ -256,6 +288,11 @@ def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_p
         for phase in ("up", "down"):
             if phase == "down":
                 local.stop_extproc()
+                # The filter decides from its last snapshot until the staleness bound, then
+                # fails open as ext_proc does at once: no decision reaches the fleet.
+                assert wait_for(lambda: not routed_by_the_decider(local), 15)
+            else:
+                assert wait_for(lambda: routed_by_the_decider(local), 10)
             served = set()
             for _ in range(12):
                 status, headers = post(local, chat(), spoofed)
@@ -263,12 +300,12 @@ def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_ext_p
                 served.add(headers["x-gateway-destination-endpoint-served"])
                 assert headers["x-sim-llm-tier"] == "", phase  # never the client's
                 assert headers["x-sim-priority"] == "", phase
-                # ext_proc names the model; while it is down the client's header is stripped.
+                # The decider names the model; while it is down the client's header is stripped.
                 assert headers["x-sim-model"] == ("llama-3-8b" if phase == "up" else ""), phase
                 assert headers["x-sim-expected-timeout-ms"] != "1", phase
                 if phase == "up":
-                    # ext_proc's own list reached the upstream, and its first entry served. (Its
-                    # choice may be the victim too: an idle fleet's tie-break is random.)
+                    # The decider's own list reached the upstream, and its first entry served.
+                    # (Its choice may be the victim too: an idle fleet's tie-break is random.)
                     ours = headers["x-sim-destination"].split(",")
                     assert len(ours) == 3 and ours[0] == headers["x-gateway-destination-endpoint-served"]
             if phase == "down":  # Envoy's own LB picks: a dozen requests never all on one host
@@ -307,43 +344,76 @@ def mixed_traffic(local: LocalStack) -> Callable[[], int]:
     return mixed
 
 
-def test_soak_mixed_load_keeps_memory_and_descriptors_flat(capsys: pytest.CaptureFixture[str]) -> None:
-    """CI runs a short soak; LLM_EXTPROC_SOAK_SECONDS=1800 runs the nightly one."""
-    local = started_stack(time_scale=0.05)
-    try:
-        pid = local.child("extproc").proc.pid
-        mixed = mixed_traffic(local)
+class Footprint:
+    """One process's RSS and open descriptors over a soak."""
 
+    def __init__(self, name: str, pid: int) -> None:
+        self.name, self.pid = name, pid
+        self.rss_start, self.fds_start = rss_kib(pid), self.fds()
+        self.first_sample: tuple[int, int] | None = None  # (requests, RSS KiB) at the first one
+        self.trajectory: list[str] = []
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def sample(self, requests: int, at_s: float) -> None:
+        rss = rss_kib(self.pid)
+        self.first_sample = self.first_sample or (requests, rss)
+        self.trajectory.append(f"{at_s:.0f}s:{rss}")
+
+    def end(self, requests: int) -> None:
+        self.rss_end, self.fds_end, self.requests_end = rss_kib(self.pid), self.fds(), requests
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} RSS {self.rss_start} -> {self.rss_end} KiB, open fds {self.fds_start} -> "
+            f"{self.fds_end}; RSS KiB over time {' '.join(self.trajectory)}"
+        )
+
+    def check(self, requests: int) -> None:
+        assert self.fds_end - self.fds_start <= 16, str(self)
+        # Bounded growth: a leak of even 1 KiB per request would exceed this over the run.
+        assert self.rss_end - self.rss_start < max(20_000, requests // 2), str(self)
+        # Past the first sample (warm-up done) growth stays under 64 B per request: the leak of
+        # reset gRPC streams (~300 B per request, docs/reliability.md) fails a long run here.
+        assert self.first_sample is not None
+        grown = self.rss_end - self.first_sample[1]
+        assert grown < max(8_000, (self.requests_end - self.first_sample[0]) * 64 // 1024), str(self)
+
+
+@DATA_PATHS
+def test_soak_mixed_load_keeps_memory_and_descriptors_flat(
+    data_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Envoy (on the Wasm path the filter's VM heaps live there) and the decider (ext_proc, or
+    the brain) stay flat. CI runs a short soak; LLM_EXTPROC_SOAK_SECONDS=1800 runs the nightly one."""
+    local = started_stack(time_scale=0.05, data_path=data_path)
+    try:
+        mixed = mixed_traffic(local)  # on the Wasm path the errors we answer are the brain's
         with Load(mixed, workers=4, limit=10**6) as load:
             load.wait_for(300, timeout_s=60)  # warm-up: caches, pools, lazy imports
-            rss_start, fds_start = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
+            watched = [
+                Footprint("decider", local.child("extproc").proc.pid),
+                Footprint("envoy", local.child("envoy").proc.pid),
+            ]
             started = time.monotonic()
             deadline = started + SOAK_SECONDS
-            trajectory: list[str] = []  # RSS six times over the run: flat, or growing steadily?
-            first_sample: tuple[int, int] | None = None  # (requests, RSS KiB) at the first one
-            next_sample = started + SOAK_SECONDS / 6
+            next_sample = started + SOAK_SECONDS / 6  # six samples: flat, or growing steadily?
             while time.monotonic() < deadline:
                 time.sleep(0.5)
                 if time.monotonic() >= next_sample:
-                    rss = rss_kib(pid)
-                    first_sample = first_sample or (load.count(), rss)
-                    trajectory.append(f"{time.monotonic() - started:.0f}s:{rss}")
+                    for process in watched:
+                        process.sample(load.count(), time.monotonic() - started)
                     next_sample += SOAK_SECONDS / 6
-            rss_end, fds_end = rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))
-            requests_end = load.count()
+            for process in watched:
+                process.end(load.count())
         with capsys.disabled():
             print(
-                f"\nsoak {SOAK_SECONDS:.0f}s: {load.count()} requests, {load.failures()} failed; "
-                f"ext_proc RSS {rss_start} -> {rss_end} KiB, open fds {fds_start} -> {fds_end}; "
-                f"RSS KiB over time {' '.join(trajectory)}"
+                f"\nsoak {data_path} {SOAK_SECONDS:.0f}s: {load.count()} requests, "
+                f"{load.failures()} failed; " + "; ".join(str(process) for process in watched)
             )
         assert load.failures() == 0
-        assert fds_end - fds_start <= 16
-        # Bounded growth: a leak of even 1 KiB per request would exceed this over the run.
-        assert rss_end - rss_start < max(20_000, load.count() // 2)
-        # Past the first sample (warm-up done) growth stays under 64 B per request: the leak of
-        # reset gRPC streams (~300 B per request, docs/reliability.md) fails a long run here.
-        assert first_sample is not None
-        assert rss_end - first_sample[1] < max(8_000, (requests_end - first_sample[0]) * 64 // 1024)
+        for process in watched:
+            process.check(load.count())
     finally:
         local.stop()

@@ -181,9 +181,11 @@ def test_ext_proc_multipart_uploads_never_crash_or_5xx(
     check_answer(processor.on_request_body(chunk.request_body, state))
 
 
-@pytest.fixture(scope="module")
-def fuzz_stack() -> Iterator[LocalStack]:
-    local = LocalStack(stack_config())
+@pytest.fixture(scope="module", params=["extproc", "wasm"])
+def fuzz_stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """Both data paths: on the Wasm one the filter answers what its snapshot decides (and
+    validates the body as ext_proc does) and hands the rest to the brain."""
+    local = LocalStack(stack_config(data_path=request.param))
     local.start()
     yield local
     local.stop()
