@@ -53,6 +53,7 @@ class FilterRecord:
     completion_tokens: int
     error: str
     escalated: bool
+    scores: str  # the filter's totals per listed endpoint, in millionths ("" when the brain decided)
 
     @classmethod
     def parse(cls, raw: Any) -> FilterRecord | None:
@@ -97,6 +98,7 @@ class FilterRecord:
             model_served=self.model_served,
             pool=pool,
             endpoints=self.endpoints.split(",") if self.endpoints else [],
+            scores=self._scores(),
             status=self.status,
             served_by=self.served_by,
             outcome=self.outcome or "routed",
@@ -108,6 +110,15 @@ class FilterRecord:
             except (ValueError, KeyError, TypeError):
                 record.error = self.error
         return record
+
+    def _scores(self) -> list[float] | None:
+        """The pick's totals in the ext_proc path's units (None: not the filter's pick)."""
+        if not self.scores:
+            return None
+        try:
+            return [round(int(part) / 1e6, 4) for part in self.scores.split(",")]
+        except ValueError:
+            return None
 
 
 # The array's positions are the fields' order: wasm/assembly/observe.ts's RequestRecord.json()

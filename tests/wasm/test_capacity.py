@@ -113,6 +113,9 @@ def test_a_filter_decided_request_gets_its_log_line_histograms_and_cost(
     assert line["outcome"] == "routed" and line["served_by"] in {e["address"] for e in local.fleet}
     assert line["pool"] in {"fast", "slow"} and line["completion_tokens"] == 5 and line["prompt_tokens"] > 0
     assert line["streamed"] is False and line["duration_ms"] > 0
+    # The filter's pick: a total per listed endpoint, best first (the ext_proc path logs its own).
+    scores = line["scores"]
+    assert len(scores) == len(line["endpoints"]) > 0 and scores == sorted(scores, reverse=True), line
     after = metrics(local)
     for name, labels in (
         (

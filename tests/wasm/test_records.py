@@ -70,6 +70,11 @@ def test_a_routed_request_is_recorded_with_its_decision_and_response(
     listed = record.endpoints.split(",")
     assert sorted(listed) == sorted(envoy.addresses)
     assert record.served_by == headers["x-gateway-destination-endpoint-served"] == listed[0]
+    # The pick's totals, per listed endpoint (the snapshot's scores: no load, nothing in flight),
+    # in millionths; the decision log gets them in the ext_proc path's units.
+    prepared = {a: 1_000_000 * (len(envoy.addresses) - i) for i, a in enumerate(envoy.addresses)}
+    assert record.scores == ",".join(str(prepared[a]) for a in listed)
+    assert record.route_record("", 0.0).scores == [prepared[a] / 1e6 for a in listed]
     assert (record.status, record.outcome, record.streamed, record.escalated) == (200, "routed", False, False)
     # The echo endpoint's usage object.
     assert (record.prompt_tokens, record.completion_tokens) == (3, 5)

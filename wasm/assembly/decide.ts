@@ -19,6 +19,9 @@ export class Decision {
   headers: Array<string> = new Array<string>(); // name, value, ...
   newBody: ArrayBuffer | null = null;
   primary: string = "";
+  // The chosen endpoints' totals as the pick ranked them (millionths), in the list's order:
+  // the decision log's scores for the requests it samples.
+  scores: Array<i64> = new Array<i64>();
   model: string = ""; // requested, for the brain's request counter
   outcomeLabel: string = ""; // llm_extproc_requests' outcome: routed, fallback_model, rejected, unavailable
 }
@@ -209,6 +212,7 @@ function zeroed(array: Array<i64>, n: i32): Array<i64> {
 }
 
 const picked = new Array<Candidate>();
+const pickedTotals = new Array<i64>(); // picked's totals, in its order
 
 /** Candidates best first (in an array reused by every call; key: keyLength bytes at key, none
  * when keyLength < 0): prepared score + load score − in-flight weight × in-flight + affinity
@@ -241,6 +245,7 @@ export function pick(
   const taken = cleared(scratchTaken, n);
   const out = picked; // read by decide before the next request
   out.length = 0;
+  pickedTotals.length = 0;
   for (let k = 0; k < count; k++) {
     let best = -1;
     for (let i = 0; i < n; i++) {
@@ -249,6 +254,7 @@ export function pick(
     }
     taken[best] = true;
     out.push(endpoints[best]);
+    pickedTotals.push(totals[best]);
   }
   if (keyLength >= 0 && prefixKey && out.length > 0) {
     if (prefixOwners.size >= PREFIX_OWNERS_MAX && !prefixOwners.has(prefixHash)) prefixOwners.clear();
@@ -506,6 +512,9 @@ export function decide(
     list = addresses.join(",");
   }
   decision.primary = chosen[0].address;
+  const scores = decision.scores;
+  scores.length = 0;
+  for (let i = 0; i < pickedTotals.length; i++) scores.push(pickedTotals[i]);
   const headers = decision.headers;
   headers.push(DESTINATION_HEADER);
   headers.push(list);

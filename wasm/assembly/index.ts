@@ -383,7 +383,15 @@ function apply(request: Request, decision: Decision, now: u64): void {
   if (record != null) {
     record.requested = decision.model;
     record.outcome = decision.outcomeLabel;
+    // Only records of their own reach the decision log (sampled): no string for the others.
+    if (record.own) record.scores = joinedScores(decision.scores);
   }
+}
+
+function joinedScores(scores: Array<i64>): string {
+  const parts = new Array<string>(scores.length);
+  for (let i = 0; i < scores.length; i++) parts[i] = scores[i].toString();
+  return parts.join(",");
 }
 
 function servedModel(headers: Array<string>, requested: string): string {

@@ -139,6 +139,7 @@ export class RequestRecord {
   completionTokens: i64 = -1;
   error: string = ""; // the error body of a request the filter refused
   escalated: bool = false;
+  scores: string = ""; // the filter's totals for the endpoints, in millionths ("" when the brain decided)
   urgent: bool = false; // the brain holds a concurrency lease for it: report at once
   own: bool = false; // reported as a record of its own, not in a group
   primary: string = ""; // the endpoint the list starts with (the group's, when none answered)
@@ -177,7 +178,9 @@ export class RequestRecord {
     parts.push(","); parts.push(this.promptTokens.toString());
     parts.push(","); parts.push(this.completionTokens.toString());
     parts.push(","); quoted(parts, this.error);
-    parts.push(this.escalated ? ",1]" : ",0]");
+    parts.push(this.escalated ? ",1," : ",0,");
+    quoted(parts, this.scores);
+    parts.push("]");
   }
 
 }
