@@ -3,7 +3,8 @@
 wasm/assembly/decide.ts orders a candidate set by prepared score + the load scorer's request
 part (the predicted wait from the prompt's size and fresh in-flight counts, scaled as the
 scheduler scales it) - in-flight weight * in-flight + an affinity bonus (rendezvous hashing of
-the session key; for a prompt, the endpoint last chosen for the same first bytes).
+the session key; for a prompt, the prefix scorer's: each endpoint's share of the prompt's
+leading blocks it was last chosen for).
 Plugged into the ext_proc path's Router, this picker makes that path decide exactly as the
 filter does from the same snapshot: the parity harness (tests/wasm/test_parity.py) runs both
 and requires identical endpoint lists, headers, bodies and statuses.
@@ -11,6 +12,7 @@ and requires identical endpoint lists, headers, bodies and statuses.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -82,41 +84,70 @@ def preferred(addresses: list[str], key: bytes, own: list[int], load_factor_pct:
     return -1
 
 
-PREFIX_OWNERS_MAX = 4096  # as wasm/assembly/decide.ts
+# Block hashes remembered per generation (wasm/assembly/decide.ts): two generations, so a
+# VM's memory stays bounded without an LRU's per-request bookkeeping.
+PREFIX_OWNERS_MAX = 32768
 
 
 class PrefixOwners:
-    """The filter's prefix ownership (decide.ts, prefixOwners): FNV-1a of a prompt's first
-    prefix_bytes -> the endpoint last chosen for it, as the scheduler's prefix scorer learns it
-    from its own picks; cleared when full. Only the owner gets the prefix bonus."""
+    """The filter's prefix ownership (decide.ts), as the scheduler's prefix scorer keeps it
+    (extproc/scheduler/scorers/prefix.py): chained CRC-32 of each leading block of the prompt
+    -> the endpoint last chosen for a prompt with that block, learned from the filter's own
+    picks. Bounded in two generations: when the recent one is full it becomes the older one
+    (the one before is dropped), and a lookup tries the recent one first."""
 
     def __init__(self) -> None:
-        self.owners: dict[int, str] = {}
+        self.recent: dict[int, str] = {}
+        self.older: dict[int, str] = {}
 
-    def favourite(self, addresses: list[str], key: bytes, own: list[int], load_factor_pct: int) -> int:
-        """The owner's index if it is a candidate under the affinity load bound, else -1."""
-        owner = self.owners.get(fnv1a(key))
-        if owner is None or owner not in addresses:
-            return -1
-        index = addresses.index(owner)
-        total, n = sum(own), len(addresses)
-        return index if own[index] * 100 * n <= load_factor_pct * total + 100 * n else -1
+    def owner(self, block: int) -> str | None:
+        found = self.recent.get(block)
+        return found if found is not None else self.older.get(block)
 
-    def chose(self, key: bytes, address: str) -> None:
-        hashed = fnv1a(key)
-        if len(self.owners) >= PREFIX_OWNERS_MAX and hashed not in self.owners:
-            self.owners.clear()
-        self.owners[hashed] = address
+    def bonuses(self, addresses: list[str], blocks: list[int], weight: int) -> list[int]:
+        """Each candidate's bonus: weight x (leading blocks it holds) / blocks, in millionths
+        (the prefix scorer's value, which normalising leaves as it is), 0 for the others."""
+        depth: dict[str, int] = {}
+        for at, block in enumerate(blocks, start=1):
+            owner = self.owner(block)
+            if owner is None:
+                break
+            depth[owner] = at
+        return [weight * depth.get(address, 0) // len(blocks) if blocks else 0 for address in addresses]
+
+    def chose(self, blocks: list[int], address: str) -> None:
+        for block in blocks:
+            if self.recent.get(block) == address:
+                continue
+            if len(self.recent) >= PREFIX_OWNERS_MAX:
+                self.older, self.recent = self.recent, {}
+            self.recent[block] = address
+
+
+def prefix_limit(snapshot: dict[str, Any]) -> int:
+    """The prompt's leading bytes the prefix blocks cover."""
+    return int(snapshot["prefix_block_bytes"]) * int(snapshot["prefix_max_blocks"])
+
+
+def prompt_blocks(snapshot: dict[str, Any], prefix: bytes) -> list[int]:
+    """The prefix scorer's block hashes of a prompt's leading bytes."""
+    block = int(snapshot["prefix_block_bytes"])
+    hashes: list[int] = []
+    running = 0
+    for start in range(0, len(prefix) - block + 1, block):
+        running = zlib.crc32(prefix[start : start + block], running)
+        hashes.append(running)
+    return hashes
 
 
 def affinity_key(
     snapshot: dict[str, Any], session_key: str | None, prompt_text: str
 ) -> tuple[bytes | None, int, bool]:
     """The key the affinity bonus hashes, the bonus, and whether the key is a prompt's prefix:
-    the session's, else the prompt's."""
+    the session's, else the prompt's leading bytes (as many as its blocks cover)."""
     if session_key:
         return session_key.encode("utf-8", "surrogatepass"), int(snapshot["session_weight"]), False
-    prefix = prompt_text.encode("utf-8", "surrogatepass")[: int(snapshot["prefix_bytes"])]
+    prefix = prompt_text.encode("utf-8", "surrogatepass")[: prefix_limit(snapshot)]
     if prefix:
         return prefix, int(snapshot["prefix_weight"]), True
     return None, 0, False
@@ -132,27 +163,28 @@ def order(
     prefix_owners: PrefixOwners | None = None,
 ) -> list[str]:
     """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order).
-    With ``prefix_owners``, ``key`` is a prompt's prefix: the bonus goes to its owner, and the
-    first choice becomes the owner; otherwise ``key`` is a session's (rendezvous hashing)."""
+    With ``prefix_owners``, ``key`` is a prompt's leading bytes: each candidate gets its share
+    of the bonus for the leading blocks it holds, and the first choice then holds them all;
+    otherwise ``key`` is a session's (rendezvous hashing, the whole bonus to one endpoint)."""
     addresses = [str(entry[0]) for entry in endpoints]
     own = [inflight(address) for address in addresses]
     factor = int(snapshot["affinity_load_factor_pct"])
-    if key is None:
-        favourite = -1
-    elif prefix_owners is not None:
-        favourite = prefix_owners.favourite(addresses, key, own, factor)
-    else:
+    bonuses = [0] * len(addresses)
+    blocks: list[int] = []
+    if key is not None and prefix_owners is not None:
+        blocks = prompt_blocks(snapshot, key)
+        bonuses = prefix_owners.bonuses(addresses, blocks, bonus)
+    elif key is not None:
         favourite = preferred(addresses, key, own, factor)
+        if favourite >= 0:
+            bonuses[favourite] = bonus
     weight = int(snapshot["inflight_weight"])
     load = load_scores(endpoints, prompt_tokens, own, int(snapshot.get("load_weight", 0)))
-    totals = [
-        int(entry[1]) + load[i] - weight * own[i] + (bonus if i == favourite else 0)
-        for i, entry in enumerate(endpoints)
-    ]
+    totals = [int(entry[1]) + load[i] - weight * own[i] + bonuses[i] for i, entry in enumerate(endpoints)]
     ranked = sorted(range(len(addresses)), key=lambda i: (-totals[i], i))
     chosen = [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
-    if key is not None and prefix_owners is not None and chosen:
-        prefix_owners.chose(key, chosen[0])
+    if blocks and prefix_owners is not None and chosen:
+        prefix_owners.chose(blocks, chosen[0])
     return chosen
 
 

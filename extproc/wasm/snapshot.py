@@ -1,4 +1,4 @@
-"""The routing snapshot the Wasm filter decides from (format 3; docs/wasm.md).
+"""The routing snapshot the Wasm filter decides from (format 4; docs/wasm.md).
 
 Built by the brain from the same objects the ext_proc path decides with: the compiled policy,
 evaluated once per (task, stream, model, tenant) key where its verdict cannot depend on anything else,
@@ -24,9 +24,18 @@ from extproc.policy.schema import Action, Match
 from extproc.policy.types import PolicyInput, Target
 from extproc.router import Router
 from extproc.scheduler.scheduler import Scheduler
+from extproc.scheduler.scorers.prefix import Params as PrefixParams
+from extproc.scheduler.scorers.prefix import PrefixScorer
 from extproc.scheduler.scorers.session import Params as SessionParams
 
-SNAPSHOT_FORMAT = 3
+# 4: prefix affinity by the prefix scorer's chain of blocks (prefix_block_bytes,
+# prefix_max_blocks) instead of one key of the first prefix_bytes.
+SNAPSHOT_FORMAT = 4
+# The most prompt bytes the filter hashes into prefix blocks: a profile whose prefix scorer
+# covers more (block_chars x max_blocks) is the brain's (escalate_all).
+MAX_PREFIX_BYTES = 64 * 1024
+# The filter's weights when the router's picker is not the scheduler.
+UNSCHEDULED_WEIGHTS = {"inflight": 1.0, "session": 1.0, "prefix": 2.0}
 # Scores travel as integers (millionths): float parsing in the filter then cannot differ from
 # Python's, so both sides order candidates identically.
 SCORE_SCALE = 1_000_000
@@ -193,6 +202,15 @@ def _targets(routes: dict[str, dict[str, Any]]) -> Iterable[Target]:
     return seen
 
 
+def _prefix_params(scheduler: Scheduler | None) -> PrefixParams:
+    """The profile's prefix scorer's block size and count (its defaults when there is none)."""
+    scorers = scheduler.scorers if scheduler is not None else []
+    for scorer, _weight in scorers:
+        if isinstance(scorer, PrefixScorer):
+            return PrefixParams(block_chars=scorer.block_chars, max_blocks=scorer.max_blocks)
+    return PrefixParams()
+
+
 def build_snapshot(
     router: Router,
     now: float,
@@ -208,10 +226,15 @@ def build_snapshot(
     policy = router.policy()
     served_models: Sequence[str] = router.served_models()
     served = set(served_models)
-    weights = router.picker.config.weights if isinstance(router.picker, Scheduler) else {}
+    scheduler = router.picker if isinstance(router.picker, Scheduler) else None
+    # A scorer the profile leaves out weighs nothing; without a scheduler, the defaults.
+    weights = scheduler.config.weights if scheduler is not None else UNSCHEDULED_WEIGHTS
+    prefix = _prefix_params(scheduler)
     # The complexity header needs the scorer; the brain omits it on the Wasm data path.
-    escalate_all = (router.complexity is not None and config.complexity_header) or (
-        policy is not None and not table_can_decide(policy)
+    escalate_all = (
+        (router.complexity is not None and config.complexity_header)
+        or (policy is not None and not table_can_decide(policy))
+        or prefix.block_chars * prefix.max_blocks > MAX_PREFIX_BYTES
     )
     routes: dict[str, dict[str, Any]] = {}
     tenants = tenant_keys(policy) if policy is not None and not escalate_all else []
@@ -244,11 +267,13 @@ def build_snapshot(
         "inject_stream_usage": config.inject_stream_usage,
         # The 404's list of models, already escaped for a JSON string.
         "available": json.dumps(", ".join(served_models), ensure_ascii=False)[1:-1],
-        "inflight_weight": round(weights.get("inflight", 1.0) * SCORE_SCALE),
+        "inflight_weight": round(weights.get("inflight", 0.0) * SCORE_SCALE),
         "load_weight": round(weights.get("load", 0.0) * SCORE_SCALE),
-        "session_weight": round(weights.get("session", 1.0) * SCORE_SCALE),
-        "prefix_weight": round(weights.get("prefix", 2.0) * SCORE_SCALE),
-        "prefix_bytes": 256,
+        "session_weight": round(weights.get("session", 0.0) * SCORE_SCALE),
+        "prefix_weight": round(weights.get("prefix", 0.0) * SCORE_SCALE),
+        # The prefix scorer's blocks (its parameters as the profile sets them).
+        "prefix_block_bytes": prefix.block_chars,
+        "prefix_max_blocks": prefix.max_blocks,
         # The session scorer's bound on affinity (its default parameters).
         "affinity_load_factor_pct": round(SessionParams().load_factor * 100),
         "routes": routes,

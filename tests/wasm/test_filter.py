@@ -99,6 +99,43 @@ def test_session_key_sticks_to_one_endpoint_and_keys_spread(
     assert len(set(firsts.values())) >= 2
 
 
+def conversation(*turns: str) -> bytes:
+    """A chat with a 320-byte system prompt (five 64-byte prefix blocks) and these turns."""
+    roles = ["user", "assistant"]
+    messages = [{"role": "system", "content": "S" * 320}]
+    messages += [{"role": roles[i % 2], "content": text} for i, text in enumerate(turns)]
+    return json.dumps({"model": "m", "messages": messages}).encode()
+
+
+def test_a_conversation_returns_to_the_endpoint_holding_its_earlier_turns(
+    wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
+) -> None:
+    _, brain = wasm
+    first, second = envoy.addresses[:2]
+
+    def scored(scores: list[int]) -> dict[str, Any]:
+        endpoints = [[a, s] for a, s in zip(envoy.addresses, scores, strict=True)]
+        return snapshot_for(envoy.addresses, candidates={"m|": {"endpoints": endpoints}})
+
+    # Turn one (9 blocks: the text joins messages with newlines) goes to the best score.
+    publish(brain, scored([3_000_000, 2_000_000, 1_000_000, 0]))
+    assert echoed(envoy.request(CHAT, conversation("a" * 300)))["endpoint"] == first
+    # first falls behind second; the prefix ownership outlives snapshots.
+    publish(brain, scored([1_500_000, 2_500_000, 1_000_000, 0]))
+    # Turn two (14 blocks) shares its first 9 with turn one: 9/14 of the prefix weight (2.0)
+    # puts first ahead again (1.5 + 1.29 > 2.5): its cache holds most of the prompt.
+    turn_two = conversation("a" * 300, "r" * 200, "q" * 100)
+    assert echoed(envoy.request(CHAT, turn_two))["endpoint"] == first
+    # Another conversation shares only the system prompt (5 of 19 blocks): 1.5 + 0.53 < 2.5,
+    # the scores decide. (One key of the first bytes would give first the whole bonus here.)
+    assert echoed(envoy.request(CHAT, conversation("b" * 900)))["endpoint"] == second
+    # Ownership moved with that pick, system prompt included: with first the best score again,
+    # that conversation's next turn still goes to second (19 of 21 blocks: 1.5 + 1.81 > 2.5).
+    publish(brain, scored([2_500_000, 1_500_000, 1_000_000, 0]))
+    assert echoed(envoy.request(CHAT, conversation("b" * 900, "r" * 100, "q")))["endpoint"] == second
+    assert echoed(envoy.request(CHAT, conversation("c" * 900)))["endpoint"] == first
+
+
 def test_own_in_flight_steers_away_until_the_response_ends(
     wasm: tuple[WasmEnvoy, StaticBrain], envoy: WasmEnvoy
 ) -> None:

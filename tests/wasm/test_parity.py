@@ -234,6 +234,18 @@ def request_for(
         raw = b""
     # Draws of their own, so the main sequence (and the cases it covers) stays as it was.
     side = random.Random(zlib.crc32(raw))
+    if task == "chat" and not odd and side.random() < 0.15:
+        # A conversation: one long system prompt, then some turns of one of a few chats. Its
+        # prompt shares leading blocks with earlier cases' (the system prompt, earlier turns):
+        # prefix ownership by block chains, with every depth of shared run.
+        chat_id = side.randint(0, 3)
+        turns = [{"role": "system", "content": "You are a careful assistant. Answer briefly. " * 9}]
+        for turn in range(side.randint(0, 6)):
+            turns.append({"role": "user", "content": f"chat {chat_id} question {turn}: " + "why? " * 15})
+            turns.append({"role": "assistant", "content": f"answer {turn}: " + "because. " * 12})
+        turns.append({"role": "user", "content": f"chat {chat_id} last: " + "and then? " * 5})
+        body["messages"] = turns
+        raw = json.dumps(body, ensure_ascii=False).encode()
     if side.random() < 0.05:
         # A raw byte JSON or UTF-8 forbids (or allows: a tab) somewhere in the body.
         at = side.randint(0, len(raw))

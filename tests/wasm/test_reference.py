@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from extproc.scheduler.scorers.prefix import block_hashes
 from extproc.wasm.reference import (
     PREFIX_OWNERS_MAX,
     PrefixOwners,
@@ -13,6 +14,7 @@ from extproc.wasm.reference import (
     load_scores,
     order,
     preferred,
+    prompt_blocks,
 )
 
 
@@ -39,7 +41,8 @@ def snapshot(**overrides: Any) -> dict[str, Any]:
         "inflight_weight": 1_000_000,
         "session_weight": 1_000_000,
         "prefix_weight": 2_000_000,
-        "prefix_bytes": 4,
+        "prefix_block_bytes": 4,
+        "prefix_max_blocks": 3,
         "affinity_load_factor_pct": 125,
         **overrides,
     }
@@ -50,7 +53,7 @@ def test_order_is_score_minus_in_flight_plus_bonus_ties_in_snapshot_order() -> N
     assert order(snapshot(), endpoints, None, 0, lambda a: 0) == ["a:1", "b:1"]
     assert order(snapshot(), endpoints, None, 0, lambda a: 1 if a == "a:1" else 0) == ["b:1", "a:1"]
     key, bonus, is_prefix = affinity_key(snapshot(), None, "hello world")
-    assert (key, bonus, is_prefix) == (b"hell", 2_000_000, True)
+    assert (key, bonus, is_prefix) == (b"hello world"[:12], 2_000_000, True)
     session, session_bonus, _ = affinity_key(snapshot(), "user-9", "hello")
     assert (session, session_bonus) == (b"user-9", 1_000_000)
     favourite = preferred(["a:1", "b:1", "c:1"], session, [0, 0, 0], 125)
@@ -61,35 +64,59 @@ def test_order_is_score_minus_in_flight_plus_bonus_ties_in_snapshot_order() -> N
     assert affinity_key(snapshot(), "user-9", "hello")[2] is False
 
 
-def test_a_prefix_bonus_goes_only_to_the_endpoint_that_last_served_the_prefix() -> None:
-    # c is the worst by score: a hash favourite could be c for any prompt; an owner only if chosen.
-    endpoints = [["a:1", 2_000_000], ["b:1", 1_900_000], ["c:1", 500_000]]
-    owners = PrefixOwners()
-    key, bonus, _ = affinity_key(snapshot(), None, "hello world")
-    # Never seen: no bonus, the scores decide, and the first choice becomes the owner.
-    assert order(snapshot(), endpoints, key, bonus, lambda a: 0, 0, owners) == ["a:1", "b:1"]
-    assert owners.owners == {fnv1a(b"hell"): "a:1"}
-    # a is now busy (in-flight weight 1 each): b would win on its own, the owner's bonus keeps a.
-    busy_a = {"a:1": 1}
-    assert order(snapshot(), endpoints, key, bonus, lambda a: busy_a.get(a, 0), 0, owners)[0] == "a:1"
-    # Over the load bound (125 % of the average + 1) the owner gets no bonus.
-    very_busy = {"a:1": 4}
-    assert order(snapshot(), endpoints, key, bonus, lambda a: very_busy.get(a, 0), 0, owners)[0] == "b:1"
-    assert owners.owners[fnv1a(b"hell")] == "b:1"  # the prefix moved with the pick
-    # Another prefix is not helped by this one's owner.
-    other = affinity_key(snapshot(), None, "world")[0]
-    assert other is not None and owners.favourite(["a:1", "b:1", "c:1"], other, [0, 0, 0], 125) == -1
+def test_prompt_blocks_are_the_prefix_scorers() -> None:
+    text = "naïve 漢字 " * 40
+    key, _, _ = affinity_key(snapshot(prefix_block_bytes=64, prefix_max_blocks=5), None, text)
+    assert key is not None and len(key) == 320
+    hashes = prompt_blocks(snapshot(prefix_block_bytes=64, prefix_max_blocks=5), key)
+    assert hashes == block_hashes(text, 64, 5) and len(hashes) == 5
+    # A prompt shorter than one block has none (no prefix bonus, nothing learned).
+    assert prompt_blocks(snapshot(), b"abc") == []
 
 
-def test_prefix_owners_are_bounded_and_cleared_when_full() -> None:
+def test_prefix_bonus_is_each_endpoints_share_of_the_leading_blocks_it_holds() -> None:
+    # c is the worst by score: it wins only by holding the prompt's blocks.
+    endpoints = [["a:1", 2_000_000], ["b:1", 1_900_000], ["c:1", 100_000]]
     owners = PrefixOwners()
-    for i in range(PREFIX_OWNERS_MAX):
-        owners.chose(f"p{i}".encode(), "a:1")
-    assert len(owners.owners) == PREFIX_OWNERS_MAX
-    owners.chose(b"p0", "b:1")  # a known key: replaced, nothing cleared
-    assert len(owners.owners) == PREFIX_OWNERS_MAX
-    owners.chose(b"new", "b:1")
-    assert owners.owners == {fnv1a(b"new"): "b:1"}
+    first, bonus, _ = affinity_key(snapshot(), None, "aaaabbbbcccc")
+    # Never seen: no bonus, the scores decide, and the first choice then holds every block.
+    assert order(snapshot(), endpoints, first, bonus, lambda a: 0, 0, owners) == ["a:1", "b:1"]
+    assert set(owners.recent.values()) == {"a:1"} and len(owners.recent) == 3
+    # Two of three leading blocks shared: a gets 2/3 of the bonus, b none.
+    second = affinity_key(snapshot(), None, "aaaabbbbdddd")[0]
+    assert second is not None
+    assert owners.bonuses(["a:1", "b:1", "c:1"], prompt_blocks(snapshot(), second), bonus) == [
+        1_333_333,
+        0,
+        0,
+    ]
+    # A conversation c served holds all its blocks: its next turn goes back to c.
+    owners.chose(prompt_blocks(snapshot(), second), "c:1")
+    bonuses = owners.bonuses(["a:1", "b:1", "c:1"], prompt_blocks(snapshot(), second), bonus)
+    assert bonuses == [0, 0, 2_000_000]
+    assert order(snapshot(), endpoints, second, bonus, lambda a: 0, 0, owners)[0] == "c:1"
+    # c now holds the first prompt's first two blocks too, but a still holds its third, whose
+    # chained hash covers the first two: a has that whole prompt cached (the full bonus).
+    assert owners.bonuses(["a:1", "b:1", "c:1"], prompt_blocks(snapshot(), first), bonus) == [
+        2_000_000,
+        0,
+        1_333_333,
+    ]
+    # Busy endpoints lose it the scheduler's way: in-flight weight against the bonus.
+    busy_c = {"c:1": 3}
+    assert order(snapshot(), endpoints, second, bonus, lambda a: busy_c.get(a, 0), 0, owners)[0] == "a:1"
+
+
+def test_prefix_owners_are_bounded_in_two_generations() -> None:
+    owners = PrefixOwners()
+    owners.chose(list(range(PREFIX_OWNERS_MAX)), "a:1")
+    assert len(owners.recent) == PREFIX_OWNERS_MAX and not owners.older
+    owners.chose([0], "a:1")  # unchanged: nothing moves
+    owners.chose([0], "b:1")  # a known block's new owner, but the table is full: a new generation
+    assert owners.recent == {0: "b:1"} and len(owners.older) == PREFIX_OWNERS_MAX
+    assert owners.owner(1) == "a:1" and owners.owner(0) == "b:1"
+    owners.chose(list(range(10**6, 10**6 + PREFIX_OWNERS_MAX)), "c:1")
+    assert owners.owner(1) is None  # two generations on: forgotten
 
 
 def loaded(address: str, score: int, waiting: int, running: int, per_token: int = 1_000_000) -> list[Any]:

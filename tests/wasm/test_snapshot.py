@@ -90,7 +90,7 @@ def test_kept_rows_carry_the_load_scorers_fleet_terms_and_the_scraped_queue() ->
     scheduler = Scheduler(SchedulerConfig(gpu_weights={"h100": 5.0, "t4": 1.0}))
     router = Router(ServerConfig(complexity_header=False), fleet, scheduler, InFlight(), policy=lambda: None)
     snapshot = build_routing_snapshot(router, now)
-    assert snapshot["format"] == 3
+    assert snapshot["format"] == 4
     assert snapshot["load_weight"] == 3_000_000  # the load scorer's default weight, in millionths
     rows = [fleet.snapshot.index[e[0]] for e in snapshot["candidates"]["m|"]["endpoints"]]
     loaded = scheduler.load_terms(fleet.snapshot, rows, now)
@@ -217,3 +217,36 @@ def test_a_rule_sending_a_tier_to_the_provider_escalates_only_that_tiers_rows(tm
     assert routes["chat|0|both|plain"] == ESCALATE
     assert routes["chat|0|both|*"]["targets"] == [["both", "p"]]
     assert routes["chat|0|both|spiller"]["targets"] == [["both", "p"]]
+
+
+def test_prefix_blocks_and_weights_are_the_profiles() -> None:
+    now = time.monotonic()
+    fleet = FleetState()
+    endpoints = [Endpoint("10.0.0.1:8000", models=("m",))]
+    metrics = {"10.0.0.1:8000": EndpointMetrics(scraped_at=now)}
+    fleet.publish(build_snapshot(endpoints, metrics, version=1, now=now), synced=True)
+
+    def snapshot_of(scorers: dict[str, Any]) -> dict[str, Any]:
+        scheduler = Scheduler(SchedulerConfig.from_dict({"scorers": scorers}))
+        router = Router(
+            ServerConfig(complexity_header=False), fleet, scheduler, InFlight(), policy=lambda: None
+        )
+        return build_routing_snapshot(router, now)
+
+    default = snapshot_of({})
+    assert (default["prefix_block_bytes"], default["prefix_max_blocks"], default["prefix_weight"]) == (
+        64,
+        64,
+        2_000_000,
+    )
+    tuned = snapshot_of({"prefix": {"weight": 1.5, "block_chars": 128, "max_blocks": 16}})
+    assert (tuned["prefix_block_bytes"], tuned["prefix_max_blocks"], tuned["prefix_weight"]) == (
+        128,
+        16,
+        1_500_000,
+    )
+    assert not tuned["escalate_all"]
+    # A session scorer weighed 0 gives no session bonus on either path.
+    assert snapshot_of({"session": 0})["session_weight"] == 0
+    # Blocks covering more than the filter hashes: the brain decides everything.
+    assert snapshot_of({"prefix": {"weight": 2.0, "block_chars": 1024, "max_blocks": 128}})["escalate_all"]

@@ -4,6 +4,7 @@
 import { Json, Kind, Field, fnv1a, FNV_OFFSET } from "./json";
 import { Snapshot, Route, Target, Candidate, CandidateSet } from "./snapshot";
 import { InFlight } from "./inflight";
+import { crc32Bytes } from "./crc32";
 
 export const enum Outcome { Routed = 0, Error = 1, Escalate = 2 }
 
@@ -125,28 +126,75 @@ function preferred(snapshot: Snapshot, set: CandidateSet, key: usize, keyLength:
 }
 
 // Prefix ownership, as the scheduler's prefix scorer keeps it (extproc/scheduler/scorers/prefix.py):
-// the endpoint this VM last sent a prompt with the same first prefix_bytes to, by FNV-1a of those
-// bytes. Only that endpoint gets the prefix bonus: a prompt never seen gets none and goes where
-// the load says (a fixed hash favourite would hand every unique prompt's bonus to an endpoint
-// chosen regardless of its speed). Cleared when full: bounded memory, and the same in
-// extproc/wasm/reference.py.
-export const PREFIX_OWNERS_MAX = 4096;
-const prefixOwners = new Map<u32, string>();
+// the chained CRC-32 of each leading block of a prompt → the endpoint this VM last chose for a
+// prompt with that block. A candidate's bonus is its share of the prompt's blocks: the run of
+// leading blocks it holds (a conversation's next turn goes where its earlier turns' cache is,
+// and a longer shared prefix earns more). Bounded in two generations (no per-request LRU
+// bookkeeping): when the recent table is full it becomes the older one and the one before is
+// dropped; the same in extproc/wasm/reference.py.
+export const PREFIX_OWNERS_MAX = 32768;
+let recentOwners = new Map<u32, string>();
+let olderOwners = new Map<u32, string>();
+const promptBlocks = new Array<u32>(); // this request's block hashes, until its pick is learned
+const prefixDepth = new Array<i32>(); // per candidate: the leading blocks it holds
 
-function ownerOf(set: CandidateSet, hash: u32, own: Array<i64>, factorPct: i64): i32 {
-  if (!prefixOwners.has(hash)) return -1;
-  const owner = prefixOwners.get(hash);
-  const endpoints = set.endpoints;
-  const n = endpoints.length;
-  let total: i64 = 0;
-  let found = -1;
-  for (let i = 0; i < n; i++) {
-    total += own[i];
-    if (found < 0 && endpoints[i].address == owner) found = i;
+/** The prompt's block hashes (zlib.crc32 chained over blocks of `size` bytes at `key`). */
+function hashBlocks(key: usize, keyLength: i32, size: i32): Array<u32> {
+  const blocks = promptBlocks;
+  blocks.length = 0;
+  let running: u32 = 0;
+  for (let at = 0; at + size <= keyLength; at += size) {
+    running = crc32Bytes(key + <usize>at, size, running);
+    blocks.push(running);
   }
-  // the same load bound as the session affinity's
-  if (found >= 0 && own[found] * 100 * <i64>n <= factorPct * total + 100 * <i64>n) return found;
-  return -1;
+  return blocks;
+}
+
+/** Each candidate's bonus for the leading blocks it holds: weight × held / blocks. Returns
+ * the candidate that holds every block in the recent table (-1: none), whose pick changes
+ * nothing to learn. */
+function prefixBonuses(endpoints: Array<Candidate>, blocks: Array<u32>, weight: i64, out: Array<i64>): i32 {
+  const n = endpoints.length;
+  const depth = zeroedI32(prefixDepth, n);
+  let lastOwner: string | null = null; // consecutive blocks mostly share their owner
+  let lastIndex = -1;
+  let wholeInRecent = true;
+  for (let b = 0; b < blocks.length; b++) {
+    const block = blocks[b];
+    let owner: string | null = null;
+    if (recentOwners.has(block)) {
+      owner = recentOwners.get(block);
+    } else {
+      wholeInRecent = false;
+      if (olderOwners.has(block)) owner = olderOwners.get(block);
+    }
+    if (owner == null) break;
+    if (lastOwner == null || owner != lastOwner) {
+      if (lastOwner != null) wholeInRecent = false;
+      lastOwner = owner;
+      lastIndex = -1;
+      for (let i = 0; i < n; i++) {
+        if (endpoints[i].address == owner) { lastIndex = i; break; }
+      }
+    }
+    if (lastIndex >= 0) depth[lastIndex] = b + 1;
+  }
+  const count = <i64>blocks.length;
+  for (let i = 0; i < n; i++) out[i] = count > 0 ? weight * <i64>depth[i] / count : 0;
+  return wholeInRecent && lastIndex >= 0 && depth[lastIndex] == blocks.length ? lastIndex : -1;
+}
+
+/** The chosen endpoint now holds every block of the prompt. */
+function learnPrefix(blocks: Array<u32>, address: string): void {
+  for (let b = 0; b < blocks.length; b++) {
+    const block = blocks[b];
+    if (recentOwners.has(block) && recentOwners.get(block) == address) continue;
+    if (recentOwners.size >= PREFIX_OWNERS_MAX) {
+      olderOwners = recentOwners;
+      recentOwners = new Map<u32, string>();
+    }
+    recentOwners.set(block, address);
+  }
 }
 
 // The scheduler's MIN_SPAN (one typical TTFT) in the snapshot's load units (billionths), and a
@@ -193,6 +241,7 @@ const scratchPredicted = new Array<i64>();
 const scratchTotals = new Array<i64>();
 const scratchBusy = new Array<i64>();
 const scratchTaken = new Array<bool>();
+const scratchBonuses = new Array<i64>();
 
 function sized<T>(array: Array<T>, n: i32): Array<T> {
   array.length = n;
@@ -211,12 +260,19 @@ function zeroed(array: Array<i64>, n: i32): Array<i64> {
   return array;
 }
 
+function zeroedI32(array: Array<i32>, n: i32): Array<i32> {
+  array.length = n;
+  array.fill(0);
+  return array;
+}
+
 const picked = new Array<Candidate>();
 const pickedTotals = new Array<i64>(); // picked's totals, in its order
 
 /** Candidates best first (in an array reused by every call; key: keyLength bytes at key, none
  * when keyLength < 0): prepared score + load score − in-flight weight × in-flight + affinity
- * bonus (a session's rendezvous favourite, or a prefix's owner when `prefixKey`). */
+ * bonus (a session's rendezvous favourite gets it whole; with `prefixKey` the key is the
+ * prompt's leading bytes and each candidate gets its share for the blocks it holds). */
 export function pick(
   snapshot: Snapshot, set: CandidateSet, key: usize, keyLength: i32, bonus: i64, inflight: InFlight, prompt: i64,
   prefixKey: bool = false,
@@ -229,17 +285,19 @@ export function pick(
     const address = endpoints[i].address;
     busy[i] = <i64>inflight.count(address);
   }
-  let favourite = -1;
-  let prefixHash: u32 = 0;
+  const bonuses = zeroed(scratchBonuses, n);
+  let blocks: Array<u32> | null = null;
+  let holder = -1; // holds every block already
   if (keyLength >= 0 && prefixKey) {
-    prefixHash = fnv1a(key, keyLength, FNV_OFFSET);
-    favourite = ownerOf(set, prefixHash, busy, <i64>snapshot.affinityLoadFactorPct);
+    blocks = hashBlocks(key, keyLength, snapshot.prefixBlockBytes);
+    holder = prefixBonuses(endpoints, blocks, bonus, bonuses);
   } else if (keyLength >= 0) {
-    favourite = preferred(snapshot, set, key, keyLength, busy);
+    const favourite = preferred(snapshot, set, key, keyLength, busy);
+    if (favourite >= 0) bonuses[favourite] = bonus;
   }
   const load = loadScores(snapshot, endpoints, busy, prompt);
   for (let i = 0; i < n; i++) {
-    totals[i] = endpoints[i].score + load[i] - snapshot.inflightWeight * busy[i] + (i == favourite ? bonus : 0);
+    totals[i] = endpoints[i].score + load[i] - snapshot.inflightWeight * busy[i] + bonuses[i];
   }
   const count = min(snapshot.endpointsPerRequest, n);
   const taken = cleared(scratchTaken, n);
@@ -256,9 +314,8 @@ export function pick(
     out.push(endpoints[best]);
     pickedTotals.push(totals[best]);
   }
-  if (keyLength >= 0 && prefixKey && out.length > 0) {
-    if (prefixOwners.size >= PREFIX_OWNERS_MAX && !prefixOwners.has(prefixHash)) prefixOwners.clear();
-    prefixOwners.set(prefixHash, out[0].address);
+  if (blocks != null && blocks.length > 0 && out.length > 0 && (holder < 0 || out[0] != endpoints[holder])) {
+    learnPrefix(blocks, out[0].address);
   }
   return out;
 }
@@ -294,8 +351,8 @@ class PromptText {
     this.size += json.decodedSize(pos, end);
   }
 
-  /** The prefix-affinity key's length: the first `limit` bytes of prefix (possibly ending
-   * inside a character). */
+  /** The prefix-affinity key's length: the first `limit` bytes of the text (possibly ending
+   * inside a character), which the prefix blocks cover. */
   keyLength(): i32 {
     return min(this.size, this.prefix.byteLength);
   }
@@ -445,7 +502,7 @@ export function decide(
     return rejected;
   }
 
-  const text = promptText(json, task, fields, snapshot.prefixBytes);
+  const text = promptText(json, task, fields, snapshot.prefixBlockBytes * snapshot.prefixMaxBlocks);
   if (json.unsupported) return ESCALATE;
   let key: usize = 0;
   let keyLength = -1; // no key

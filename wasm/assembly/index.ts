@@ -17,7 +17,8 @@ import {
 import { Json, Kind } from "./json";
 import { Decision, Outcome, decide, DESTINATION_HEADER } from "./decide";
 import { Snapshot, parseSnapshot } from "./snapshot";
-import { KeptBody, Observations, RequestRecord, carriesText, crc32 } from "./observe";
+import { KeptBody, Observations, RequestRecord, carriesText } from "./observe";
+import { crc32 } from "./crc32";
 import { InFlight } from "./inflight";
 
 export { proxy_on_memory_allocate } from "./memory";

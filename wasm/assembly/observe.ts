@@ -460,22 +460,3 @@ export class KeptBody {
     return out.buffer;
   }
 }
-
-// CRC-32 (zlib's, reflected 0xEDB88320): the brain samples its decision log by it
-// (extproc/observability/decision_log.py), so the filter picks the same requests.
-const CRC_TABLE = new StaticArray<u32>(256);
-for (let n: u32 = 0; n < 256; n++) {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  CRC_TABLE[n] = c;
-}
-
-export function crc32(text: string): u32 {
-  const bytes = String.UTF8.encode(text);
-  const data = changetype<usize>(bytes);
-  let c: u32 = 0xffffffff;
-  for (let i = 0; i < bytes.byteLength; i++) {
-    c = CRC_TABLE[(c ^ <u32>load<u8>(data + <usize>i)) & 0xff] ^ (c >>> 8);
-  }
-  return c ^ 0xffffffff;
-}

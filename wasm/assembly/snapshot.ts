@@ -1,7 +1,7 @@
-// The brain's routing snapshot (format 3, see docs/wasm.md), parsed once per change per VM.
+// The brain's routing snapshot (format 4, see docs/wasm.md), parsed once per change per VM.
 import { Json, Kind, Field } from "./json";
 
-export const SNAPSHOT_FORMAT: i64 = 3;
+export const SNAPSHOT_FORMAT: i64 = 4;
 
 export class Target {
   looked: bool = false; // set is this snapshot's candidates for the target (Snapshot.candidatesFor)
@@ -53,7 +53,10 @@ export class Snapshot {
   loadWeight: i64 = 0;
   sessionWeight: i64 = 1000000;
   prefixWeight: i64 = 2000000;
-  prefixBytes: i32 = 256;
+  // The prefix scorer's blocks: the prompt's first prefixBlockBytes × prefixMaxBlocks bytes
+  // (the brain keeps the product at most 64 KiB).
+  prefixBlockBytes: i32 = 64;
+  prefixMaxBlocks: i32 = 64;
   affinityLoadFactorPct: i32 = 125;
   staleAfterMs: i64 = 2000;
   // The brain's decision-log sampling: a request whose CRC-32 of its id is below this gets a
@@ -227,7 +230,8 @@ export function parseSnapshot(bytes: Uint8Array): Snapshot | null {
     else if (key == "load_weight") snapshot.loadWeight = json.intAt(at, snapshot.loadWeight);
     else if (key == "session_weight") snapshot.sessionWeight = json.intAt(at, snapshot.sessionWeight);
     else if (key == "prefix_weight") snapshot.prefixWeight = json.intAt(at, snapshot.prefixWeight);
-    else if (key == "prefix_bytes") snapshot.prefixBytes = <i32>json.intAt(at, snapshot.prefixBytes);
+    else if (key == "prefix_block_bytes") snapshot.prefixBlockBytes = <i32>json.intAt(at, snapshot.prefixBlockBytes);
+    else if (key == "prefix_max_blocks") snapshot.prefixMaxBlocks = <i32>json.intAt(at, snapshot.prefixMaxBlocks);
     else if (key == "affinity_load_factor_pct") snapshot.affinityLoadFactorPct = <i32>json.intAt(at, snapshot.affinityLoadFactorPct);
     else if (key == "stale_after_ms") snapshot.staleAfterMs = json.intAt(at, snapshot.staleAfterMs);
     else if (key == "log_sample_below") snapshot.logSampleBelow = json.intAt(at, 0);
@@ -250,5 +254,7 @@ export function parseSnapshot(bytes: Uint8Array): Snapshot | null {
     }
   }
   if (format != SNAPSHOT_FORMAT || json.unsupported) return null;
+  const blockBytes = <i64>snapshot.prefixBlockBytes;
+  if (blockBytes < 1 || snapshot.prefixMaxBlocks < 0 || blockBytes * <i64>snapshot.prefixMaxBlocks > 65536) return null;
   return snapshot;
 }
