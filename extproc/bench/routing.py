@@ -144,6 +144,26 @@ SCENARIOS: dict[str, Scenario] = {
             # Eight servers' token streams in one process: real time, or the CPU is the bottleneck.
             time_scale=1.0,
         ),
+        Scenario(
+            "conversations",
+            "8 A100 with small KV caches; 90 % of requests are the next turn of one of 64 chats "
+            "(4 system prompts of 200 tokens, questions up to 128 tokens)",
+            tuple(_a100(kv_capacity_tokens=24_000, block_size_tokens=32) for _ in range(8)),
+            Workload(
+                stream=True,
+                shared_prefix_share=0.0,
+                shared_prefixes=4,
+                prefix_tokens=200,
+                session_share=0.0,
+                conversation_share=0.9,
+                conversations=64,
+                turn_tokens=128,
+                max_prompt_tokens=4096,
+                max_output_tokens=128,
+            ),
+            12.0,
+            time_scale=1.0,
+        ),
     )
 }
 

@@ -2,9 +2,10 @@
 
 The trace is any CSV with columns ``TIMESTAMP,ContextTokens,GeneratedTokens`` (the Azure LLM
 inference trace format). Prompts are synthesised with the traced token counts; a share of
-them start with one of a few shared prefixes (system prompts, few-shot examples) and a share
-belong to sessions that send ``x-user-id``, so prefix and session affinity have something to
-find. Never imported by the request path.
+them start with one of a few shared prefixes (system prompts, few-shot examples), a share
+belong to sessions that send ``x-user-id``, and a share are the next turn of one of a few
+multi-turn chats (each prompt the chat's earlier turns plus a new question), so prefix and
+session affinity have something to find. Never imported by the request path.
 """
 
 from __future__ import annotations
@@ -90,12 +91,54 @@ class Workload:
     min_prompt_tokens: int = 1  # e.g. RAG: every prompt at least its shared prefix long
     max_output_tokens: int = 512
     seed: int = 1
+    # Requests that are the next turn of one of `conversations` chats: the chat's system prompt
+    # (one of `shared_prefixes`, `prefix_tokens` long), its earlier questions and answers, then
+    # a new question of at most `turn_tokens`; a chat that would pass max_prompt_tokens starts
+    # over. The answer it appends is synthetic, as long as the traced output.
+    conversation_share: float = 0.0
+    conversations: int = 32
+    turn_tokens: int = 128
+
+
+class Conversations:
+    """The chats' histories across one replay (synthesise appends a turn per request)."""
+
+    def __init__(self) -> None:
+        self.histories: dict[int, list[dict[str, str]]] = {}
+
+    def next_turn(
+        self, request: TraceRequest, workload: Workload, rng: random.Random
+    ) -> list[dict[str, str]]:
+        chat = rng.randrange(workload.conversations)
+        history = self.histories.get(chat)
+        question = _words(rng, max(1, min(request.prompt_tokens, workload.turn_tokens)))
+        answer = _words(rng, max(1, min(request.output_tokens, workload.max_output_tokens)))
+        tokens = sum(len(m["content"]) for m in history or []) // 4
+        if history is None or tokens + (len(question) + len(answer)) // 4 > workload.max_prompt_tokens:
+            system = chat % max(1, workload.shared_prefixes)
+            prompt = (f"[system prompt {system}] " + "policy text " * workload.prefix_tokens)[
+                : workload.prefix_tokens * 4
+            ]
+            history = [{"role": "system", "content": prompt}]
+        messages = [*history, {"role": "user", "content": question}]
+        self.histories[chat] = [*messages, {"role": "assistant", "content": answer}]
+        return messages
+
+
+def _words(rng: random.Random, tokens: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(tokens))[: tokens * 4]
 
 
 def synthesise(
-    request: TraceRequest, workload: Workload, rng: random.Random
+    request: TraceRequest,
+    workload: Workload,
+    rng: random.Random,
+    conversations: Conversations | None = None,
 ) -> tuple[dict[str, object], dict[str, str]]:
-    """An OpenAI chat body with ~prompt_tokens tokens (4 characters each) and its headers."""
+    """An OpenAI chat body with ~prompt_tokens tokens (4 characters each) and its headers; with
+    ``conversations``, a share of them the next turn of a chat instead."""
+    if conversations is not None and rng.random() < workload.conversation_share:
+        return _body(workload, request, conversations.next_turn(request, workload, rng)), {}
     tokens = max(workload.min_prompt_tokens, min(request.prompt_tokens, workload.max_prompt_tokens))
     parts = []
     if rng.random() < workload.shared_prefix_share:
@@ -104,19 +147,23 @@ def synthesise(
         parts.append((f"[system prompt {which}] " + "policy text " * prefix_len)[: prefix_len * 4])
         tokens -= prefix_len
     if tokens > 0:
-        parts.append(" ".join(rng.choice(WORDS) for _ in range(tokens))[: tokens * 4])
+        parts.append(_words(rng, tokens))
     headers = {}
     if rng.random() < workload.session_share:
         headers["x-user-id"] = f"user-{rng.randrange(workload.sessions)}"
+    return _body(workload, request, [{"role": "user", "content": "".join(parts)}]), headers
+
+
+def _body(workload: Workload, request: TraceRequest, messages: list[dict[str, str]]) -> dict[str, object]:
     body: dict[str, object] = {
         "model": workload.model,
-        "messages": [{"role": "user", "content": "".join(parts)}],
+        "messages": messages,
         "max_tokens": min(request.output_tokens, workload.max_output_tokens),
         "stream": workload.stream,
     }
     if workload.stream:
         body["stream_options"] = {"include_usage": True}
-    return body, headers
+    return body
 
 
 @dataclass
@@ -218,6 +265,7 @@ async def run_load(
     """Send each request at its trace time / speedup; stop at max_requests or duration_s."""
     workload = workload or Workload()
     rng = random.Random(workload.seed)
+    conversations = Conversations() if workload.conversation_share > 0 else None
     url = base_url.rstrip("/") + "/chat/completions"
     limit = asyncio.Semaphore(concurrency)
     outcome = LoadResult()
@@ -241,7 +289,7 @@ async def run_load(
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            body, headers = synthesise(request, workload, rng)
+            body, headers = synthesise(request, workload, rng, conversations)
             tasks.append(asyncio.create_task(send(body, headers, due)))
         await asyncio.gather(*tasks)
     outcome.wall_s = time.monotonic() - started

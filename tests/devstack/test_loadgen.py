@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
 import pytest
 
-from extproc.devstack.loadgen import DEFAULT_TRACE, TraceRequest, Workload, read_trace, run_load, synthesise
+from extproc.devstack.loadgen import (
+    DEFAULT_TRACE,
+    Conversations,
+    TraceRequest,
+    Workload,
+    read_trace,
+    run_load,
+    synthesise,
+)
 from extproc.devstack.sim import EndpointSpec, estimate_tokens, start_fleet
 
 
@@ -40,6 +49,30 @@ def test_synthetic_prompts_have_the_traced_length_and_share_prefixes() -> None:
     assert text_a[:400] == text_b[:400]
     assert headers["x-user-id"].startswith("user-")
     assert body_a["max_tokens"] == 10
+
+
+def test_a_chats_next_turn_extends_its_earlier_prompt_and_starts_over_past_the_limit() -> None:
+    rng = random.Random(3)
+    workload = Workload(
+        conversation_share=1.0, conversations=1, shared_prefixes=2, prefix_tokens=50, max_prompt_tokens=400
+    )
+    chats = Conversations()
+    turns = [synthesise(TraceRequest(0, 60, 40), workload, rng, chats)[0]["messages"] for _ in range(8)]
+    first, second = turns[0], turns[1]
+    assert isinstance(first, list) and isinstance(second, list)
+    assert first[0]["role"] == "system" and first[0]["content"].startswith("[system prompt 0]")
+    assert len(first[0]["content"]) == 200 and len(first[-1]["content"]) <= 60 * 4
+    # The next turn: the same messages, the answer, a new question.
+    assert second[: len(first)] == first and [m["role"] for m in second[len(first) :]] == [
+        "assistant",
+        "user",
+    ]
+    # Each turn adds ~100 tokens: past max_prompt_tokens the chat starts over.
+    lengths = [sum(len(m["content"]) for m in t) // 4 for t in turns]  # type: ignore[union-attr]
+    assert max(lengths) <= 400 and any(b < a for a, b in itertools.pairwise(lengths))
+    # Without the conversations' state (or with a share of 0) nothing changes for other workloads.
+    plain, _ = synthesise(TraceRequest(0, 60, 40), Workload(conversation_share=1.0), random.Random(3))
+    assert len(plain["messages"]) == 1  # type: ignore[arg-type]
 
 
 async def test_replays_a_small_trace_against_the_simulator(tmp_path: Path) -> None:
