@@ -96,6 +96,9 @@ def _small(gpu: str, **changes: Any) -> EndpointSpec:
     return replace(spec, **changes)
 
 
+# Eight A100s with small KV caches: prefix-cache hits decide the TTFT there.
+EIGHT_SMALL_A100 = tuple(_a100(kv_capacity_tokens=24_000, block_size_tokens=32) for _ in range(8))
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -129,7 +132,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "many-prefix",
             "8 A100 with small KV caches; 90 % of prompts start with one of 48 long system prompts",
-            tuple(_a100(kv_capacity_tokens=24_000, block_size_tokens=32) for _ in range(8)),
+            EIGHT_SMALL_A100,
             Workload(
                 stream=True,
                 shared_prefix_share=0.9,
@@ -148,7 +151,7 @@ SCENARIOS: dict[str, Scenario] = {
             "conversations",
             "8 A100 with small KV caches; 90 % of requests are the next turn of one of 64 chats "
             "(4 system prompts of 200 tokens, questions up to 128 tokens)",
-            tuple(_a100(kv_capacity_tokens=24_000, block_size_tokens=32) for _ in range(8)),
+            EIGHT_SMALL_A100,
             Workload(
                 stream=True,
                 shared_prefix_share=0.0,
@@ -162,7 +165,7 @@ SCENARIOS: dict[str, Scenario] = {
                 max_output_tokens=128,
             ),
             12.0,
-            time_scale=1.0,
+            time_scale=1.0,  # as many-prefix
         ),
     )
 }
