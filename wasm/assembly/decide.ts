@@ -155,7 +155,7 @@ function hashBlocks(key: usize, keyLength: i32, size: i32): Array<u32> {
  * nothing to learn. */
 function prefixBonuses(endpoints: Array<Candidate>, blocks: Array<u32>, weight: i64, out: Array<i64>): i32 {
   const n = endpoints.length;
-  const depth = zeroedI32(prefixDepth, n);
+  const depth = zeroed<i32>(prefixDepth, n);
   let lastOwner: string | null = null; // consecutive blocks mostly share their owner
   let lastIndex = -1;
   let wholeInRecent = true;
@@ -254,15 +254,9 @@ function cleared(array: Array<bool>, n: i32): Array<bool> {
   return array;
 }
 
-function zeroed(array: Array<i64>, n: i32): Array<i64> {
+function zeroed<T>(array: Array<T>, n: i32): Array<T> {
   array.length = n;
-  array.fill(0);
-  return array;
-}
-
-function zeroedI32(array: Array<i32>, n: i32): Array<i32> {
-  array.length = n;
-  array.fill(0);
+  array.fill(<T>0);
   return array;
 }
 
