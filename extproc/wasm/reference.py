@@ -161,8 +161,10 @@ def order(
     inflight: Callable[[str], int],
     prompt_tokens: int = 0,
     prefix_owners: PrefixOwners | None = None,
+    totals_out: list[int] | None = None,
 ) -> list[str]:
-    """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order).
+    """Candidate addresses best first, at most endpoints_per_request (ties: snapshot order);
+    ``totals_out`` gets the chosen ones' totals (millionths), as the filter's records carry them.
     With ``prefix_owners``, ``key`` is a prompt's leading bytes: each candidate gets its share
     of the bonus for the leading blocks it holds, and the first choice then holds them all;
     otherwise ``key`` is a session's (rendezvous hashing, the whole bonus to one endpoint)."""
@@ -183,6 +185,8 @@ def order(
     totals = [int(entry[1]) + load[i] - weight * own[i] + bonuses[i] for i, entry in enumerate(endpoints)]
     ranked = sorted(range(len(addresses)), key=lambda i: (-totals[i], i))
     chosen = [addresses[i] for i in ranked[: int(snapshot["endpoints_per_request"])]]
+    if totals_out is not None:
+        totals_out.extend(totals[i] for i in ranked[: len(chosen)])
     if blocks and prefix_owners is not None and chosen:
         prefix_owners.chose(blocks, chosen[0])
     return chosen
@@ -227,8 +231,9 @@ class SnapshotPicker:
             return int(inflight[row]) if row is not None else 0
 
         owners = self.prefix_owners if is_prefix else None
-        chosen = order(self.snapshot, endpoints, key, bonus, own, ctx.prompt_tokens, owners)[:count]
+        totals: list[int] = []
+        chosen = order(self.snapshot, endpoints, key, bonus, own, ctx.prompt_tokens, owners, totals)[:count]
         if ctx.want_scores:
-            scores = {str(entry[0]): float(entry[1]) for entry in endpoints}
-            ctx.scores = [scores[a] / 1e6 for a in chosen]
+            # The decision log's scores as the filter reports them (extproc/wasm/records.py).
+            ctx.scores = [round(total / 1e6, 4) for total in totals[: len(chosen)]]
         return [snapshot.index[address] for address in chosen]

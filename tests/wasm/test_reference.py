@@ -52,6 +52,9 @@ def test_order_is_score_minus_in_flight_plus_bonus_ties_in_snapshot_order() -> N
     endpoints = [["a:1", 2_000_000], ["b:1", 2_000_000], ["c:1", 500_000]]
     assert order(snapshot(), endpoints, None, 0, lambda a: 0) == ["a:1", "b:1"]
     assert order(snapshot(), endpoints, None, 0, lambda a: 1 if a == "a:1" else 0) == ["b:1", "a:1"]
+    totals: list[int] = []  # what the filter's records report as the decision log's scores
+    order(snapshot(), endpoints, None, 0, lambda a: 1 if a == "a:1" else 0, 0, None, totals)
+    assert totals == [2_000_000, 1_000_000]  # b; a minus one in flight
     key, bonus, is_prefix = affinity_key(snapshot(), None, "hello world")
     assert (key, bonus, is_prefix) == (b"hello world"[:12], 2_000_000, True)
     session, session_bonus, _ = affinity_key(snapshot(), "user-9", "hello")
