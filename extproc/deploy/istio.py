@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from extproc.deploy import LOCAL_STACK_POLICY
-from extproc.deploy.envoy_config import EnvoyPorts, render
+from extproc.deploy.envoy_config import EnvoyPorts, connection_manager, render
 from extproc.deploy.istio_providers import provider_objects, provider_routes
 from extproc.providers.upstream import ProviderUpstream
 
@@ -77,11 +77,6 @@ def _local_envoy() -> dict[str, Any]:
     return config
 
 
-def _local_hcm() -> dict[str, Any]:
-    hcm: dict[str, Any] = _local_envoy()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    return hcm
-
-
 # The VirtualService route for audio uploads, by name: the EnvoyFilter gives it the local
 # stack's per-route ext_proc override (BUFFERED_PARTIAL: routed on the form's head, the file
 # streams on). A gateway's own VirtualService gets it by naming its audio route the same.
@@ -91,7 +86,7 @@ AUDIO_PREFIX = "/v1/audio/"
 
 def audio_route_override() -> dict[str, Any]:
     """The local stack's typed_per_filter_config of its audio route."""
-    routes = _local_hcm()["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    routes = connection_manager(_local_envoy())["route_config"]["virtual_hosts"][0]["routes"]
     audio = next(r for r in routes if r["match"].get("prefix") == AUDIO_PREFIX)
     override: dict[str, Any] = copy.deepcopy(audio["typed_per_filter_config"])
     return override
@@ -99,8 +94,11 @@ def audio_route_override() -> dict[str, Any]:
 
 def envoy_http_filters(s: IstioSettings) -> list[dict[str, Any]]:
     """The local stack's HTTP filters before the router, pointed at Istio's ext_proc cluster."""
-    hcm = _local_hcm()
-    filters = [f for f in hcm["typed_config"]["http_filters"] if f["name"] != "envoy.filters.http.router"]
+    filters = [
+        f
+        for f in connection_manager(_local_envoy())["http_filters"]
+        if f["name"] != "envoy.filters.http.router"
+    ]
     filters = copy.deepcopy(filters)
     for item in filters:
         typed = item["typed_config"]

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from extproc.deploy.envoy_config import connection_manager
 from extproc.deploy.istio import ENVOY_CONTROL_HEADERS, IstioSettings, envoy_cluster_patch, extproc_objects
 from extproc.deploy.istio_providers import provider_objects, provider_routes
 from extproc.deploy.wasm_config import (
@@ -60,8 +61,7 @@ def _local_filters(with_providers: bool = False) -> dict[str, dict[str, Any]]:
             ["10.0.0.1:8000"], listen_port=10000, admin_port=9901, brain_port=1, settings=MESH_SETTINGS
         )
     )
-    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    filters: list[dict[str, Any]] = hcm["typed_config"]["http_filters"]
+    filters: list[dict[str, Any]] = connection_manager(config)["http_filters"]
     if with_providers:
         add_provider_decision(filters)
     return {f["name"]: f for f in filters}
