@@ -385,14 +385,8 @@ function apply(request: Request, decision: Decision, now: u64): void {
     record.requested = decision.model;
     record.outcome = decision.outcomeLabel;
     // Only records of their own reach the decision log (sampled): no string for the others.
-    if (record.own) record.scores = joinedScores(decision.scores);
+    if (record.own) record.scores = decision.scores.join(",");
   }
-}
-
-function joinedScores(scores: Array<i64>): string {
-  const parts = new Array<string>(scores.length);
-  for (let i = 0; i < scores.length; i++) parts[i] = scores[i].toString();
-  return parts.join(",");
 }
 
 function servedModel(headers: Array<string>, requested: string): string {

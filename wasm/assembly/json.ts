@@ -495,7 +495,6 @@ function put(out: Uint8Array, n: i32, limit: i32, byte: i32): i32 {
   return n;
 }
 
-/** FNV-1a, 32 bits: the affinity hash, identical in extproc/wasm/reference.py. */
 /** Lanes holding a quote, a backslash, a control character or a byte of a multi-byte
  * character: as signed bytes, both of the last two are below 0x20 (one compare for two). */
 // @ts-ignore: decorator
@@ -506,6 +505,7 @@ function put(out: Uint8Array, n: i32, limit: i32, byte: i32): i32 {
   );
 }
 
+/** FNV-1a, 32 bits: the affinity hash, identical in extproc/wasm/reference.py. */
 export function fnv1a(bytes: usize, len: i32, seed: u32): u32 {
   let hash = seed;
   for (let i = 0; i < len; i++) {
