@@ -115,14 +115,16 @@ class Conversations:
         answer = _words(rng, max(1, min(request.output_tokens, workload.max_output_tokens)))
         tokens = sum(len(m["content"]) for m in history or []) // 4
         if history is None or tokens + (len(question) + len(answer)) // 4 > workload.max_prompt_tokens:
-            system = chat % max(1, workload.shared_prefixes)
-            prompt = (f"[system prompt {system}] " + "policy text " * workload.prefix_tokens)[
-                : workload.prefix_tokens * 4
-            ]
+            prompt = _system_prompt(chat % max(1, workload.shared_prefixes), workload.prefix_tokens)
             history = [{"role": "system", "content": prompt}]
         messages = [*history, {"role": "user", "content": question}]
         self.histories[chat] = [*messages, {"role": "assistant", "content": answer}]
         return messages
+
+
+def _system_prompt(which: int, tokens: int) -> str:
+    """Shared prefix number ``which``, ``tokens`` long (4 characters each)."""
+    return (f"[system prompt {which}] " + "policy text " * tokens)[: tokens * 4]
 
 
 def _words(rng: random.Random, tokens: int) -> str:
@@ -144,7 +146,7 @@ def synthesise(
     if rng.random() < workload.shared_prefix_share:
         which = rng.randrange(workload.shared_prefixes)
         prefix_len = min(tokens, workload.prefix_tokens)
-        parts.append((f"[system prompt {which}] " + "policy text " * prefix_len)[: prefix_len * 4])
+        parts.append(_system_prompt(which, prefix_len))
         tokens -= prefix_len
     if tokens > 0:
         parts.append(_words(rng, tokens))
