@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -186,3 +188,13 @@ class LeastInFlightPicker:
         load = inflight[usable] * 1000.0 + snapshot.waiting[usable] + snapshot.running[usable] * 1e-3
         order = np.argsort(load, kind="stable")[:count]
         return [int(r) for r in usable[order]]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Polls ``predicate`` until it holds; fails the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")

@@ -25,6 +25,7 @@ import pytest
 from extproc.bench.memory import rss_kib
 from extproc.devstack.stack import LocalStack
 from tests.conftest import envoy_stat, ext_proc_counter, started_stack
+from tests.helpers import wait_until
 from tests.integration.test_envoy import scrape_age, sim_control
 
 pytestmark = pytest.mark.envoy
@@ -121,20 +122,11 @@ def routed_by_the_decider(local: LocalStack) -> bool:
     return status == 200 and bool(headers.get("x-sim-destination"))
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @DATA_PATHS
 def test_decider_killed_and_restarted_under_load_fails_no_request(data_path: str) -> None:
     local = started_stack(message_timeout="0.2s", data_path=data_path)
     try:
-        assert wait_for(lambda: routed_by_the_decider(local), 10)
+        wait_until(lambda: routed_by_the_decider(local), 10)
         with Load(lambda: post(local, chat())[0]) as load:
             load.wait_for(150)
             local.stop_extproc()  # SIGKILL: no goodbye to Envoy
@@ -142,14 +134,14 @@ def test_decider_killed_and_restarted_under_load_fails_no_request(data_path: str
             if data_path == "wasm":
                 # The filter decides from its last snapshot until the staleness bound (2 s),
                 # then fails open: requests must keep succeeding through both phases.
-                assert wait_for(lambda: envoy_stat(local, "llm_wasm.fail_open") > 0, 15)
+                wait_until(lambda: envoy_stat(local, "llm_wasm.fail_open") > 0, 15)
                 load.wait_for(150)
             local.start_extproc()
             load.wait_for(150)
         assert load.count() >= 450
         assert load.failures() == 0, load.summary()
         # Routing by the decider resumed (the filter: once it polled the new brain's snapshot).
-        assert wait_for(lambda: routed_by_the_decider(local), 10)
+        wait_until(lambda: routed_by_the_decider(local), 10)
     finally:
         local.stop()
 
@@ -290,9 +282,9 @@ def test_client_cannot_choose_endpoint_tier_priority_or_retries_even_while_the_d
                 local.stop_extproc()
                 # The filter decides from its last snapshot until the staleness bound, then
                 # fails open as ext_proc does at once: no decision reaches the fleet.
-                assert wait_for(lambda: not routed_by_the_decider(local), 15)
+                wait_until(lambda: not routed_by_the_decider(local), 15)
             else:
-                assert wait_for(lambda: routed_by_the_decider(local), 10)
+                wait_until(lambda: routed_by_the_decider(local), 10)
             served = set()
             for _ in range(12):
                 status, headers = post(local, chat(), spoofed)
@@ -370,10 +362,10 @@ class Footprint:
             f"{self.fds_end}; RSS KiB over time {' '.join(self.trajectory)}"
         )
 
-    def check(self, requests: int) -> None:
+    def check(self) -> None:
         assert self.fds_end - self.fds_start <= 16, str(self)
         # Bounded growth: a leak of even 1 KiB per request would exceed this over the run.
-        assert self.rss_end - self.rss_start < max(20_000, requests // 2), str(self)
+        assert self.rss_end - self.rss_start < max(20_000, self.requests_end // 2), str(self)
         # Past the first sample (warm-up done) growth stays under 64 B per request: the leak of
         # reset gRPC streams (~300 B per request, docs/reliability.md) fails a long run here.
         assert self.first_sample is not None
@@ -414,6 +406,6 @@ def test_soak_mixed_load_keeps_memory_and_descriptors_flat(
             )
         assert load.failures() == 0
         for process in watched:
-            process.check(load.count())
+            process.check()
     finally:
         local.stop()

@@ -229,15 +229,6 @@ class WasmEnvoy:
             server.server_close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 def snapshot_for(addresses: list[str], **overrides: Any) -> dict[str, Any]:
     """A small snapshot (extproc.wasm.snapshot.SNAPSHOT_FORMAT): model "m" served by every address, scores falling by position."""
     snapshot: dict[str, Any] = {

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import ext_proc_counter, started_stack
+from tests.helpers import wait_until
 from tests.integration.test_envoy import sim_control
 from tests.integration.test_faults import chat, post
-from tests.wasm.harness import StaticBrain, WasmEnvoy, started, wait_until
+from tests.wasm.harness import StaticBrain, WasmEnvoy, started
 
 pytestmark = pytest.mark.envoy
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from extproc.errors import ErrorKind, RoutingError
-from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started, wait_until
+from tests.helpers import wait_until
+from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started
 
 pytestmark = pytest.mark.envoy
 

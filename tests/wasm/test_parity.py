@@ -35,7 +35,8 @@ from extproc.server import ExternalProcessor
 from extproc.wasm.brain import Brain
 from extproc.wasm.reference import PrefixOwners, SnapshotPicker
 from extproc.wasm.snapshot import build_snapshot as build_routing_snapshot
-from tests.wasm.harness import StaticBrain, WasmEnvoy, wait_until
+from tests.helpers import wait_until
+from tests.wasm.harness import StaticBrain, WasmEnvoy
 
 pytestmark = pytest.mark.envoy
 

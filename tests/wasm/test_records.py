@@ -13,7 +13,8 @@ import pytest
 
 from extproc.observability.decision_log import DecisionLog, DecisionLogConfig
 from extproc.wasm.records import RECORD_FIELDS, FilterRecord, ResponseGroup
-from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started, wait_until
+from tests.helpers import wait_until
+from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started
 
 pytestmark = pytest.mark.envoy
 

@@ -16,7 +16,7 @@ import pytest
 from extproc.deploy import LOCAL_STACK_POLICY
 from extproc.devstack.stack import LocalStack
 from tests.conftest import counted, sim_records, started_stack
-from tests.wasm.harness import wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.envoy
 

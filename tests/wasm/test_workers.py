@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.wasm import harness
-from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started, wait_until
+from tests.wasm.harness import StaticBrain, WasmEnvoy, snapshot_for, started
 
 pytestmark = pytest.mark.envoy
 
