@@ -172,16 +172,18 @@ def ext_proc_counter(local: LocalStack, name: str) -> float:
     return 0.0
 
 
-def envoy_stat(local: LocalStack, name: str) -> int:
-    """One counter from the stack's Envoy admin (0 when absent), e.g. 'wasm...llm_wasm.fail_open'
-    by its last dotted part: the Wasm filter's stats carry the plugin's prefix."""
-    url = f"http://127.0.0.1:{local.admin_port}/stats?filter={name}$"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            key, _, value = line.partition(": ")
-            if key.endswith(name) and value.strip().isdigit():
-                return int(value)
-    return 0
+def envoy_stats(stack: LocalStack) -> dict[str, int]:
+    """The Wasm filter's counters from the stack's Envoy admin, by their last dotted part
+    (routed, escalated, fail_open, ...)."""
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{stack.admin_port}/stats?filter=llm_wasm", timeout=5
+    ) as reply:
+        text = reply.read().decode()
+    return {
+        line.split(": ")[0].rsplit(".", 1)[-1]: int(line.split(": ")[1])
+        for line in text.splitlines()
+        if line.split(": ")[-1].strip().isdigit()
+    }
 
 
 def counted(metrics_port: int, name: str, *label_parts: str) -> float:

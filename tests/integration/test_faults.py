@@ -24,7 +24,7 @@ import pytest
 
 from extproc.bench.memory import rss_kib
 from extproc.devstack.stack import LocalStack
-from tests.conftest import envoy_stat, ext_proc_counter, started_stack
+from tests.conftest import envoy_stats, ext_proc_counter, started_stack
 from tests.helpers import wait_until
 from tests.integration.test_envoy import scrape_age, sim_control
 
@@ -134,7 +134,7 @@ def test_decider_killed_and_restarted_under_load_fails_no_request(data_path: str
             if data_path == "wasm":
                 # The filter decides from its last snapshot until the staleness bound (2 s),
                 # then fails open: requests must keep succeeding through both phases.
-                wait_until(lambda: envoy_stat(local, "llm_wasm.fail_open") > 0, 15)
+                wait_until(lambda: envoy_stats(local).get("fail_open", 0) > 0, 15)
                 load.wait_for(150)
             local.start_extproc()
             load.wait_for(150)

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from extproc.devstack.stack import LocalStack
-from tests.conftest import started_stack
+from tests.conftest import envoy_stats, started_stack
 from tests.integration.test_capacity import chat, post, replays_a_streamed_answer, until
 from tests.integration.test_envoy import sim_control
-from tests.wasm.test_stack import envoy_stats, healthz, post_chat
+from tests.wasm.test_stack import healthz, post_chat
 
 pytestmark = pytest.mark.envoy
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from extproc.devstack.stack import LocalStack
+from tests.conftest import envoy_stats
 from tests.integration.test_providers import (
     chat,
     post,
@@ -25,7 +26,6 @@ from tests.integration.test_providers import (
     test_premium_gpt4_goes_to_the_provider_with_its_key_and_without_the_clients,
     test_rate_limited_provider_falls_back_honours_retry_after_and_resumes,
 )
-from tests.wasm.test_stack import envoy_stats
 
 pytestmark = pytest.mark.envoy
 

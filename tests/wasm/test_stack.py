@@ -15,7 +15,7 @@ import pytest
 
 from extproc.deploy import LOCAL_STACK_POLICY
 from extproc.devstack.stack import LocalStack
-from tests.conftest import counted, sim_records, started_stack
+from tests.conftest import counted, envoy_stats, sim_records, started_stack
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.envoy
@@ -26,18 +26,6 @@ def wasm_stack() -> Iterator[LocalStack]:
     local = started_stack(data_path="wasm", policy=str(LOCAL_STACK_POLICY))
     yield local
     local.stop()
-
-
-def envoy_stats(stack: LocalStack) -> dict[str, int]:
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{stack.admin_port}/stats?filter=llm_wasm", timeout=5
-    ) as reply:
-        text = reply.read().decode()
-    return {
-        line.split(": ")[0].rsplit(".", 1)[-1]: int(line.split(": ")[1])
-        for line in text.splitlines()
-        if line.split(": ")[-1].strip().isdigit()
-    }
 
 
 def healthz(stack: LocalStack) -> dict[str, Any]:
